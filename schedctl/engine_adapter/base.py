@@ -1,0 +1,81 @@
+"""The engine-adapter protocol: what the controller may ask of an engine, and what it gets back.
+
+The controller depends on this module alone of ``engine_adapter``: the protocol, the ``Observation`` of one
+window, the capabilities, and the typed errors the shell turns into guard actions. Concrete adapters (the
+embedded simulator, SGLang) live beside it and are built by the CLI.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schedctl.policies.spec import PolicySpec
+from schedctl.stats import LatencyDist
+
+
+class EngineError(Exception):
+    """Base of the errors an adapter raises; anything else escaping an adapter is a bug."""
+
+
+class EngineUnavailable(EngineError):
+    """The engine did not answer (refused, timed out, or answered garbage) — hold, then fall back."""
+
+
+class UnsupportedPolicy(EngineError):
+    """The engine cannot run this PolicySpec (unknown kind, or a knob it lacks)."""
+
+
+class Capabilities(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    engine: str  # "sim", "sglang", ...
+    policy_kinds: frozenset[str]  # PolicySpec kinds the engine accepts
+    simulated: bool = False
+    version: str | None = None  # engine software version, when known
+
+
+class Observation(BaseModel):
+    """One observation window of an engine. Times are seconds on the engine's clock (simulated or wall)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    start_s: float
+    end_s: float
+    arrivals: int = Field(ge=0)
+    completions: int = Field(ge=0)
+    ttft: LatencyDist = Field(default_factory=LatencyDist)  # requests whose first token came in the window
+    tbt: LatencyDist = Field(default_factory=LatencyDist)  # time between tokens in the window
+    queue_len: int = Field(ge=0, default=0)  # waiting requests at the end of the window
+    running: int = Field(ge=0, default=0)  # running requests at the end of the window
+    cache_hit_rate: float | None = Field(default=None, ge=0.0, le=1.0)  # cached / prompt tokens admitted
+    kv_utilization: float | None = Field(default=None, ge=0.0, le=1.0)
+    prompt_tokens_mean: float | None = Field(default=None, ge=0.0)
+    active_policy: PolicySpec | None = None
+    engine_generation: int | None = None  # changes when the engine restarts
+    stale: bool = False  # the adapter could not get fresh data for this window
+    stale_reason: str | None = None
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_s - self.start_s
+
+    @property
+    def arrival_rate_rps(self) -> float:
+        return self.arrivals / self.duration_s if self.duration_s > 0 else 0.0
+
+
+@runtime_checkable
+class EngineAdapter(Protocol):
+    def capabilities(self) -> Capabilities:
+        """What this engine is and which policies it accepts."""
+        ...
+
+    def observe(self) -> Observation:
+        """The window since the previous call (raises EngineUnavailable when the engine does not answer)."""
+        ...
+
+    def apply(self, spec: PolicySpec) -> None:
+        """Make ``spec`` the engine's policy (raises UnsupportedPolicy or EngineUnavailable)."""
+        ...

@@ -1,0 +1,281 @@
+"""The k-LPM waiting queue: one implementation, used by the simulator and by the SGLang plugin.
+
+Rule (Dexter et al., 2025): repeat forever — take the oldest waiting request, then k-1 requests each chosen by
+longest prefix match (LPM) against the prefix cache. k=1 is FCFS, k=inf (``k=None`` here) is LPM. A counter of
+picks decides which rule applies, so the order is a pure function of the pushes, pops and cache contents:
+deterministic across tensor-parallel ranks (no clock, no randomness). LPM ties go to the oldest request.
+
+Why hand-written: SGLang re-matches every waiting request against the cache on every scheduling pass and turns
+LPM off above 128 waiting because that is too slow. This queue keeps two heaps (oldest first; longest match
+first) and an index of the waiting prompts (a radix tree, ``policies/radix.py``) so that:
+
+* a push matches its prompt once;
+* when the cache gains a path (:meth:`on_cache_insert`), only the waiting requests that share a prefix with the
+  new path beyond what was cached are touched, and their keys are raised;
+* evictions are handled lazily: LPM keys are upper bounds of the true match, and a candidate at the top of the
+  heap is re-matched before it is returned (if its match shrank, it is pushed back with the true value). Keys
+  never under-estimate, so the first candidate whose key is confirmed is the true longest match.
+
+Without an oracle (``oracle=None``) the queue orders by match lengths given at push time; :func:`klpm_order`
+uses that mode to order a list in one call (the SGLang plugin passes SGLang's own match lengths).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Sequence
+from typing import Generic, Protocol, TypeVar
+
+from schedctl.policies.radix import RadixNode, RadixTree, Tokens, common_prefix_len
+
+T = TypeVar("T")
+
+
+class PrefixOracle(Protocol):
+    """Anything that can say how long a prompt's cached prefix is (the simulator's cache, SGLang's tree)."""
+
+    def match_len(self, tokens: Tokens) -> int: ...
+
+
+class _Entry(Generic[T]):
+    __slots__ = ("alive", "item", "key", "node", "seq", "tokens")
+
+    def __init__(self, item: T, tokens: Tokens | None, seq: int, key: int) -> None:
+        self.item = item
+        self.tokens = tokens
+        self.seq = seq  # arrival order: smaller is older; unique per entry
+        self.key = key  # LPM key: an upper bound of the current cached-prefix length
+        self.alive = True
+        self.node: _WaitNode | None = None
+
+
+class _WaitNode(RadixNode):
+    __slots__ = ("entries",)
+
+    def __init__(self, key: tuple[int, ...], parent: RadixNode | None, depth: int) -> None:
+        super().__init__(key, parent, depth)
+        self.entries: dict[int, _Entry[object]] = {}  # waiting requests whose prompt ends here, by seq
+
+
+class KLPMQueue(Generic[T]):
+    """Waiting queue ordered by k-LPM. ``k`` is an int >= 1, or None for k=inf."""
+
+    def __init__(self, k: int | None, oracle: PrefixOracle | None = None) -> None:
+        self._oracle = oracle
+        self._entries: dict[int, _Entry[T]] = {}
+        self._fifo: list[tuple[int, _Entry[T]]] = []
+        self._lpm: list[tuple[int, int, _Entry[T]]] = []
+        self._index: RadixTree[_WaitNode] | None = None
+        self._peeked: _Entry[T] | None = None
+        self.picks = 0  # pops since the policy was set; decides oldest-vs-LPM
+        self.k: int | None = 1
+        self.set_k(k)
+
+    # -- policy --------------------------------------------------------------------------------------------
+    def set_k(self, k: int | None) -> None:
+        """Change k at run time. The pick counter restarts, so the next pick is the oldest request."""
+        if k is not None and k < 1:
+            raise ValueError(f"k must be >= 1 or None (inf), got {k}")
+        was_tracking = self._tracks_prefixes
+        self.k = k
+        self.picks = 0
+        self._peeked = None
+        if self._tracks_prefixes and not was_tracking:
+            self._rebuild_prefix_tracking()
+        elif not self._tracks_prefixes:
+            self._lpm = []
+            self._index = None
+
+    @property
+    def _tracks_prefixes(self) -> bool:
+        return self.k != 1
+
+    def _rebuild_prefix_tracking(self) -> None:
+        self._index = RadixTree(_WaitNode) if self._oracle is not None else None
+        self._lpm = []
+        for e in self._entries.values():
+            if self._oracle is not None and e.tokens is not None:
+                e.key = self._oracle.match_len(e.tokens)
+                self._index_add(e)
+            self._lpm.append((-e.key, e.seq, e))
+        heapq.heapify(self._lpm)
+
+    # -- membership ----------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, seq: object) -> bool:
+        return seq in self._entries
+
+    def items(self) -> list[T]:
+        """Waiting items, oldest first (O(n log n); for reports and tests, not the hot path)."""
+        return [e.item for e in sorted(self._entries.values(), key=lambda e: e.seq)]
+
+    def push(self, item: T, seq: int, tokens: Tokens | None = None, match_len: int | None = None) -> None:
+        """Add a waiting request. ``seq`` orders by age (smaller = older) and must be unique.
+
+        With an oracle, pass ``tokens`` (the prompt still to prefill); without one, pass ``match_len``.
+        """
+        if seq in self._entries:
+            raise KeyError(f"seq {seq} is already waiting")
+        if self._oracle is None:
+            key = match_len or 0
+        elif tokens is None:
+            raise ValueError("a queue with a prefix oracle needs the prompt tokens")
+        else:
+            key = self._oracle.match_len(tokens) if self._tracks_prefixes else 0
+        e: _Entry[T] = _Entry(item, tokens, seq, key)
+        self._entries[seq] = e
+        heapq.heappush(self._fifo, (seq, e))
+        if self._tracks_prefixes:
+            heapq.heappush(self._lpm, (-e.key, seq, e))
+            if self._index is not None:
+                self._index_add(e)
+        self._peeked = None
+
+    def remove(self, seq: int) -> T:
+        """Take a request out of the queue (abort); the pick counter does not move."""
+        e = self._entries[seq]
+        self._drop(e)
+        return e.item
+
+    # -- ordering ------------------------------------------------------------------------------------------
+    def peek(self) -> T | None:
+        """The request :meth:`pop` would return next, without taking it (None when empty)."""
+        if self._peeked is None or not self._peeked.alive:
+            self._peeked = self._select()
+        return None if self._peeked is None else self._peeked.item
+
+    def pop(self) -> T:
+        """Take the next request by the k-LPM rule and advance the pick counter."""
+        if self._peeked is None or not self._peeked.alive:
+            self._peeked = self._select()
+        e = self._peeked
+        if e is None:
+            raise IndexError("pop from an empty KLPMQueue")
+        self._drop(e)
+        self.picks += 1
+        return e.item
+
+    def _oldest_turn(self) -> bool:
+        return self.k is not None and self.picks % self.k == 0
+
+    def _select(self) -> _Entry[T] | None:
+        if not self._entries:
+            return None
+        if self._oldest_turn():
+            fifo = self._fifo
+            while not fifo[0][1].alive:
+                heapq.heappop(fifo)
+            return fifo[0][1]
+        lpm = self._lpm
+        oracle = self._oracle
+        while True:
+            negkey, _seq, e = lpm[0]
+            if not e.alive or -negkey != e.key:
+                heapq.heappop(lpm)  # stale: taken already, or re-keyed by an insert
+                continue
+            if oracle is not None and e.tokens is not None:
+                actual = oracle.match_len(e.tokens)
+                if actual < e.key:  # the cache evicted part of its prefix since the key was set
+                    e.key = actual
+                    heapq.heapreplace(lpm, (-actual, e.seq, e))
+                    continue
+            return e
+
+    def _drop(self, e: _Entry[T]) -> None:
+        e.alive = False
+        del self._entries[e.seq]
+        if e.node is not None:
+            self._index_remove(e)
+        self._peeked = None
+        # Taken entries stay in the heaps until they surface; rebuild when they dominate.
+        live = len(self._entries)
+        if len(self._fifo) > 2 * live + 64:
+            self._fifo = [(s, x) for s, x in self._fifo if x.alive]
+            heapq.heapify(self._fifo)
+        if len(self._lpm) > 2 * live + 64:
+            self._lpm = [(-x.key, x.seq, x) for x in self._entries.values()]
+            heapq.heapify(self._lpm)
+
+    # -- cache notifications -------------------------------------------------------------------------------
+    def on_cache_insert(self, tokens: Tokens, start: int, end: int) -> None:
+        """The cache now holds ``tokens[:end]``; before, it held ``tokens[:start]`` of this path.
+
+        Raises the LPM key of every waiting request that shares more than ``start`` tokens with the new path.
+        """
+        index = self._index
+        if index is None or end <= start:
+            return
+        path = tokens if end == len(tokens) else tokens[:end]
+        node: RadixNode = index.root
+        pos = 0
+        while True:
+            if pos >= end:  # everything below here shares the whole new path
+                self._raise_subtree(node, end)
+                return
+            child = node.children.get(path[pos])
+            if pos > start:  # requests branching off the path here share exactly `pos` tokens
+                self._raise_entries(node, pos)
+                for other in node.children.values():
+                    if other is not child:
+                        self._raise_subtree(other, pos)
+            if child is None:
+                return
+            stop = pos + len(child.key)
+            if stop <= end and tuple(path[pos:stop]) == child.key:
+                node, pos = child, stop
+                continue
+            shared = pos + common_prefix_len(path, pos, child.key)
+            if shared > start:
+                self._raise_subtree(child, shared)
+            return
+
+    def _raise_entries(self, node: RadixNode, lcp: int) -> None:
+        for e in node.entries.values():  # type: ignore[attr-defined]
+            if e.key < lcp:
+                e.key = lcp
+                heapq.heappush(self._lpm, (-lcp, e.seq, e))
+                self._peeked = None
+
+    def _raise_subtree(self, node: RadixNode, lcp: int) -> None:
+        stack = [node]
+        while stack:
+            cur = stack.pop()
+            self._raise_entries(cur, lcp)
+            stack.extend(cur.children.values())
+
+    # -- the waiting-prompt index --------------------------------------------------------------------------
+    def _index_add(self, e: _Entry[T]) -> None:
+        assert self._index is not None and e.tokens is not None
+        node, _matched, _new = self._index.insert(e.tokens)
+        node.entries[e.seq] = e  # type: ignore[assignment]
+        e.node = node
+
+    def _index_remove(self, e: _Entry[T]) -> None:
+        node = e.node
+        e.node = None
+        if self._index is None or node is None:
+            return
+        del node.entries[e.seq]
+        while node.parent is not None and not node.entries and not node.children:
+            parent = node.parent
+            self._index.remove_leaf(node)
+            node = parent  # type: ignore[assignment]
+
+
+def klpm_order(
+    items: Sequence[T], match_lens: Sequence[int], k: int | None, picks: int = 0, ages: Iterable[int] | None = None
+) -> list[T]:
+    """Order ``items`` by k-LPM given each one's cached-prefix length.
+
+    ``ages`` gives each item's arrival rank (default: list order, oldest first); ``picks`` is the pick counter
+    to start from, so a caller that admits part of the order each pass can keep the cycle going across passes.
+    """
+    q: KLPMQueue[T] = KLPMQueue(k)
+    q.picks = picks
+    order = list(ages) if ages is not None else range(len(items))
+    for item, m, seq in zip(items, match_lens, order, strict=True):
+        q.push(item, seq, match_len=m)
+    return [q.pop() for _ in range(len(items))]
+
