@@ -15,7 +15,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
-def quantile(samples: Sequence[float] | np.ndarray, q: float, weights: Sequence[float] | np.ndarray | None = None) -> float:
+def quantile(
+    samples: Sequence[float] | np.ndarray, q: float, weights: Sequence[float] | np.ndarray | None = None
+) -> float:
     """The q-quantile (0 <= q <= 1) of samples, optionally weighted (NaN when there are none)."""
     arr = np.asarray(samples, dtype=float)
     if arr.size == 0:

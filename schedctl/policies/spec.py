@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
-SPEC_VERSION = 1
+SPEC_VERSION: Literal[1] = 1
 
 KValue = int | Literal["inf"]
 
@@ -84,7 +84,7 @@ def parse_policy(text: str) -> PolicySpec:
     if name == "klpm":
         if not arg:
             raise ValueError("klpm needs a k: write klpm:K, e.g. klpm:4 or klpm:inf")
-        return KLPMSpec(k=arg)  # type: ignore[arg-type]  # the validator parses the string
+        return KLPMSpec(k=arg)
     raise ValueError(f"unknown policy {text!r}: expected fcfs, lpm or klpm:K")
 
 
