@@ -110,7 +110,8 @@ class DeadlineTuner:
         self._now_s = now_s
         err = self.error(p99_tbt_s)
         pid_out = self._pid(p99_tbt_s / p.tbt_p99_target_s, dt=dt_s)
-        wanted = self.knob if abs(err) <= p.dead_band_fraction else float(pid_out)
+        assert pid_out is not None  # simple-pid returns None only in manual mode or between sample times
+        wanted = self.knob if abs(err) <= p.dead_band_fraction else pid_out
         new = _clamp(wanted, self.knob - p.max_change_per_tick, self.knob + p.max_change_per_tick)
         new = _clamp(new, p.knob_min, p.knob_max)
         if new != pid_out:
