@@ -1,0 +1,170 @@
+"""JSONL request traces: write any workload to a file, replay it later.
+
+One request per line, sorted by arrival time::
+
+    {"request_id": 0, "arrival_s": 0.0131, "prompt": [[16777216, 2048], [16908288, 128]], "output_len": 256,
+     "group_id": 3}
+
+Fields (:class:`TraceLine`): request_id (unique, >= 0), arrival_s (>= 0, non-decreasing down the file), prompt
+(token ids, non-empty), output_len (>= 1); optional output_tokens (exactly output_len ids), session_id, group_id,
+slo_class ("default" when absent). A token-id list holds ids and runs: an item is either one id or a pair
+``[first_id, count]`` standing for the ``count`` consecutive ids from ``first_id`` — synthetic prompts are a few
+runs, so a million-request trace stays small; real tokenizer ids are written one by one.
+
+Reading is lazy and validates every line: a bad line raises InputFileError with the file, the line number and the
+reason. Runs seen more than once (shared prefixes) are decoded once and reused, so replayed prompts share their
+prefix token objects as generated ones do. Writing is atomic: a failed write leaves no file behind.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import Iterable, Iterator
+from typing import Annotated
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from schedctl.files import AtomicWriter, InputFileError, iter_jsonl, validation_message
+from schedctl.workloads.types import Request
+
+TokenItem = Annotated[int, Field(ge=0)] | tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=1)]]
+_MIN_RUN = 4  # shorter runs of consecutive ids are written id by id
+
+
+class TraceLine(BaseModel):
+    """One line of a trace file."""
+
+    model_config = ConfigDict(extra="forbid")
+    request_id: int = Field(ge=0)
+    arrival_s: float = Field(ge=0, allow_inf_nan=False)
+    prompt: list[TokenItem] = Field(min_length=1)
+    output_len: int = Field(ge=1)
+    output_tokens: list[TokenItem] | None = None
+    session_id: int | None = None
+    group_id: int | None = None
+    slo_class: str = Field("default", min_length=1)
+
+
+def encode_tokens(ids: tuple[int, ...]) -> list[int | list[int]]:
+    """Token ids as trace items: runs of >= 4 consecutive ids become [first_id, count]."""
+    if not ids:
+        return []
+    breaks = (np.flatnonzero(np.diff(np.asarray(ids, dtype=np.int64)) != 1) + 1).tolist()
+    out: list[int | list[int]] = []
+    for start, end in itertools.pairwise([0, *breaks, len(ids)]):
+        if end - start >= _MIN_RUN:
+            out.append([ids[start], end - start])
+        else:
+            out.extend(ids[start:end])
+    return out
+
+
+class _RunCache:
+    """Decoded runs, kept once a run has been seen twice (a shared prefix), within a token budget."""
+
+    def __init__(self, max_tokens: int = 1 << 23, max_seen: int = 1 << 17) -> None:
+        self.runs: dict[tuple[int, int], tuple[int, ...]] = {}
+        self.seen: set[tuple[int, int]] = set()
+        self.tokens = 0
+        self.max_tokens = max_tokens
+        self.max_seen = max_seen
+
+    def get(self, first: int, count: int) -> tuple[int, ...]:
+        key = (first, count)
+        run = self.runs.get(key)
+        if run is not None:
+            return run
+        run = tuple(range(first, first + count))
+        if key in self.seen:
+            if self.tokens + count > self.max_tokens:
+                self.runs.clear()
+                self.tokens = 0
+            self.runs[key] = run
+            self.tokens += count
+        else:
+            if len(self.seen) >= self.max_seen:
+                self.seen.clear()
+            self.seen.add(key)
+        return run
+
+    def decode(self, items: list[int | tuple[int, int]]) -> tuple[int, ...]:
+        parts: list[tuple[int, ...] | list[int]] = []
+        singles: list[int] = []
+        for item in items:
+            if isinstance(item, int):
+                singles.append(item)
+                continue
+            if singles:
+                parts.append(singles)
+                singles = []
+            parts.append(self.get(*item))
+        if singles:
+            parts.append(singles)
+        if len(parts) == 1 and isinstance(parts[0], tuple):
+            return parts[0]
+        return tuple(itertools.chain.from_iterable(parts))
+
+
+def _line(req: Request) -> str:
+    obj: dict[str, object] = {
+        "request_id": req.request_id,
+        "arrival_s": req.arrival_s,
+        "prompt": encode_tokens(req.prompt),
+        "output_len": req.output_len,
+    }
+    if req.output_tokens is not None:
+        obj["output_tokens"] = encode_tokens(req.output_tokens)
+    if req.session_id is not None:
+        obj["session_id"] = req.session_id
+    if req.group_id is not None:
+        obj["group_id"] = req.group_id
+    if req.slo_class != "default":
+        obj["slo_class"] = req.slo_class
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def write_trace(path: str | os.PathLike[str], requests: Iterable[Request]) -> int:
+    """Write requests (sorted by arrival, ids unique) to a JSONL trace atomically; returns the number written."""
+    count = 0
+    last_s = 0.0
+    with AtomicWriter(path) as fh:
+        for req in requests:
+            if req.arrival_s < last_s:
+                raise ValueError(f"request {req.request_id}: arrival_s {req.arrival_s} is before the previous "
+                                 f"request's {last_s}; a trace must be sorted by arrival time")
+            last_s = req.arrival_s
+            fh.write(_line(req))
+            fh.write("\n")
+            count += 1
+    return count
+
+
+def read_trace(path: str | os.PathLike[str]) -> Iterator[Request]:
+    """The requests of a JSONL trace, lazily, validating each line (InputFileError names the file and line)."""
+    runs = _RunCache()
+    seen_ids: set[int] = set()
+    last_s = 0.0
+    for lineno, obj in iter_jsonl(path):
+        where = f"line {lineno}"
+        try:
+            line = TraceLine.model_validate(obj)
+        except ValidationError as exc:
+            field, reason = validation_message(exc)
+            raise InputFileError(path, where, f"{field}: {reason}") from None
+        if line.arrival_s < last_s:
+            raise InputFileError(path, where, f"arrival_s {line.arrival_s} is before the previous line's {last_s} "
+                                 "(lines must be sorted by arrival time)")
+        if line.request_id in seen_ids:
+            raise InputFileError(path, where, f"request_id {line.request_id} appears twice")
+        seen_ids.add(line.request_id)
+        last_s = line.arrival_s
+        output_tokens = None if line.output_tokens is None else runs.decode(line.output_tokens)
+        try:
+            req = Request(line.request_id, line.arrival_s, runs.decode(line.prompt), line.output_len,
+                          output_tokens, line.session_id, line.group_id, line.slo_class)
+        except ValueError as exc:
+            raise InputFileError(path, where, str(exc)) from None
+        yield req
