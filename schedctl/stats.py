@@ -37,7 +37,9 @@ def quantile(
     return float(arr[min(idx, arr.size - 1)])
 
 
-def histogram_quantile(upper_bounds_s: Sequence[float], counts: Sequence[float], q: float) -> float:
+def histogram_quantile(
+    upper_bounds_s: Sequence[float] | np.ndarray, counts: Sequence[float] | np.ndarray, q: float
+) -> float:
     """Quantile from per-bucket counts; bucket i covers (upper[i-1], upper[i]] (the first starts at 0).
 
     A last bucket with an infinite bound returns the largest finite bound, as Prometheus does.

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from typing import Generic, Protocol, TypeVar
 
 from schedctl.policies.radix import RadixNode, RadixTree, Tokens, common_prefix_len
+from schedctl.tokens import TokenArray, as_tokens
 
 T = TypeVar("T")
 
@@ -38,9 +39,10 @@ class PrefixOracle(Protocol):
 
 
 class _Entry(Generic[T]):
-    __slots__ = ("alive", "item", "key", "node", "seq", "tokens")
+    __slots__ = ("alive", "item", "key", "node", "seq", "tokens", "uid")
 
-    def __init__(self, item: T, tokens: Tokens | None, seq: int, key: int) -> None:
+    def __init__(self, item: T, tokens: TokenArray | None, seq: int, key: int, uid: int) -> None:
+        self.uid = uid  # unique per push: heap tiebreak when a request leaves and comes back with its seq
         self.item = item
         self.tokens = tokens
         self.seq = seq  # arrival order: smaller is older; unique per entry
@@ -52,7 +54,7 @@ class _Entry(Generic[T]):
 class _WaitNode(RadixNode):
     __slots__ = ("entries",)
 
-    def __init__(self, key: tuple[int, ...], parent: RadixNode | None, depth: int) -> None:
+    def __init__(self, key: TokenArray, parent: RadixNode | None, depth: int) -> None:
         super().__init__(key, parent, depth)
         self.entries: dict[int, _Entry[object]] = {}  # waiting requests whose prompt ends here, by seq
 
@@ -63,8 +65,9 @@ class KLPMQueue(Generic[T]):
     def __init__(self, k: int | None, oracle: PrefixOracle | None = None) -> None:
         self._oracle = oracle
         self._entries: dict[int, _Entry[T]] = {}
-        self._fifo: list[tuple[int, _Entry[T]]] = []
-        self._lpm: list[tuple[int, int, _Entry[T]]] = []
+        self._fifo: list[tuple[int, int, _Entry[T]]] = []  # (seq, uid, entry)
+        self._lpm: list[tuple[int, int, int, _Entry[T]]] = []  # (-key, seq, uid, entry)
+        self._pushes = 0
         self._index: RadixTree[_WaitNode] | None = None
         self._peeked: _Entry[T] | None = None
         self.picks = 0  # pops since the policy was set; decides oldest-vs-LPM
@@ -97,7 +100,7 @@ class KLPMQueue(Generic[T]):
             if self._oracle is not None and e.tokens is not None:
                 e.key = self._oracle.match_len(e.tokens)
                 self._index_add(e)
-            self._lpm.append((-e.key, e.seq, e))
+            self._lpm.append((-e.key, e.seq, e.uid, e))
         heapq.heapify(self._lpm)
 
     # -- membership ----------------------------------------------------------------------------------------
@@ -123,12 +126,14 @@ class KLPMQueue(Generic[T]):
         elif tokens is None:
             raise ValueError("a queue with a prefix oracle needs the prompt tokens")
         else:
+            tokens = as_tokens(tokens)
             key = self._oracle.match_len(tokens) if self._tracks_prefixes else 0
-        e: _Entry[T] = _Entry(item, tokens, seq, key)
+        self._pushes += 1
+        e: _Entry[T] = _Entry(item, None if tokens is None else as_tokens(tokens), seq, key, self._pushes)
         self._entries[seq] = e
-        heapq.heappush(self._fifo, (seq, e))
+        heapq.heappush(self._fifo, (seq, e.uid, e))
         if self._tracks_prefixes:
-            heapq.heappush(self._lpm, (-e.key, seq, e))
+            heapq.heappush(self._lpm, (-e.key, seq, e.uid, e))
             if self._index is not None:
                 self._index_add(e)
         self._peeked = None
@@ -165,13 +170,13 @@ class KLPMQueue(Generic[T]):
             return None
         if self._oldest_turn():
             fifo = self._fifo
-            while not fifo[0][1].alive:
+            while not fifo[0][2].alive:
                 heapq.heappop(fifo)
-            return fifo[0][1]
+            return fifo[0][2]
         lpm = self._lpm
         oracle = self._oracle
         while True:
-            negkey, _seq, e = lpm[0]
+            negkey, _seq, _uid, e = lpm[0]
             if not e.alive or -negkey != e.key:
                 heapq.heappop(lpm)  # stale: taken already, or re-keyed by an insert
                 continue
@@ -179,7 +184,7 @@ class KLPMQueue(Generic[T]):
                 actual = oracle.match_len(e.tokens)
                 if actual < e.key:  # the cache evicted part of its prefix since the key was set
                     e.key = actual
-                    heapq.heapreplace(lpm, (-actual, e.seq, e))
+                    heapq.heapreplace(lpm, (-actual, e.seq, e.uid, e))
                     continue
             return e
 
@@ -192,10 +197,10 @@ class KLPMQueue(Generic[T]):
         # Taken entries stay in the heaps until they surface; rebuild when they dominate.
         live = len(self._entries)
         if len(self._fifo) > 2 * live + 64:
-            self._fifo = [(s, x) for s, x in self._fifo if x.alive]
+            self._fifo = [t for t in self._fifo if t[2].alive]
             heapq.heapify(self._fifo)
         if len(self._lpm) > 2 * live + 64:
-            self._lpm = [(-x.key, x.seq, x) for x in self._entries.values()]
+            self._lpm = [(-x.key, x.seq, x.uid, x) for x in self._entries.values()]
             heapq.heapify(self._lpm)
 
     # -- cache notifications -------------------------------------------------------------------------------
@@ -207,6 +212,7 @@ class KLPMQueue(Generic[T]):
         index = self._index
         if index is None or end <= start:
             return
+        tokens = as_tokens(tokens)
         path = tokens if end == len(tokens) else tokens[:end]
         node: RadixNode = index.root
         pos = 0
@@ -223,7 +229,7 @@ class KLPMQueue(Generic[T]):
             if child is None:
                 return
             stop = pos + len(child.key)
-            if stop <= end and tuple(path[pos:stop]) == child.key:
+            if stop <= end and path[pos:stop] == child.key:
                 node, pos = child, stop
                 continue
             shared = pos + common_prefix_len(path, pos, child.key)
@@ -235,7 +241,7 @@ class KLPMQueue(Generic[T]):
         for e in node.entries.values():  # type: ignore[attr-defined]
             if e.key < lcp:
                 e.key = lcp
-                heapq.heappush(self._lpm, (-lcp, e.seq, e))
+                heapq.heappush(self._lpm, (-lcp, e.seq, e.uid, e))
                 self._peeked = None
 
     def _raise_subtree(self, node: RadixNode, lcp: int) -> None:
