@@ -1,0 +1,325 @@
+"""schedctl's plugin for SGLang: k-LPM ordering of the waiting queue, switchable at run time.
+
+Loaded by SGLang's own plugin mechanism (entry point group ``sglang.srt.plugins``, name ``schedctl``; enable it
+with ``SGLANG_PLUGINS=schedctl``) in every process that calls ``load_plugins()``, scheduler ranks included.
+:func:`register` adds four hooks through SGLang's ``HookRegistry``:
+
+* AROUND ``SchedulePolicy.calc_priority`` — one scheduling pass. Counts the requests admitted since the previous
+  pass (they left the waiting queue) into the k-LPM pick counter, gives new requests an arrival rank, then lets
+  SGLang run its own pass: prefix matching against its radix cache and in-batch deprioritisation stay SGLang's.
+* AROUND ``SchedulePolicy._sort_by_longest_prefix`` — where SGLang's LPM would sort, the list is ordered by
+  ``klpm_order`` (the shared implementation) from SGLang's own match lengths; SGLang's temporarily
+  deprioritised requests (one per cold shared prefix per pass) follow in age order. Admission, chunking and
+  memory checks run afterwards on this list, unchanged.
+* AFTER ``SchedulerInternalStateController._update_handlers`` — our keys in SGLang's ``/set_internal_state``
+  table (encoding in ``channel.py``); every rank receives the request.
+* AFTER ``SchedulerInternalStateController.get_internal_state`` — our state in ``/server_info``.
+
+Above 128 waiting requests SGLang skips prefix matching (``WAITING_QUEUE_PREFIX_MATCH_MAX``: LPM becomes "keep
+the list as it is"). The plugin keeps k-LPM there at bounded cost: each pass re-matches at most
+``LONG_QUEUE_MATCH_BUDGET`` requests with SGLang's own ``match_kv_cache`` (never-matched first, then the least
+recently matched), orders the whole queue by k-LPM on the match lengths it has (some a few passes old), and
+skips in-batch deprioritisation. A stale length only affects the order: SGLang re-matches every request it
+admits.
+
+Determinism across tensor-parallel ranks: the order depends only on the queue's contents, SGLang's radix cache
+(identical on every rank) and counters advanced per pass and per admission — never on wall clock or
+randomness. Ages are ranks in first-seen order (new requests are appended to the queue in the same order on
+every rank); the pick counter advances by the number of requests that left the queue between passes (an abort
+counts too: rare, and the same on every rank). A policy change restarts the pick counter.
+
+Safety: any exception in our code leaves SGLang's own order in force for that pass (logged once per place and
+exception type, counted in ``/server_info``); the plugin never raises into SGLang. On an SGLang version other
+than ``SUPPORTED_SGLANG_VERSIONS`` it registers nothing and warns (``SCHEDCTL_SGLANG_ALLOW_UNTESTED=1``
+overrides). This module imports SGLang only inside functions, so it imports (and type-checks) without it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from schedctl.engine_adapter.sglang import channel
+from schedctl.policies.klpm import klpm_order
+from schedctl.policies.spec import policy_label
+
+logger = logging.getLogger("schedctl.sglang.plugin")
+
+SUPPORTED_SGLANG_VERSIONS = frozenset({"0.5.23"})
+ALLOW_UNTESTED_ENV = "SCHEDCTL_SGLANG_ALLOW_UNTESTED"
+LONG_QUEUE_MATCH_BUDGET = 128  # prefix matches per pass when SGLang itself skips matching (> 128 waiting)
+
+_POLICY = "sglang.srt.managers.schedule_policy.SchedulePolicy"
+_STATE_CTL = "sglang.srt.managers.scheduler_components.internal_state.SchedulerInternalStateController"
+TARGET_CALC_PRIORITY = f"{_POLICY}.calc_priority"
+TARGET_SORT_LPM = f"{_POLICY}._sort_by_longest_prefix"
+TARGET_UPDATE_HANDLERS = f"{_STATE_CTL}._update_handlers"
+TARGET_GET_STATE = f"{_STATE_CTL}.get_internal_state"
+
+_SEQ = "_schedctl_seq"  # set on SGLang's Req: arrival rank in this scheduler
+_MATCHED_AT = "_schedctl_matched_pass"  # set on SGLang's Req: the pass that last matched its prefix
+
+
+def _seq(req: Any) -> int:
+    return int(getattr(req, _SEQ))
+
+
+class PluginState:
+    """Everything the plugin keeps in one scheduler process (one per rank)."""
+
+    def __init__(self) -> None:
+        self.kind = channel.KIND_OFF
+        self.k = channel.K_INF
+        self.policy_version = 0
+        self.picks = 0  # k-LPM pick counter: admissions since the policy was set
+        self.passes = 0
+        self.admitted = 0
+        self.long_queue_passes = 0
+        self.next_seq = 0
+        self.last_rids: set[str] = set()
+        self.fallbacks: Counter[str] = Counter()
+        self._logged: set[tuple[str, str]] = set()
+        self.in_pass = False
+        self.pass_mode = "idle"  # within a pass: pending -> ordered | fallback
+
+    @property
+    def active(self) -> bool:
+        return self.kind != channel.KIND_OFF
+
+    def queue_k(self) -> int | None:
+        return channel.queue_k_of(self.kind, self.k)
+
+    def label(self) -> str:
+        spec = channel.decode_policy(self.kind, self.k)
+        return "off" if spec is None else policy_label(spec)
+
+    # -- control channel ------------------------------------------------------------------------------------
+    def check(self, key: str, value: Any, base_policy: str | None) -> None:
+        """Raise ValueError if ``key=value`` cannot be applied on this scheduler."""
+        if key == channel.KEY_KIND:
+            kind = channel.as_int(value, key)
+            channel.decode_policy(kind, channel.K_INF)  # unknown codes (slai, ...) raise here
+            if kind in (channel.KIND_LPM, channel.KIND_KLPM) and base_policy != "lpm":
+                raise ValueError(
+                    f"lpm/klpm need SGLang started with --schedule-policy lpm and the radix cache on "
+                    f"(this scheduler runs {base_policy!r})"
+                )
+        elif key in (channel.KEY_K, channel.KEY_VERSION):
+            channel.as_int(value, key)
+        else:
+            raise ValueError(f"not a schedctl key: {key}")
+
+    def set_field(self, key: str, value: Any) -> None:
+        n = channel.as_int(value, key)
+        if key == channel.KEY_KIND and n != self.kind:
+            self.kind = n
+            self._restart_cycle()
+        elif key == channel.KEY_K and n != self.k:
+            self.k = n
+            self._restart_cycle()
+        elif key == channel.KEY_VERSION:
+            self.policy_version = n
+            logger.info("schedctl policy %s (version %d)", self.label(), n)
+
+    def _restart_cycle(self) -> None:
+        """A new policy starts its k-LPM cycle afresh: admissions before the change do not count."""
+        self.picks = 0
+        self.last_rids = set()
+
+    def snapshot(self) -> dict[str, Any]:
+        from schedctl import __version__
+
+        return {
+            "plugin_version": __version__,
+            "policy": self.label(),
+            channel.KEY_KIND: self.kind,
+            channel.KEY_K: self.k,
+            channel.KEY_VERSION: self.policy_version,
+            "picks": self.picks,
+            "passes": self.passes,
+            "admitted": self.admitted,
+            "long_queue_passes": self.long_queue_passes,
+            "fallbacks": dict(self.fallbacks),
+        }
+
+    # -- one scheduling pass --------------------------------------------------------------------------------
+    def begin_pass(self, waiting_queue: list[Any]) -> None:
+        present = set()
+        for req in waiting_queue:
+            if getattr(req, _SEQ, None) is None:
+                setattr(req, _SEQ, self.next_seq)
+                self.next_seq += 1
+            present.add(req.rid)
+        gone = len(self.last_rids - present)  # admitted since the previous pass (aborts count too)
+        self.picks += gone
+        self.admitted += gone
+        self.passes += 1
+
+    def end_pass(self, waiting_queue: list[Any]) -> None:
+        self.last_rids = {req.rid for req in waiting_queue}
+
+    def order(self, reqs: Iterable[Any], deprioritized: set[str] | frozenset[str]) -> list[Any]:
+        """k-LPM order from each request's ``num_matched_prefix_tokens``; deprioritised ones last, by age."""
+        by_age = sorted(reqs, key=_seq)
+        k = self.queue_k()
+        if k == 1:
+            return by_age
+        head = [r for r in by_age if r.rid not in deprioritized]
+        tail = [r for r in by_age if r.rid in deprioritized]
+        matches = [int(r.num_matched_prefix_tokens) for r in head]
+        return klpm_order(head, matches, k, picks=self.picks) + tail
+
+    def fail(self, where: str, exc: BaseException) -> None:
+        """Count a fallback; log it with its traceback the first time (per place and exception type)."""
+        self.fallbacks[where] += 1
+        key = (where, type(exc).__name__)
+        if key not in self._logged:
+            self._logged.add(key)
+            logger.error("schedctl plugin: %s failed (%r); SGLang's own order stands", where, exc, exc_info=exc)
+
+
+STATE = PluginState()
+_registered = False
+
+
+# -- hooks ------------------------------------------------------------------------------------------------------
+def _calc_priority_hook(original: Callable[..., Any], policy: Any, waiting_queue: list[Any], *a: Any, **kw: Any) -> Any:
+    if not STATE.active or STATE.in_pass:
+        return original(policy, waiting_queue, *a, **kw)
+    try:
+        STATE.begin_pass(waiting_queue)
+    except Exception as exc:
+        STATE.fail("begin_pass", exc)
+        return original(policy, waiting_queue, *a, **kw)
+    STATE.in_pass, STATE.pass_mode = True, "pending"
+    try:
+        result = original(policy, waiting_queue, *a, **kw)
+    finally:
+        STATE.in_pass = False
+    if STATE.pass_mode == "pending":  # SGLang did not sort by prefix this pass (long queue, or base policy)
+        try:
+            _order_long_queue(policy, waiting_queue)
+        except Exception as exc:
+            STATE.fail("long_queue_order", exc)
+    try:
+        STATE.end_pass(waiting_queue)
+    except Exception as exc:
+        STATE.fail("end_pass", exc)
+    STATE.pass_mode = "idle"
+    return result
+
+
+def _sort_by_longest_prefix_hook(
+    original: Callable[..., Any], waiting_queue: list[Any], temporary_deprioritized: set[str], *a: Any, **kw: Any
+) -> Any:
+    if not (STATE.in_pass and STATE.pass_mode == "pending"):
+        return original(waiting_queue, temporary_deprioritized, *a, **kw)
+    try:
+        ordered = STATE.order(waiting_queue, temporary_deprioritized)
+        if len(ordered) != len(waiting_queue) or {id(r) for r in ordered} != {id(r) for r in waiting_queue}:
+            raise RuntimeError("the k-LPM order is not a permutation of the waiting queue")
+        for req in waiting_queue:
+            setattr(req, _MATCHED_AT, STATE.passes)  # SGLang matched all of them this pass
+    except Exception as exc:
+        STATE.fail("order", exc)
+        STATE.pass_mode = "fallback"
+        return original(waiting_queue, temporary_deprioritized, *a, **kw)
+    waiting_queue[:] = ordered
+    STATE.pass_mode = "ordered"
+    return None
+
+
+def _order_long_queue(policy: Any, waiting_queue: list[Any]) -> None:
+    """k-LPM when SGLang skipped prefix matching: re-match a bounded number of requests, then order all."""
+    if STATE.queue_k() != 1:
+        from sglang.srt.mem_cache.common import match_kv_cache
+
+        stalest = sorted(waiting_queue, key=lambda r: (getattr(r, _MATCHED_AT, -1), _seq(r)))
+        for req in stalest[:LONG_QUEUE_MATCH_BUDGET]:
+            match_kv_cache(req, policy.tree_cache)
+            setattr(req, _MATCHED_AT, STATE.passes)
+        STATE.long_queue_passes += 1
+    ordered = STATE.order(waiting_queue, frozenset())
+    waiting_queue[:] = ordered
+
+
+class _ChannelHandler:
+    """One entry of SGLang's update-handler table (SGLang calls ``validate`` for every key, then ``apply``)."""
+
+    def __init__(self, controller: Any) -> None:
+        self.controller = controller
+
+    def validate(self, key: str, value: Any) -> None:
+        from sglang.srt.managers.scheduler_components.internal_state import UpdateRejected
+
+        try:
+            STATE.check(key, value, _base_policy(self.controller))
+        except Exception as exc:
+            raise UpdateRejected(f"schedctl: {exc}") from None
+
+    def apply(self, key: str, value: Any) -> None:
+        try:
+            STATE.set_field(key, value)
+        except Exception as exc:
+            STATE.fail("apply", exc)
+        return None  # not a server arg: nothing for SGLang's config override
+
+
+def _base_policy(controller: Any) -> str | None:
+    try:
+        return str(controller.scheduler.policy.policy.value)
+    except Exception:
+        return None
+
+
+def _update_handlers_hook(result: Any, controller: Any, *a: Any, **kw: Any) -> Any:
+    try:
+        for key in channel.KEYS:
+            result[key] = _ChannelHandler(controller)
+    except Exception as exc:
+        STATE.fail("update_handlers", exc)
+    return result
+
+
+def _get_internal_state_hook(result: Any, controller: Any, *a: Any, **kw: Any) -> Any:
+    try:
+        result.internal_state[channel.SERVER_INFO_KEY] = STATE.snapshot()
+    except Exception as exc:
+        STATE.fail("server_info", exc)
+    return result
+
+
+def sglang_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sglang")
+    except PackageNotFoundError:
+        return None
+
+
+def register() -> None:
+    """Entry point of ``sglang.srt.plugins``: register our hooks (SGLang applies them after all plugins ran)."""
+    global _registered
+    if _registered:
+        return
+    found = sglang_version()
+    if found not in SUPPORTED_SGLANG_VERSIONS and os.environ.get(ALLOW_UNTESTED_ENV) != "1":
+        logger.warning(
+            "schedctl plugin disabled: SGLang %s is not a supported version (%s); set %s=1 to load it anyway",
+            found,
+            ", ".join(sorted(SUPPORTED_SGLANG_VERSIONS)),
+            ALLOW_UNTESTED_ENV,
+        )
+        return
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    HookRegistry.register(TARGET_CALC_PRIORITY, _calc_priority_hook, HookType.AROUND)
+    HookRegistry.register(TARGET_SORT_LPM, _sort_by_longest_prefix_hook, HookType.AROUND)
+    HookRegistry.register(TARGET_UPDATE_HANDLERS, _update_handlers_hook, HookType.AFTER)
+    HookRegistry.register(TARGET_GET_STATE, _get_internal_state_hook, HookType.AFTER)
+    _registered = True
+    logger.info("schedctl plugin registered for SGLang %s (pid %d)", found, os.getpid())
