@@ -33,7 +33,7 @@ class DiscountedThompsonBetaParams(ThompsonBetaParams):
 class ThompsonGaussianParams(LearnerParams):
     prior_mean: float = 0.0
     prior_std: float = Field(default=1.0, gt=0)
-    noise_std: float = Field(default=1.0, gt=0, description="assumed standard deviation of one reward")
+    noise_std: float = Field(default=0.5, gt=0, description="assumed standard deviation of one reward")
     discount: float = Field(default=1.0, gt=0, le=1, description="evidence kept per update; 1 = stationary")
 
 
