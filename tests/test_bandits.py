@@ -193,7 +193,7 @@ def test_bad_params_are_refused_naming_the_field(name: str, params: dict, field:
 
 
 def test_unknown_learner_lists_the_known_ones() -> None:
-    with pytest.raises(BanditConfigError, match="unknown learner.*discounted_ucb"):
+    with pytest.raises(BanditConfigError, match=r"unknown learner.*discounted_ucb"):
         make_bandit("ucb2", K_ARMS, 0)
     with pytest.raises(BanditConfigError):
         params_model("nope")
