@@ -20,8 +20,10 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from schedctl.tokens import IdAllocator, TokenArray
+from schedctl.workloads.shared_prefix import id_range
 from schedctl.workloads.sharegpt import lognormal_lens
-from schedctl.workloads.types import SYNTHETIC_TOKEN_BASE, Request
+from schedctl.workloads.types import Request
 
 _CHUNK = 1024
 
@@ -62,8 +64,8 @@ def _draws(draw: Callable[[int], np.ndarray]) -> Iterator[int | float]:
 
 
 def chat_requests(p: ChatParams, rng: np.random.Generator, session_starts_s: Iterator[float]) -> Iterator[Request]:
-    system = tuple(range(SYNTHETIC_TOKEN_BASE, SYNTHETIC_TOKEN_BASE + p.system_prompt_len))
-    next_id = SYNTHETIC_TOKEN_BASE + p.system_prompt_len
+    system = id_range(1, p.system_prompt_len)  # shared: "vocabulary" ids below SYNTHETIC_TOKEN_BASE
+    take = IdAllocator().take  # session-own messages and outputs
     turns = _draws(lambda n: np.minimum(rng.geometric(1.0 / p.mean_turns, n), p.max_turns))
     messages = _draws(lambda n: lognormal_lens(rng, p.user_message_len, p.length_sigma, n))
     outputs = _draws(lambda n: lognormal_lens(rng, p.output_len, p.length_sigma, n))
@@ -71,7 +73,7 @@ def chat_requests(p: ChatParams, rng: np.random.Generator, session_starts_s: Ite
     room = p.max_context_len - p.system_prompt_len
 
     # Pending turns: (arrival_s, seq, session_id, context so far, turns left incl. this one, message len, output len)
-    heap: list[tuple[float, int, int, tuple[int, ...], int, int, int]] = []
+    heap: list[tuple[float, int, int, TokenArray, int, int, int]] = []
     seq = 0  # tie-break: equal arrival times pop in push order
     sessions = 0
     next_start = next(session_starts_s, None)
@@ -87,14 +89,12 @@ def chat_requests(p: ChatParams, rng: np.random.Generator, session_starts_s: Ite
         if not heap:
             return
         t, _, sid, context, turns_left, msg, out = heapq.heappop(heap)
-        prompt = context + tuple(range(next_id, next_id + msg))
-        next_id += msg
-        output_tokens = None
+        prompt = context + take(msg)
+        output_tokens: TokenArray | None = None
         if turns_left > 1:
             next_msg, next_out = int(next(messages)), int(next(outputs))
             if len(prompt) + out + next_msg + next_out <= p.max_context_len:
-                output_tokens = tuple(range(next_id, next_id + out))
-                next_id += out
+                output_tokens = take(out)
                 think = float(next(thinks))
                 heapq.heappush(heap, (t + think, seq, sid, prompt + output_tokens, turns_left - 1, next_msg, next_out))
                 seq += 1

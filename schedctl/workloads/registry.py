@@ -140,8 +140,10 @@ def _validate(model: type[BaseModel], what: str, items: dict[str, Any], fixed: d
         return model.model_validate({**items, **fixed})
     except ValidationError as exc:
         field, reason = validation_message(exc)
-        if field in items:
-            raise ValueError(f"{what}: field {field!r}: {reason} (got {items[field]!r})") from None
+        reason = reason.removeprefix("Value error, ")
+        given = {**items, **{k: v for k, v in fixed.items() if k not in ("name", "kind", "process")}}
+        if field in given:
+            raise ValueError(f"{what}: field {field!r}: {reason} (got {given[field]!r})") from None
         raise ValueError(f"{what}: {reason}") from None
 
 

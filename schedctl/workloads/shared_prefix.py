@@ -1,11 +1,12 @@
 """Prompt structures with shared prefixes: rasq (k-LPM's model), gsp (SGLang's benchmark), tree (four levels).
 
-Token ids: every shared segment is a tuple built once (on first use) and reused, so all prompts of a group hold
-the same int objects and the simulator's slice comparisons hit Python's identity fast path. Segment ids are laid
-out arithmetically (group g's prefix is a fixed id range), so a segment can be built lazily in any order and the
-result does not depend on which groups were drawn first. Unique parts (questions) take fresh ids from a counter
-above all segment ids. Every id is >= SYNTHETIC_TOKEN_BASE. Lengths and choices come from the seeded Generator,
-drawn in numpy chunks; the per-request Python work is one tuple concatenation and one Request.
+Token ids (int64 arrays, ``schedctl/tokens.py``): every shared segment is built once (on first use) and reused.
+Shared segments take "vocabulary" ids counting up from 1 (below SYNTHETIC_TOKEN_BASE, the convention of
+``tokens.py``), laid out arithmetically (group g's prefix is a fixed id range), so a segment can be built lazily in
+any order and the result does not depend on which groups were drawn first. Unique parts (questions) take fresh
+ids from an IdAllocator starting at SYNTHETIC_TOKEN_BASE (or above the shared ids, should those ever reach it):
+all ids stay distinct. Lengths and choices come from the seeded Generator, drawn in numpy chunks; the per-request
+Python work is one array concatenation (a memcpy) and one Request.
 
 Open-ended streams (more requests than one pass over the groups): requests come in *rounds*; a round is the whole
 group × query grid (num_groups × prompts_per_group), in a fresh random order each round (or group-major with
@@ -15,13 +16,15 @@ round is a run of independent draws of the group. The first round is exactly one
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from schedctl.workloads.types import SYNTHETIC_TOKEN_BASE, Request
+from schedctl.tokens import SYNTHETIC_TOKEN_BASE, IdAllocator, TokenArray
+from schedctl.workloads.types import Request
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
 _CHUNK = 4096
@@ -40,20 +43,34 @@ def random_lens(rng: np.random.Generator, full_len: int, range_ratio: float, n: 
     return rng.integers(max(1, int(full_len * range_ratio)), full_len + 1, n)
 
 
+def id_range(first_id: int, n: int) -> TokenArray:
+    """The ids first_id, first_id + 1, ..., first_id + n - 1 as an int64 array."""
+    out = array("q")
+    out.frombytes(np.arange(first_id, first_id + n, dtype=np.int64).tobytes())
+    return out
+
+
 class _Segments:
-    """Lazily built id-range tuples: segment i is ids [starts[i], starts[i] + lens[i])."""
+    """Lazily built id ranges: segment i is ids [starts[i], starts[i] + lens[i])."""
 
     def __init__(self, first_id: int, lens: list[int]) -> None:
         self.lens = lens
         self.starts = (first_id + np.concatenate(([0], np.cumsum(lens)[:-1]))).tolist() if lens else []
         self.end_id = first_id + sum(lens)
-        self.built: list[tuple[int, ...] | None] = [None] * len(lens)
+        self.built: list[TokenArray | None] = [None] * len(lens)
 
-    def get(self, i: int) -> tuple[int, ...]:
+    def get(self, i: int) -> TokenArray:
         seg = self.built[i]
         if seg is None:
-            seg = self.built[i] = tuple(range(self.starts[i], self.starts[i] + self.lens[i]))
+            seg = self.built[i] = id_range(self.starts[i], self.lens[i])
         return seg
+
+
+_FIRST_SHARED_ID = 1
+
+
+def _unique_ids(shared: _Segments) -> IdAllocator:
+    return IdAllocator(max(SYNTHETIC_TOKEN_BASE, shared.end_id))
 
 
 def _grouped_stream(
@@ -62,7 +79,7 @@ def _grouped_stream(
     arrivals_s: Iterator[float],
 ) -> Iterator[Request]:
     """Requests = prefix of the drawn group + a fresh unique part, over rounds of (groups, unique_lens, out_lens)."""
-    next_id = prefixes.end_id
+    take = _unique_ids(prefixes).take
     rid = 0
     built = prefixes.built
     for groups, unique_lens, output_lens in rounds:
@@ -75,8 +92,7 @@ def _grouped_stream(
                 strict=False,
             ):
                 prefix = built[g] or prefixes.get(g)
-                yield Request(rid, t, prefix + tuple(range(next_id, next_id + q)), o, None, None, g, "default")
-                next_id += q
+                yield Request(rid, t, prefix + take(q), o, None, None, g, "default")
                 rid += 1
                 taken += 1
             if taken < n:
@@ -105,7 +121,7 @@ class RasqParams(BaseModel):
 
 
 def rasq_requests(p: RasqParams, rng: np.random.Generator, arrivals_s: Iterator[float]) -> Iterator[Request]:
-    prefixes = _Segments(SYNTHETIC_TOKEN_BASE, [p.shared_len] * p.num_groups)
+    prefixes = _Segments(_FIRST_SHARED_ID, [p.shared_len] * p.num_groups)
     size = p.num_groups * p.queries_per_group
     unique = np.full(size, p.unique_len, dtype=np.int64)
     output = np.full(size, p.output_len, dtype=np.int64)
@@ -153,7 +169,7 @@ class GspParams(BaseModel):
 
 def gsp_requests(p: GspParams, rng: np.random.Generator, arrivals_s: Iterator[float]) -> Iterator[Request]:
     system_lens = random_lens(rng, p.system_prompt_len, p.range_ratio, p.num_groups).tolist()
-    prefixes = _Segments(SYNTHETIC_TOKEN_BASE, system_lens)
+    prefixes = _Segments(_FIRST_SHARED_ID, system_lens)
     size = p.num_groups * p.prompts_per_group
     probs = zipf_probs(p.num_groups, p.zipf_alpha) if p.zipf_alpha is not None else None
 
@@ -193,14 +209,14 @@ class TreeParams(BaseModel):
 
 def tree_requests(p: TreeParams, rng: np.random.Generator, arrivals_s: Iterator[float]) -> Iterator[Request]:
     n_i, n_p, n_h = p.num_instructions, p.profiles_per_instruction, p.histories_per_profile
-    instr = _Segments(SYNTHETIC_TOKEN_BASE, [p.instruction_len] * n_i)
+    instr = _Segments(_FIRST_SHARED_ID, [p.instruction_len] * n_i)
     prof = _Segments(instr.end_id, [p.profile_len] * (n_i * n_p))
     hist = _Segments(prof.end_id, [p.history_len] * (n_i * n_p * n_h))
     # Full prefixes (instruction + profile [+ history]) are built once per node and then reused.
-    to_profile: list[tuple[int, ...] | None] = [None] * (n_i * n_p)
-    to_history: list[tuple[int, ...] | None] = [None] * (n_i * n_p * n_h)
+    to_profile: list[TokenArray | None] = [None] * (n_i * n_p)
+    to_history: list[TokenArray | None] = [None] * (n_i * n_p * n_h)
 
-    def leaf_prefix(i: int, ip: int, leaf: int) -> tuple[int, ...]:
+    def leaf_prefix(i: int, ip: int, leaf: int) -> TokenArray:
         pre = to_profile[ip]
         if pre is None:
             pre = to_profile[ip] = instr.get(i) + prof.get(ip)
@@ -208,7 +224,7 @@ def tree_requests(p: TreeParams, rng: np.random.Generator, arrivals_s: Iterator[
         return full
 
     probs = [zipf_probs(n, p.popularity_alpha) for n in (n_i, n_p, n_h)]
-    next_id = hist.end_id
+    take = _unique_ids(hist).take
     rid = 0
     q, o = p.question_len, p.output_len
     while True:
@@ -218,8 +234,7 @@ def tree_requests(p: TreeParams, rng: np.random.Generator, arrivals_s: Iterator[
         taken = 0
         for i, ip, leaf, t in zip(i_s.tolist(), ip_s.tolist(), leaf_s.tolist(), arrivals_s, strict=False):
             prefix = to_history[leaf] or leaf_prefix(i, ip, leaf)
-            yield Request(rid, t, prefix + tuple(range(next_id, next_id + q)), o, None, None, leaf, "default")
-            next_id += q
+            yield Request(rid, t, prefix + take(q), o, None, None, leaf, "default")
             rid += 1
             taken += 1
         if taken < _CHUNK:

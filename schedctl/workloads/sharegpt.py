@@ -19,7 +19,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from schedctl.workloads.types import SYNTHETIC_TOKEN_BASE, Request
+from schedctl.tokens import IdAllocator
+from schedctl.workloads.types import Request
 
 _CHUNK = 4096
 
@@ -52,7 +53,7 @@ class ShareGptParams(BaseModel):
 
 
 def sharegpt_requests(p: ShareGptParams, rng: np.random.Generator, arrivals_s: Iterator[float]) -> Iterator[Request]:
-    next_id = SYNTHETIC_TOKEN_BASE
+    take = IdAllocator().take
     rid = 0
     while True:
         prompt_lens = np.minimum(lognormal_lens(rng, p.prompt_median_len, p.prompt_sigma, _CHUNK),
@@ -65,8 +66,7 @@ def sharegpt_requests(p: ShareGptParams, rng: np.random.Generator, arrivals_s: I
             classes = np.where(rng.random(_CHUNK) < p.strict_fraction, "strict", "relaxed").tolist()
         taken = 0
         for n, o, slo, t in zip(prompt_lens.tolist(), output_lens.tolist(), classes, arrivals_s, strict=False):
-            yield Request(rid, t, tuple(range(next_id, next_id + n)), o, None, None, None, slo)
-            next_id += n
+            yield Request(rid, t, take(n), o, None, None, None, slo)
             rid += 1
             taken += 1
         if taken < _CHUNK:

@@ -12,8 +12,7 @@ slo_class ("default" when absent). A token-id list holds ids and runs: an item i
 runs, so a million-request trace stays small; real tokenizer ids are written one by one.
 
 Reading is lazy and validates every line: a bad line raises InputFileError with the file, the line number and the
-reason. Runs seen more than once (shared prefixes) are decoded once and reused, so replayed prompts share their
-prefix token objects as generated ones do. Writing is atomic: a failed write leaves no file behind.
+reason. Writing is atomic: a failed write leaves no file behind.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+from array import array
 from collections.abc import Iterable, Iterator
 from typing import Annotated
 
@@ -28,6 +28,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from schedctl.files import AtomicWriter, InputFileError, iter_jsonl, validation_message
+from schedctl.tokens import TokenArray
+from schedctl.workloads.shared_prefix import id_range
 from schedctl.workloads.types import Request
 
 TokenItem = Annotated[int, Field(ge=0)] | tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=1)]]
@@ -48,11 +50,12 @@ class TraceLine(BaseModel):
     slo_class: str = Field("default", min_length=1)
 
 
-def encode_tokens(ids: tuple[int, ...]) -> list[int | list[int]]:
+def encode_tokens(ids: TokenArray) -> list[int | list[int]]:
     """Token ids as trace items: runs of >= 4 consecutive ids become [first_id, count]."""
     if not ids:
         return []
-    breaks = (np.flatnonzero(np.diff(np.asarray(ids, dtype=np.int64)) != 1) + 1).tolist()
+    arr = np.frombuffer(ids, dtype=np.int64) if isinstance(ids, array) else np.asarray(ids, dtype=np.int64)
+    breaks = (np.flatnonzero(np.diff(arr) != 1) + 1).tolist()
     out: list[int | list[int]] = []
     for start, end in itertools.pairwise([0, *breaks, len(ids)]):
         if end - start >= _MIN_RUN:
@@ -62,50 +65,20 @@ def encode_tokens(ids: tuple[int, ...]) -> list[int | list[int]]:
     return out
 
 
-class _RunCache:
-    """Decoded runs, kept once a run has been seen twice (a shared prefix), within a token budget."""
-
-    def __init__(self, max_tokens: int = 1 << 23, max_seen: int = 1 << 17) -> None:
-        self.runs: dict[tuple[int, int], tuple[int, ...]] = {}
-        self.seen: set[tuple[int, int]] = set()
-        self.tokens = 0
-        self.max_tokens = max_tokens
-        self.max_seen = max_seen
-
-    def get(self, first: int, count: int) -> tuple[int, ...]:
-        key = (first, count)
-        run = self.runs.get(key)
-        if run is not None:
-            return run
-        run = tuple(range(first, first + count))
-        if key in self.seen:
-            if self.tokens + count > self.max_tokens:
-                self.runs.clear()
-                self.tokens = 0
-            self.runs[key] = run
-            self.tokens += count
-        else:
-            if len(self.seen) >= self.max_seen:
-                self.seen.clear()
-            self.seen.add(key)
-        return run
-
-    def decode(self, items: list[int | tuple[int, int]]) -> tuple[int, ...]:
-        parts: list[tuple[int, ...] | list[int]] = []
-        singles: list[int] = []
-        for item in items:
-            if isinstance(item, int):
-                singles.append(item)
-                continue
-            if singles:
-                parts.append(singles)
-                singles = []
-            parts.append(self.get(*item))
+def decode_tokens(items: list[int | tuple[int, int]]) -> TokenArray:
+    """Trace items (ids and [first_id, count] runs) as an int64 array."""
+    out = array("q")
+    singles: list[int] = []
+    for item in items:
+        if isinstance(item, int):
+            singles.append(item)
+            continue
         if singles:
-            parts.append(singles)
-        if len(parts) == 1 and isinstance(parts[0], tuple):
-            return parts[0]
-        return tuple(itertools.chain.from_iterable(parts))
+            out.extend(singles)
+            singles = []
+        out += id_range(*item)
+    out.extend(singles)
+    return out
 
 
 def _line(req: Request) -> str:
@@ -144,7 +117,6 @@ def write_trace(path: str | os.PathLike[str], requests: Iterable[Request]) -> in
 
 def read_trace(path: str | os.PathLike[str]) -> Iterator[Request]:
     """The requests of a JSONL trace, lazily, validating each line (InputFileError names the file and line)."""
-    runs = _RunCache()
     seen_ids: set[int] = set()
     last_s = 0.0
     for lineno, obj in iter_jsonl(path):
@@ -161,9 +133,9 @@ def read_trace(path: str | os.PathLike[str]) -> Iterator[Request]:
             raise InputFileError(path, where, f"request_id {line.request_id} appears twice")
         seen_ids.add(line.request_id)
         last_s = line.arrival_s
-        output_tokens = None if line.output_tokens is None else runs.decode(line.output_tokens)
+        output_tokens = None if line.output_tokens is None else decode_tokens(line.output_tokens)
         try:
-            req = Request(line.request_id, line.arrival_s, runs.decode(line.prompt), line.output_len,
+            req = Request(line.request_id, line.arrival_s, decode_tokens(line.prompt), line.output_len,
                           output_tokens, line.session_id, line.group_id, line.slo_class)
         except ValueError as exc:
             raise InputFileError(path, where, str(exc)) from None
