@@ -9,6 +9,7 @@ randomness comes from the seed given.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -32,7 +33,10 @@ class SyntheticEnv:
         return self.arms[int(np.argmax(self.means(t)))]
 
     def reward(self, arm: Arm, t: int, rng: np.random.Generator) -> float:
-        mean = float(self.means(t)[self.arms.index(arm)])
+        return self.draw(float(self.means(t)[self.arms.index(arm)]), rng)
+
+    def draw(self, mean: float, rng: np.random.Generator) -> float:
+        """One noisy reward around ``mean``."""
         if self.noise == "bernoulli":
             return float(rng.random() < mean)
         return mean + self.noise_std * float(rng.standard_normal())
@@ -53,7 +57,7 @@ def abrupt(segments: Sequence[tuple[int, Sequence[float]]], arms: Sequence[Arm] 
     table = [np.asarray(m, dtype=float) for _, m in segments]
 
     def mean_fn(t: int) -> np.ndarray:
-        return table[int(np.searchsorted(starts, t, side="right")) - 1]
+        return table[bisect.bisect_right(starts, t) - 1]
 
     return SyntheticEnv(tuple(arms) if arms is not None else tuple(range(len(table[0]))), mean_fn)
 
@@ -93,14 +97,16 @@ def simulate(
     """Play ``bandit`` for ``horizon_steps`` steps; rewards are drawn from a generator seeded with ``seed``."""
     rng = np.random.default_rng(seed)
     choices: list[Arm] = []
-    rewards = np.empty(horizon_steps)
-    step_regret = np.empty(horizon_steps)
+    rewards: list[float] = []
+    step_regret: list[float] = []
     for t in range(horizon_steps):
         context = context_fn(t) if context_fn is not None else None
         arm = bandit.select(context)
-        rewards[t] = env.reward(arm, t, rng)
-        bandit.update(arm, rewards[t], context)
-        means = env.means(t)
-        step_regret[t] = float(means.max() - means[env.arms.index(arm)])
+        means = env.means(t).tolist()
+        mean = means[env.arms.index(arm)]
+        reward = env.draw(mean, rng)
+        bandit.update(arm, reward, context)
         choices.append(arm)
-    return SimResult(choices, rewards, np.cumsum(step_regret))
+        rewards.append(reward)
+        step_regret.append(max(means) - mean)
+    return SimResult(choices, np.array(rewards), np.cumsum(step_regret))
