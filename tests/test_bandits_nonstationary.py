@@ -93,8 +93,6 @@ def test_discounting_tracks_slow_drift(stationary_name: str, discounted_name: st
     env = drifting([0.5] * 5, amplitude=0.3, period_steps=1500, arms=[1, 2, 4, 8, "inf"])
 
     def regret(name: str) -> float:
-        return float(
-            np.mean([simulate(make_bandit(name, env.arms, s), env, 3000, 1000 + s).regret[-1] for s in SEEDS])
-        )
+        return float(np.mean([simulate(make_bandit(name, env.arms, s), env, 3000, 1000 + s).regret[-1] for s in SEEDS]))
 
     assert regret(discounted_name) <= 0.6 * regret(stationary_name)
