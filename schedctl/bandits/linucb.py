@@ -13,7 +13,6 @@ for every arm at each update), for load patterns whose effect drifts; 1 keeps ev
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -59,12 +58,12 @@ class LinUCB(DiscreteBandit):
     def estimates(self, context: Sequence[float] | np.ndarray) -> dict[Arm, tuple[float, float]]:
         """(predicted reward, confidence width) per arm for this context."""
         x = self.features(context)
-        out = {}
-        for arm in self._arms:
-            a_inv_x = np.linalg.solve(self._a[arm], x)
-            theta = np.linalg.solve(self._a[arm], self._b[arm])
-            out[arm] = (float(theta @ x), math.sqrt(max(float(x @ a_inv_x), 0.0)))
-        return out
+        a = np.stack([self._a[arm] for arm in self._arms])  # (arms, d, d)
+        rhs = np.stack([np.column_stack([x, self._b[arm]]) for arm in self._arms])  # (arms, d, 2)
+        sol = np.linalg.solve(a, rhs)  # columns: A^-1 x, A^-1 b = theta
+        means = sol[:, :, 1] @ x
+        widths = np.sqrt(np.maximum(sol[:, :, 0] @ x, 0.0))
+        return {arm: (float(m), float(w)) for arm, m, w in zip(self._arms, means, widths, strict=True)}
 
     def select(self, context: Any = None) -> Arm:
         if not self._arms:
