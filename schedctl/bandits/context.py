@@ -155,7 +155,9 @@ def _as_features(features: LoadFeatures | Mapping[str, Any]) -> LoadFeatures:
 
 
 class ContextualParams(LearnerParams):
-    learner: str = Field(default="discounted_ucb", description="factory name of the learner used in each bucket")
+    learner: str = Field(
+        default="discounted_thompson_beta", description="factory name of the learner in each bucket (rewards in [0, 1])"
+    )
     learner_params: dict[str, Any] = Field(default_factory=dict)
     bucketer: BucketerParams = Field(default_factory=BucketerParams)
 
