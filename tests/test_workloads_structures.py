@@ -101,8 +101,11 @@ def test_rasq_has_u_shared_and_d_unique_tokens() -> None:
     for a, b in itertools.combinations(reqs[:30], 2):
         assert len(a.prompt) == 150
         assert _common_prefix_len(a.prompt, b.prompt) == (120 if a.group_id == b.group_id else 0)
-    for rnd in range(3):
-        assert Counter(r.group_id for r in reqs[rnd * 30 : (rnd + 1) * 30]) == {g: 5 for g in range(6)}
+    rounds = [[r.group_id for r in reqs[rnd * 30 : (rnd + 1) * 30]] for rnd in range(3)]
+    for groups in rounds:
+        assert Counter(groups) == {g: 5 for g in range(6)}
+        assert groups != sorted(groups)  # queries come shuffled...
+    assert rounds[0] != rounds[1]  # ...afresh each round
 
 
 def test_rasq_group_shuffle_keeps_each_group_back_to_back() -> None:
