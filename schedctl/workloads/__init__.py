@@ -3,7 +3,7 @@
 Entry points: :func:`make_requests` (a lazy, seeded, arrival-sorted stream of :class:`Request`),
 :func:`parse_workload` / :func:`parse_arrival` / :func:`parse_rate` (command-line forms),
 :func:`describe_workloads` (``--help`` text), :func:`load_workload_file` (TOML), and
-:func:`write_trace` / :func:`read_trace` (JSONL). Depends on nothing else in schedctl but ``files``.
+:func:`write_trace` / :func:`read_trace` (JSONL). Depends on nothing else in schedctl but ``files`` and ``tokens``.
 """
 
 from schedctl.workloads.arrivals import (

@@ -184,8 +184,8 @@ def parse_rate(text: str | float) -> RateSchedule:
     items = _items(what, rest)
     if kind == "steps":
         try:
-            steps = [(float(k), float(v)) for k, v in items.items() if v is not None]
-        except ValueError:
+            steps = [(float(k), float(v)) for k, v in items.items()]  # type: ignore[arg-type]
+        except (TypeError, ValueError):
             raise ValueError(f"{what}: expected START_S=RATE_RPS pairs, got {rest!r}") from None
         return _validate(StepsRate, what, {}, {"kind": "steps", "steps": sorted(steps)})
     return _validate(RATE_SCHEDULES[kind], what, items, {"kind": kind})

@@ -154,7 +154,9 @@ class GspParams(BaseModel):
     range_ratio: float = Field(
         1.0, ge=0, le=1, description="lengths uniform in [ratio·len, len]; 1 = fixed (--gsp-range-ratio)"
     )
-    ordered: bool = Field(False, description="group-major order instead of a shuffle (--gsp-ordered)")
+    ordered: bool = Field(
+        False, description="group-major order instead of a shuffle (--gsp-ordered; no effect with zipf)"
+    )
     group_distribution: Literal["uniform", "zipf"] = Field(
         "uniform", description="uniform: every group prompts_per_group times per round; zipf: groups drawn by rank"
     )
