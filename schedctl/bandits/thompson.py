@@ -8,7 +8,8 @@
 Both take ``discount`` (1 = stationary). Below 1 they are discounted Thompson sampling (Raj & Kalyani 2017):
 every update first multiplies all arms' evidence by ``discount``, so the posteriors widen back towards the
 prior for arms that are not played and the learner re-explores after a change. The factory names the
-discounted forms ``discounted_thompson_beta`` / ``discounted_thompson_gaussian`` (default discount 0.99).
+discounted forms ``discounted_thompson_beta`` / ``discounted_thompson_gaussian`` (default discount 0.995,
+a memory of about 200 updates).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class ThompsonBetaParams(LearnerParams):
 
 
 class DiscountedThompsonBetaParams(ThompsonBetaParams):
-    discount: float = Field(default=0.99, gt=0, le=1, description="evidence kept per update; 1 = stationary")
+    discount: float = Field(default=0.995, gt=0, le=1, description="evidence kept per update; 1 = stationary")
 
 
 class ThompsonGaussianParams(LearnerParams):
@@ -38,7 +39,7 @@ class ThompsonGaussianParams(LearnerParams):
 
 
 class DiscountedThompsonGaussianParams(ThompsonGaussianParams):
-    discount: float = Field(default=0.99, gt=0, le=1, description="evidence kept per update; 1 = stationary")
+    discount: float = Field(default=0.995, gt=0, le=1, description="evidence kept per update; 1 = stationary")
 
 
 class ThompsonBeta(DiscreteBandit):
