@@ -45,6 +45,9 @@ class EngineConfig(BaseModel):
     retract_token_ratio: float = Field(default=0.9, ge=0, le=1, description="reserve share right after a retraction")
     token_ratio_decay_per_step: float = Field(default=0.001, ge=0)
     record_token_times: bool = False
+    max_decode_run_steps: int | None = Field(
+        default=None, ge=1, description="cap on decode steps advanced at once (1 = SGLang's step-by-step loop; tests)"
+    )
 
 
 class _Live:
@@ -166,22 +169,22 @@ class SimEngine:
     def _prefill_round(self) -> bool:
         budget = self.cfg.chunked_prefill_tokens
         batch: list[tuple[_Live, int, int]] = []  # (request, new tokens, cached context)
-        chunked = self._chunked
-        if chunked is not None:
-            self._chunked = None
-            if not self._admit(chunked, budget, batch):
-                self._chunked = chunked
-                return False
-            budget -= batch[-1][1]
-        while budget > 0 and self.queue and len(self._running) + len(batch) < self.cfg.max_running_requests:
-            live = self.queue.peek()
+        chunked, self._chunked = self._chunked, None
+        candidates = [chunked] if chunked is not None else []
+        while budget > 0 and (candidates or self.queue):
+            if not candidates and len(self._running) + len(batch) >= self.cfg.max_running_requests:
+                break
+            live = candidates.pop() if candidates else self.queue.peek()
             assert live is not None
             if not self._admit(live, budget, batch):
-                if not self._running and not batch and self._chunked is None:
+                if live is chunked:
+                    self._chunked = chunked  # keeps its lock and progress; tries again next round
+                elif not self._running and not batch and self._chunked is None:
                     self._abort(self.queue.pop())  # cannot fit even in an empty engine
                     continue
                 break
-            self.queue.pop()
+            if live is not chunked:
+                self.queue.pop()
             budget -= batch[-1][1]
             if live.done_tokens < len(live.tokens):
                 self._chunked = live  # the budget ran out inside this prompt
@@ -195,6 +198,19 @@ class SimEngine:
                 self._emit_from_prefill(live)
         return True
 
+    def _need(self, live: _Live, cached: int, budget: int, others: bool, ratio: float, remaining: int) -> int:
+        """KV tokens admitting ``live``'s next chunk needs: the chunk, plus the reserve for outputs to come.
+
+        An engine with nothing else running or admitted admits without a reserve, as SGLang does.
+        """
+        take = min(len(live.tokens) - cached, budget)
+        if not others:
+            return take
+        reserve = math.ceil(ratio * remaining)
+        if cached + take == len(live.tokens):
+            reserve += math.ceil(ratio * (live.req.output_len - live.generated))
+        return take + reserve
+
     def _admit(self, live: _Live, budget: int, batch: list[tuple[_Live, int, int]]) -> bool:
         """Lock the cached prefix, check memory, allocate the next chunk; False (nothing held) if it won't fit."""
         cache = self.cache
@@ -205,17 +221,12 @@ class SimEngine:
         else:
             assert live.node is not None
             node, cached = live.node, live.done_tokens
-        take = min(len(tokens) - cached, budget)
-        finishing = cached + take == len(tokens)
-        reserve = 0
-        if self._running or batch:  # an empty engine admits without a reserve, as SGLang does
-            reserve = math.ceil(self._ratio * self._remaining)
-            if finishing:
-                reserve += math.ceil(self._ratio * (live.req.output_len - live.generated))
-        if take + reserve > cache.available_tokens:
+        need = self._need(live, cached, budget, bool(self._running or batch), self._ratio, self._remaining)
+        if need > cache.available_tokens:
             if fresh:
                 cache.unlock(node)
             return False
+        take = min(len(tokens) - cached, budget)
         if fresh and live.cached_tokens < 0:
             live.cached_tokens = cached
             cache.record_lookup(len(tokens), cached)
@@ -224,6 +235,32 @@ class SimEngine:
         live.done_tokens = cached + take
         batch.append((live, take, cached))
         return True
+
+    def _steps_until_admissible(self, limit: int) -> int:
+        """Decode steps after which the next waiting request fits (``limit`` if not within it).
+
+        SGLang re-checks admission before every step. Decoding shrinks the free KV by one token per running request
+        per step and the reserve by at most that times the reserve share, so a request that does not fit now
+        will not fit later — unless the share is still decaying after a retraction. Only then is it scanned.
+        """
+        live = self._chunked if self._chunked is not None else self.queue.peek()
+        if live is None or self._ratio <= self.cfg.new_token_ratio:
+            return limit
+        if self._chunked is None and len(self._running) >= self.cfg.max_running_requests:
+            return limit
+        if live.node is None:
+            cached, pinned = self.cache.prefix_unlocked(live.tokens, len(live.tokens) - 1)
+        else:
+            cached, pinned = live.done_tokens, 0
+        budget = self.cfg.chunked_prefill_tokens
+        batch = len(self._running)
+        available = self.cache.available_tokens - pinned  # locking its prefix takes those out of the evictable
+        decay, floor = self.cfg.token_ratio_decay_per_step, self.cfg.new_token_ratio
+        for j in range(1, limit):
+            ratio = max(floor, self._ratio - j * decay)
+            if self._need(live, cached, budget, True, ratio, self._remaining - j * batch) <= available - j * batch:
+                return j
+        return limit
 
     def _emit_from_prefill(self, live: _Live) -> None:
         now = self.now_s
@@ -259,6 +296,7 @@ class SimEngine:
         if limit <= 0:
             self._retract_newest()
             return
+        limit = self._steps_until_admissible(min(limit, self.cfg.max_decode_run_steps or limit))
         run = self.model.decode_run(batch, self._ctx_sum)
         horizon = min(self.next_arrival_s, until_s)
         n = run.steps_to_reach(horizon - self.now_s, limit) if horizon < math.inf else limit

@@ -141,15 +141,22 @@ class RadixKVCache:
                     self._push_lru(cur)
             cur = cur.parent  # type: ignore[assignment]
 
-    def unlocked_on_path(self, node: KVNode) -> int:
-        """Tokens on the path root..node that are not locked (they stop being evictable if node is locked)."""
-        total = 0
+    def prefix_unlocked(self, tokens: Tokens, limit: int) -> tuple[int, int]:
+        """(cached length of ``tokens[:limit]``, how many of those cached tokens are unlocked) — no side effects.
+
+        The second number is what locking that prefix would take out of the evictable tokens.
+        """
+        tokens = as_tokens(tokens)
+        node, child, offset = self._match(tokens)
+        if node.depth + offset > limit:
+            node, child, offset = self.tree.match(tokens[:limit])
+        unlocked = offset if child is not None and child.lock_ref == 0 else 0
         cur: KVNode | None = node
         while cur is not None and cur.parent is not None:
             if cur.lock_ref == 0:
-                total += len(cur.key)
+                unlocked += len(cur.key)
             cur = cur.parent  # type: ignore[assignment]
-        return total
+        return node.depth + offset, unlocked
 
     # -- allocation ----------------------------------------------------------------------------------------
     def extend_locked(self, node: KVNode, tokens: Tokens, end: int) -> KVNode:
