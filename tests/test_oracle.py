@@ -209,6 +209,7 @@ def test_twelve_queries_solve_within_a_node_budget(cache: CacheKind) -> None:
     instances = [
         regular_arrival_shuffled_queue(3, 4, 12, 2, 3.0, seed=8),
         random_prefix_tree(12, 9, prefix_nodes=4, arrival_span_s=40.0),
+        random_prefix_tree(12, 9, prefix_nodes=4, segment_tokens=(3, 15), arrival_span_s=5.0),  # all but at once
     ]
     for queries in instances:
         for obj in objectives(queries, m):

@@ -21,10 +21,18 @@ timing with extra idle time, for both objectives. So the optimum over all schedu
 orders, each with its semi-active timing: that is what :func:`solve` and :func:`brute_force` compute.
 
 That set includes orders that keep the server idle while a query waits, to serve first a query not yet
-released. Online work-conserving policies (FCFS, LPM, k-LPM) never do, and with prefix reuse this deliberate
-idling can strictly help: with the last-prompt cache, waiting a moment for a query that reuses the cached
-prompt can beat evicting it for a query that has just arrived (``tests/test_oracle.py`` has a worked
-instance). Without reuse it cannot help (FCFS, which is work-conserving, is then optimal for max TTFT).
+released. Online work-conserving policies (FCFS, LPM, k-LPM) never do. Whether such deliberate idling helps:
+
+* max TTFT, last-prompt cache: it can, strictly. Waiting a moment for a query that reuses the cached prompt can
+  beat evicting that prompt for a query that has just arrived (``tests/test_oracle.py`` has a worked instance).
+* max TTFT, radix cache: it cannot; some work-conserving order is optimal. Exchange argument: if the server
+  idles at τ while queries wait, move the earliest-released waiting query i into that slot. Work under this
+  cache is a coverage function of the set of prompts processed (each prefix-tree token is computed once, at a
+  cost that depends on its depth), hence monotone and submodular; so i now completes no later than before, every
+  query that moved past it completes no later than i used to (and was released no earlier than i), and the rest
+  is unchanged. Without any reuse this is FCFS's optimality.
+* late count: it can, even without reuse (holding the server for a query that can still make the bound).
+
 ``brute_force(..., work_conserving=True)`` gives the best work-conserving order of a tiny instance, to measure
 that gap. The optimum is a lower bound for every policy either way.
 
@@ -257,9 +265,10 @@ def solve(
 
     Raises :class:`NodeLimitExceeded` (carrying the best order found) after ``node_limit`` expanded nodes.
     """
-    seeds = {policy_order(queries, model, k) for k in HEURISTIC_KS}
-    incumbent = min(sorted(seeds), key=lambda o: evaluate(queries, o, model, objective))
-    search = _Search(queries, model, objective, incumbent, evaluate(queries, incumbent, model, objective), node_limit)
+    seeds = {o: evaluate(queries, o, model, objective) for o in sorted({policy_order(queries, model, k)
+                                                                       for k in HEURISTIC_KS})}
+    incumbent = min(seeds, key=seeds.__getitem__)
+    search = _Search(queries, model, objective, incumbent, seeds[incumbent], node_limit)
     search.run()
     order = tuple(search.best_order)
     return Solution(evaluate(queries, order, model, objective), order, search.nodes)
