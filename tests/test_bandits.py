@@ -126,7 +126,7 @@ def test_state_round_trips_through_json_and_continues_identically(name: str) -> 
     ctx_fn = (lambda t: ctx) if ctx else None
     learner = build(name, arms, 3)
     simulate(learner, env, 150, 1, ctx_fn)
-    saved = json.dumps(learner.state())  # strict JSON-safe: no NaN, no tuples as keys
+    saved = json.dumps(learner.state(), allow_nan=False)  # strict JSON: no NaN, no tuples as keys
     restored = bandit_from_state(json.loads(saved))
     assert type(restored) is type(learner)
     assert restored.arms == learner.arms

@@ -158,7 +158,7 @@ def test_state_round_trips_and_continues_identically() -> None:
     tuner = DeadlineTuner(params)
     plant = Plant(1.7, tau_s=2.0)
     run(tuner, plant, ticks=7, tick_s=2.5)
-    restored = DeadlineTuner.from_state(json.loads(json.dumps(tuner.state())))
+    restored = DeadlineTuner.from_state(json.loads(json.dumps(tuner.state(), allow_nan=False)))
     twin = Plant(1.7, tau_s=2.0)
     twin.p99_s = plant.p99_s
     _, knobs_a = run(tuner, plant, ticks=10, tick_s=2.5, t0_s=17.5)
