@@ -51,7 +51,7 @@ def test_tree_match_is_longest_common_prefix_with_any_inserted(inserted: list[li
     for q in queries + inserted:
         assert tree.match_len(q) == max(lcp(q, s) for s in inserted)
     for s in inserted:  # a match after insert is found, whole
-        node, child, offset = tree.match(s)
+        node, _child, offset = tree.match(s)
         assert node.depth + offset == len(s)
         assert list(tree.path_tokens(node)) == s[: node.depth]
 
@@ -86,9 +86,8 @@ def test_cache_invariants_under_random_operations(operations, capacity: int):
             leaf, seq = held.pop(arg % len(held))
             cache.insert(seq, start=leaf)
             cache.unlock(leaf)
-        elif op == "alloc":
-            if cache.make_room(arg):
-                cache.inflight_tokens += arg
+        elif op == "alloc" and cache.make_room(arg):
+            cache.inflight_tokens += arg
         # capacity never exceeded; the counters agree with the tree
         assert cache.used_tokens <= cache.capacity_tokens
         assert cache.tree_tokens == tree_tokens(cache)
