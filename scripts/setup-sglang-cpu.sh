@@ -4,7 +4,7 @@
 #
 # Recipe (shared/SGLANG.md): the CPU build of torch 2.13.0, sglang 0.5.23 without its dependencies (they pull
 # CUDA), then the few packages its scheduler imports. torchvision is NOT installed (it would upgrade torch and
-# pull CUDA); tests/sglang_stubs/ holds an empty stand-in that the tests put on PYTHONPATH.
+# pull CUDA); tests/sglang_stubs/ holds a stand-in that tests/test_sglang_plugin.py puts on sys.path.
 #
 # Idempotent: a stamp records the versions and the hash of this script and pyproject.toml; when they match,
 # nothing is installed again.
@@ -26,20 +26,26 @@ fi
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
-pip_install() { "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@"; }
+pip_install() {
+  # Drop two kinds of expected noise: notes about the machine's local indexes that lack a name, and the
+  # resolver's list of sglang requirements left out on purpose (installed --no-deps: they pull CUDA).
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@" 2> >(grep -v -e "is ignored: it is neither" \
+    -e "^sglang $SGLANG_VERSION requires" -e "dependency resolver does not currently take into account" >&2)
+}
 
-# torch first: with 2.13.0 in place, nothing below may replace it with a CUDA build.
+# torch first: with 2.13.0 (CPU) in place, nothing below may replace it with a CUDA build. SGLang 0.5.23 asks
+# for torch 2.14.1; its scheduler, radix cache and plugin code run on 2.13.0.
 pip_install "torch==$TORCH_VERSION"
 pip_install --no-deps "sglang==$SGLANG_VERSION"
-# What SGLang's scheduler, radix cache, plugin loader and HTTP entry points import (SGLANG.md), plus the
-# test tools. triton must be the real package: torch imports triton.backends.
+# What SGLang's scheduler, radix cache, plugin loader, metrics and server args import (SGLANG.md), at the
+# versions sglang 0.5.23 pins where it pins one. triton must be the real package: torch imports triton.backends.
 pip_install "torch==$TORCH_VERSION" numpy orjson psutil pybase64 requests triton packaging pillow starlette \
-  msgspec pydantic pyzmq tqdm IPython aiohttp dill transformers "apache-tvm-ffi==0.1.11" sentencepiece \
-  compressed-tensors gguf openai partial_json_parser setproctitle einops uvicorn fastapi \
-  prometheus-client httpx structlog pytest pytest-timeout
-# schedctl itself, editable and without its own dependency list (matplotlib, scikit-learn, ... are not
-# needed inside the engine); this registers the [project.entry-points."sglang.srt.plugins"] entry.
-pip_install --no-deps -e .
+  msgspec pydantic pyzmq tqdm IPython aiohttp dill "transformers==5.19.0" "tokenizers==0.23.2" \
+  "apache-tvm-ffi==0.1.11" "sentencepiece==0.2.1" "compressed-tensors==0.18.0" gguf "openai==2.8.0" \
+  partial_json_parser setproctitle einops "uvicorn>=0.51" fastapi "prometheus-client>=0.20" pytest pytest-timeout
+# schedctl itself, editable, with its own dependencies: this registers the
+# [project.entry-points."sglang.srt.plugins"] entry that SGLang's load_plugins() finds.
+pip_install "torch==$TORCH_VERSION" -e .
 
 "$VENV/bin/python" - <<'EOF'
 from importlib.metadata import entry_points, version
