@@ -175,7 +175,7 @@ def test_in_batch_deprioritisation_is_kept(sg: SimpleNamespace, state: plugin.Pl
     queue = list(reqs)
     policy.calc_priority(queue)
     head = [reqs[0], reqs[1], reqs[3]]
-    assert rids(queue) == rids(klpm_order(head, [0, 100, 0], 2)) + ["r2"]  # r2 waits for r0's prefix
+    assert rids(queue) == [*rids(klpm_order(head, [0, 100, 0], 2)), "r2"]  # r2 waits for r0's prefix
 
 
 def test_set_internal_state_changes_the_next_pass(sg: SimpleNamespace, state: plugin.PluginState) -> None:

@@ -63,10 +63,12 @@ class Scrape:
     counters: dict[str, dict[Labels, float]] = field(default_factory=dict)
     histograms: dict[str, dict[Labels, dict[float, float]]] = field(default_factory=dict)  # series -> le -> count
     gauges: dict[str, dict[Labels, float]] = field(default_factory=dict)
+    families: set[str] = field(default_factory=set)  # every sglang:* family declared, with samples or not yet
 
     @property
     def empty(self) -> bool:
-        return not (self.counters or self.histograms or self.gauges)
+        """No SGLang family at all: not SGLang's /metrics (a fresh server declares families before samples)."""
+        return not self.families
 
 
 _FAMILY_START = re.compile(r"^# (?:HELP|TYPE) (\S+)")
@@ -95,6 +97,8 @@ def parse_scrape(text: str) -> Scrape:
             logger.warning("skipping unparsable metrics text (%s): %.80r", exc, chunk)
             continue
         for family in families:
+            if family.name.startswith("sglang:"):
+                scrape.families.add(family.name)
             for sample in family.samples:
                 _add_sample(scrape, sample.name, dict(sample.labels), sample.value)
     return scrape

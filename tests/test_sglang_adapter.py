@@ -1,0 +1,346 @@
+"""The SGLang adapter over a real socket on 127.0.0.1, against a server that speaks SGLang's formats.
+
+The server is http.server in a thread, serving Prometheus text written by prometheus-client with SGLang's
+metric names, labels and default buckets, plus /server_info and /set_internal_state answers shaped as SGLang's
+(the plugin's readback included). It stops when each test ends. Needs no SGLang (core test suite).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from schedctl.engine_adapter.base import EngineAdapter, EngineUnavailable, UnsupportedPolicy
+from schedctl.engine_adapter.sglang import channel, metrics
+from schedctl.engine_adapter.sglang.adapter import SGLangAdapter
+from schedctl.engine_adapter.sglang.export import RequestExportFollower
+from schedctl.policies.spec import FCFSSpec, KLPMSpec, LPMSpec
+
+TTFT_BUCKETS_S = [0.1, 0.2, 0.4, 0.6, 0.8, 1, 2, 4, 6, 8, 10, 20, 40, 60, 80, 100, 200, 400]  # SGLang's defaults
+ITL_BUCKETS_S = [0.002, 0.004, 0.006, 0.008, 0.010, 0.015, 0.020, 0.025, 0.030, 0.035, 0.040, 0.060, 0.080, 0.100,
+                 0.200, 0.400, 0.600, 0.800, 1.000, 2.000, 4.000, 6.000, 8.000]  # fmt: skip
+
+
+class FakeSGLangMetrics:
+    """SGLang's tokenizer and scheduler metrics in a registry of their own (one engine 'life')."""
+
+    def __init__(self, ranks: list[dict[str, str]] | None = None) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.ttft = Histogram(metrics.TTFT, "ttft", ["model_name", "is_streaming"], buckets=TTFT_BUCKETS_S, registry=r)
+        self.itl = Histogram(metrics.ITL, "itl", ["model_name"], buckets=ITL_BUCKETS_S, registry=r)
+        self.requests = Counter(metrics.REQUESTS, "n", ["model_name", "is_streaming"], registry=r)
+        self.aborted = Counter(metrics.ABORTED, "n", ["model_name"], registry=r)
+        self.prompt = Counter(metrics.PROMPT_TOKENS, "n", ["model_name", "is_streaming"], registry=r)
+        self.cached = Counter(metrics.CACHED_TOKENS, "n", ["model_name", "cache_source"], registry=r)
+        rank_labels = ["model_name", "engine_type", "tp_rank", "pp_rank", "moe_ep_rank", "dp_rank", "priority"]
+        self.gauges = {name: Gauge(name, "g", rank_labels, registry=r) for name in metrics.GAUGES}
+        self.ranks = ranks or [{"tp_rank": "0", "dp_rank": "0"}]
+
+    def finish(self, ttft_s: float, prompt: int, cached: int, stream: bool = False) -> None:
+        s = "true" if stream else "false"
+        self.ttft.labels("m", s).observe(ttft_s)
+        self.requests.labels("m", s).inc()
+        self.prompt.labels("m", s).inc(prompt)
+        self.cached.labels("m", "device").inc(cached)
+
+    def set_gauges(self, **values: float) -> None:
+        for rank in self.ranks:
+            for name, value in values.items():
+                labels = {"model_name": "m", "engine_type": "unified", "pp_rank": "0", "moe_ep_rank": "0",
+                          "priority": "", **rank}  # fmt: skip
+                self.gauges[f"sglang:{name}"].labels(**labels).set(value)
+
+    def text(self) -> str:
+        return generate_latest(self.registry).decode()
+
+
+class FakeSGLang:
+    """What the adapter talks to: /metrics, /server_info and /set_internal_state, as SGLang answers them."""
+
+    def __init__(self) -> None:
+        self.metrics = FakeSGLangMetrics()
+        self.metrics_text: str | None = None  # overrides the registry when set (garbage tests)
+        self.delay_s = 0.0
+        self.status = 200
+        self.plugin = True
+        self.accept_push = True
+        self.schedule_policy = "lpm"
+        self.startup_time = 1000.0
+        self.plugin_state = {channel.KEY_KIND: 0, channel.KEY_K: 0, channel.KEY_VERSION: 0}
+        self.pushes: list[dict[str, Any]] = []
+        self.hits = 0
+
+    def server_info(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"startup_time": self.startup_time}
+        if self.plugin:
+            state[channel.SERVER_INFO_KEY] = dict(self.plugin_state)
+        return {"schedule_policy": self.schedule_policy, "version": "0.5.23", "startup_time": self.startup_time,
+                "internal_states": [state]}  # fmt: skip
+
+    def handle(self, method: str, path: str, body: bytes) -> tuple[int, str]:
+        self.hits += 1
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if self.status != 200:
+            return self.status, "error"
+        if method == "GET" and path == "/metrics":
+            return 200, self.metrics_text if self.metrics_text is not None else self.metrics.text()
+        if method == "GET" and path == "/server_info":
+            return 200, json.dumps(self.server_info())
+        if method == "POST" and path == "/set_internal_state":
+            args = json.loads(body)["server_args"]
+            self.pushes.append(args)
+            ok = self.plugin and self.accept_push and set(args) <= set(channel.KEYS)
+            if ok:
+                self.plugin_state.update(args)
+            return 200, json.dumps([ok])
+        return 404, "not found"
+
+
+@pytest.fixture()
+def engine() -> Iterator[tuple[FakeSGLang, str]]:
+    fake = FakeSGLang()
+
+    class Handler(BaseHTTPRequestHandler):
+        def _serve(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            status, text = fake.handle(self.command, self.path, body)
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.end_headers()
+                self.wfile.write(text.encode())
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client timed out and left
+
+        do_GET = do_POST = _serve
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield fake, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def make_adapter(url: str, **kw: Any) -> tuple[SGLangAdapter, list[float]]:
+    slept: list[float] = []
+    clock = iter(float(i) for i in range(10**6))
+    kw.setdefault("timeout_s", 2.0)
+    adapter = SGLangAdapter(url, retries=2, backoff_s=0.01, sleep=slept.append, clock=lambda: next(clock), **kw)
+    return adapter, slept
+
+
+def bucket_of(x: float, bounds: list[float]) -> tuple[float, float]:
+    lower = 0.0
+    for upper in bounds:
+        if x <= upper:
+            return lower, upper
+        lower = upper
+    return lower, float("inf")
+
+
+# -- windows from histogram deltas ----------------------------------------------------------------------------------
+def test_window_quantiles_match_raw_samples_within_bucket_resolution(engine: tuple[FakeSGLang, str]) -> None:
+    fake, url = engine
+    adapter, _ = make_adapter(url)
+    assert isinstance(adapter, EngineAdapter)
+    rng = np.random.default_rng(7)
+    for x in rng.uniform(5.0, 30.0, 300):  # before the window: slow, must not leak into it
+        fake.metrics.finish(float(x), prompt=100, cached=0)
+    fake.metrics.set_gauges(num_queue_reqs=4, num_running_reqs=2, cache_hit_rate=0.1, token_usage=0.3)
+    first = adapter.observe()
+    assert first.duration_s == 0 and first.ttft.count == 0 and first.queue_len == 4
+
+    window = rng.lognormal(mean=np.log(0.5), sigma=0.6, size=2000)
+    itl = rng.uniform(0.005, 0.09, 500)
+    for i, x in enumerate(window):
+        fake.metrics.finish(float(x), prompt=200, cached=150 if i % 2 else 50, stream=bool(i % 3))
+    for x in itl:
+        fake.metrics.itl.labels("m").observe(float(x))
+    obs = adapter.observe()
+
+    assert obs.completions == 2000 and obs.duration_s == 1.0
+    assert obs.cache_hit_rate == pytest.approx(100 / 200)
+    assert obs.prompt_tokens_mean == pytest.approx(200)
+    for dist, raw, bounds in ((obs.ttft, window, TTFT_BUCKETS_S), (obs.tbt, itl, ITL_BUCKETS_S)):
+        assert dist.count == len(raw) and not dist.samples_s
+        ordered = np.sort(raw)
+        for q in (0.5, 0.9, 0.99):
+            pos = q * (len(raw) - 1)
+            lo, _ = bucket_of(float(ordered[int(np.floor(pos))]), bounds)
+            _, hi = bucket_of(float(ordered[int(np.ceil(pos))]), bounds)
+            assert lo - 1e-9 <= dist.quantile(q) <= hi + 1e-9, (q, dist.quantile(q), np.quantile(raw, q))
+
+
+def test_gauges_are_aggregated_across_ranks(engine: tuple[FakeSGLang, str]) -> None:
+    fake, url = engine
+    fake.metrics.ranks = [{"tp_rank": "0", "dp_rank": "0"}, {"tp_rank": "1", "dp_rank": "0"},  # TP peers: one queue
+                          {"tp_rank": "0", "dp_rank": "1"}]  # fmt: skip
+    fake.metrics.set_gauges(num_queue_reqs=5, num_running_reqs=3, token_usage=0.2, cache_hit_rate=0.4)
+    labels = {"model_name": "m", "engine_type": "unified", "tp_rank": "0", "pp_rank": "0", "moe_ep_rank": "0",
+              "dp_rank": "1"}  # fmt: skip
+    fake.metrics.gauges[metrics.TOKEN_USAGE].labels(priority="", **labels).set(0.9)
+    fake.metrics.gauges[metrics.QUEUE].labels(priority="7", **labels).set(100)  # per-priority breakdown: ignored
+    obs = make_adapter(url)[0].observe()
+    assert (obs.queue_len, obs.running) == (10, 6)  # summed over the two DP groups, not the three ranks
+    assert obs.kv_utilization == pytest.approx(0.9)  # the fullest DP group
+    assert obs.cache_hit_rate == pytest.approx(0.4)
+
+
+def test_counter_reset_is_a_restart_not_negative_traffic(engine: tuple[FakeSGLang, str]) -> None:
+    fake, url = engine
+    adapter, _ = make_adapter(url)
+    for _ in range(50):
+        fake.metrics.finish(0.3, prompt=100, cached=10)
+    adapter.observe()
+    fake.metrics = FakeSGLangMetrics()  # the engine restarted: every counter starts again from zero
+    for _ in range(7):
+        fake.metrics.finish(2.5, prompt=100, cached=60)
+    obs = adapter.observe()
+    assert obs.engine_generation == 1
+    assert obs.completions == 7 and obs.arrivals >= 7 and obs.ttft.count == 7
+    assert obs.cache_hit_rate == pytest.approx(0.6)
+    assert 2.0 <= obs.ttft.quantile(0.5) <= 4.0
+    assert adapter.observe().engine_generation == 1  # counted once
+
+
+# -- failures: typed errors, never a crash ------------------------------------------------------------------------
+def test_unreachable_engine_gives_engine_unavailable() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once the socket is closed
+    adapter, slept = make_adapter(f"http://127.0.0.1:{port}")
+    with pytest.raises(EngineUnavailable, match="3 tries"):
+        adapter.observe()
+    assert slept == [0.01, 0.02]  # exponential backoff between the tries
+    with pytest.raises(EngineUnavailable):
+        adapter.apply(FCFSSpec())
+
+
+def test_slow_engine_gives_engine_unavailable(engine: tuple[FakeSGLang, str]) -> None:
+    fake, url = engine
+    fake.delay_s = 0.5
+    adapter, _ = make_adapter(url, timeout_s=0.05)
+    with pytest.raises(EngineUnavailable, match="Timeout"):
+        adapter.observe()
+
+
+@pytest.mark.parametrize(
+    "text", ["<html>502 Bad Gateway</html>", "\x00\x01garbage{{{", '# TYPE x counter\nx{a="1" 5\n', ""]
+)
+def test_garbage_metrics_give_engine_unavailable(engine: tuple[FakeSGLang, str], text: str) -> None:
+    fake, url = engine
+    fake.metrics_text = text
+    with pytest.raises(EngineUnavailable, match="no SGLang metrics"):
+        make_adapter(url)[0].observe()
+
+
+def test_one_bad_family_is_skipped_with_a_warning(
+    engine: tuple[FakeSGLang, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    fake, url = engine
+    fake.metrics.set_gauges(num_queue_reqs=3)
+    fake.metrics_text = "# HELP broken x\n# TYPE broken gauge\nbroken{a=1 2 3\n" + fake.metrics.text()
+    with caplog.at_level(logging.WARNING):
+        obs = make_adapter(url)[0].observe()
+    assert obs.queue_len == 3
+    assert any("unparsable" in r.getMessage() for r in caplog.records)
+
+
+def test_server_errors_are_retried_then_typed(engine: tuple[FakeSGLang, str]) -> None:
+    fake, url = engine
+    fake.status = 503
+    adapter, slept = make_adapter(url)
+    with pytest.raises(EngineUnavailable, match="HTTP 503"):
+        adapter.observe()
+    assert fake.hits == 3 and len(slept) == 2
+
+
+# -- pushing policies -----------------------------------------------------------------------------------------------
+def test_apply_pushes_through_set_internal_state(engine: tuple[FakeSGLang, str]) -> None:
+    fake, url = engine
+    adapter, _ = make_adapter(url)
+    caps = adapter.capabilities()
+    assert caps.engine == "sglang" and caps.policy_kinds == {"fcfs", "lpm", "klpm"} and caps.version == "0.5.23"
+    adapter.apply(KLPMSpec(k=3))
+    adapter.apply(LPMSpec())
+    assert fake.pushes == [
+        {channel.KEY_KIND: channel.KIND_KLPM, channel.KEY_K: 3, channel.KEY_VERSION: 1},
+        {channel.KEY_KIND: channel.KIND_LPM, channel.KEY_K: channel.K_INF, channel.KEY_VERSION: 2},
+    ]
+    assert adapter.observe().active_policy == LPMSpec()
+
+    fake.startup_time += 60  # restarted: the plugin forgot everything
+    fake.plugin_state = {channel.KEY_KIND: 0, channel.KEY_K: 0, channel.KEY_VERSION: 0}
+    obs = adapter.observe()
+    assert obs.active_policy is None and obs.engine_generation == 1
+    adapter.apply(FCFSSpec())
+    assert fake.pushes[-1][channel.KEY_VERSION] == 3  # versions keep going up across engine restarts
+
+
+def test_apply_refusals_are_unsupported_policy(engine: tuple[FakeSGLang, str]) -> None:
+    fake, url = engine
+    adapter, _ = make_adapter(url)
+    later_kind: Any = SimpleNamespace(kind="slai")
+    with pytest.raises(UnsupportedPolicy, match="slai"):
+        adapter.apply(later_kind)
+    assert fake.pushes == []  # refused before any I/O
+    fake.accept_push = False
+    with pytest.raises(UnsupportedPolicy, match="refused klpm:2"):
+        adapter.apply(KLPMSpec(k=2))
+    fake.plugin = False
+    assert adapter.capabilities().policy_kinds == frozenset()
+    with pytest.raises(UnsupportedPolicy):
+        adapter.apply(FCFSSpec())
+
+
+def test_channel_round_trip() -> None:
+    for spec in (FCFSSpec(), LPMSpec(), KLPMSpec(k=1), KLPMSpec(k=7), KLPMSpec(k="inf"), None):
+        args = channel.encode_policy(spec, 5)
+        assert channel.decode_policy(args[channel.KEY_KIND], args[channel.KEY_K]) == spec
+    with pytest.raises(ValueError):
+        channel.decode_policy(4, 0)
+
+
+# -- the per-request stream -----------------------------------------------------------------------------------------
+def test_request_export_is_followed(tmp_path: Path, engine: tuple[FakeSGLang, str]) -> None:
+    _, url = engine
+    adapter, _ = make_adapter(url, request_metrics_dir=str(tmp_path))
+    assert adapter.take_requests() == []  # nothing exported yet (not even the directory's files)
+    rec = {"id": "a", "request_received_ts": 1700000000.5, "first_token_latency": 0.25, "e2e_latency": 2.0,
+           "queue_time": 0.1, "prompt_tokens": 300, "cached_tokens": 256, "completion_tokens": 20,
+           "request_parameters": "{}"}  # fmt: skip
+    first = tmp_path / "sglang-request-metrics-20260101_10.log"
+    partial = json.dumps({**rec, "id": "c"})
+    first.write_text(json.dumps(rec) + "\nnot json\n" + json.dumps({"id": "no-time"}) + "\n" + partial[:20])
+    got = adapter.take_requests()
+    assert [r.rid for r in got] == ["a"]
+    assert got[0].first_token_s == pytest.approx(1700000000.75) and got[0].cached_tokens == 256
+    with first.open("a") as fh:
+        fh.write(partial[20:] + "\n")
+    (tmp_path / "sglang-request-metrics-20260101_11.log").write_text(json.dumps({**rec, "id": "d"}) + "\n")
+    assert [r.rid for r in adapter.take_requests()] == ["c", "d"]
+    assert adapter.take_requests() == []
+    follower = RequestExportFollower(tmp_path)
+    assert len(follower.poll()) == 3 and follower.skipped_lines == 2
