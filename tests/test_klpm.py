@@ -110,3 +110,13 @@ def test_policy_specs_parse_label_and_map_to_k():
         assert parse_policy(text) == spec
         assert parse_policy(policy_label(spec)) == spec
         assert queue_k(spec) == k
+
+
+def test_common_prefix_len_is_right_for_mixed_sequence_types():
+    from array import array
+
+    from schedctl.policies.radix import common_prefix_len
+
+    a, t = array("q", range(40)), tuple(range(40))
+    assert common_prefix_len(a, 0, t) == 40
+    assert common_prefix_len(list(range(10)) + [7], 0, a) == 10

@@ -33,7 +33,11 @@ T = TypeVar("T")
 
 
 class PrefixOracle(Protocol):
-    """Anything that can say how long a prompt's cached prefix is (the simulator's cache, SGLang's tree)."""
+    """Anything that can say how long a prompt's cached prefix is (the simulator's cache, SGLang's tree).
+
+    ``match_len`` receives the prompt as an int64 ``array('q')`` (see ``schedctl/tokens.py``); an oracle that
+    keeps tokens in another type must normalise with ``as_tokens`` before comparing.
+    """
 
     def match_len(self, tokens: Tokens) -> int: ...
 

@@ -37,8 +37,13 @@ class RadixNode:
 N = TypeVar("N", bound=RadixNode)
 
 
-def common_prefix_len(tokens: TokenArray, start: int, key: TokenArray) -> int:
-    """Length of the common prefix of ``tokens[start:]`` and ``key`` (both int64 arrays)."""
+def common_prefix_len(tokens: Tokens, start: int, key: Tokens) -> int:
+    """Length of the common prefix of ``tokens[start:]`` and ``key``.
+
+    Both are normalised to int64 arrays first: an array never equals a tuple, so comparing mixed types would
+    silently find no match.
+    """
+    tokens, key = as_tokens(tokens), as_tokens(key)
     n = min(len(tokens) - start, len(key))
     if tokens[start : start + n] == key[:n]:
         return n
