@@ -119,4 +119,4 @@ def test_common_prefix_len_is_right_for_mixed_sequence_types():
 
     a, t = array("q", range(40)), tuple(range(40))
     assert common_prefix_len(a, 0, t) == 40
-    assert common_prefix_len(list(range(10)) + [7], 0, a) == 10
+    assert common_prefix_len([*range(10), 7], 0, a) == 10

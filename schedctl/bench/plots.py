@@ -1,0 +1,65 @@
+"""Plots of simulation results (matplotlib, headless). Each function writes one PNG atomically."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from schedctl.files import AtomicWriter
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save(fig: object, path: str | os.PathLike[str]) -> Path:
+    out = Path(path)
+    with AtomicWriter(out, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=120, bbox_inches="tight")  # type: ignore[attr-defined]
+    _pyplot().close(fig)
+    return out
+
+
+def ttft_vs_rate(rows: Sequence[object], path: str | os.PathLike[str], title: str, metric: str = "ttft_p99_s") -> Path:
+    """One line per policy: ``metric`` (seconds, log scale) against request rate."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    policies = list(dict.fromkeys(getattr(r, "policy") for r in rows))  # noqa: B009
+    for pol in policies:
+        pts = sorted((getattr(r, "rate"), getattr(r, metric)) for r in rows if getattr(r, "policy") == pol)  # noqa: B009
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=pol)
+    ax.set_yscale("log")
+    ax.set_xlabel("request rate (req/s)")
+    ax.set_ylabel(metric.replace("_s", " (s)").replace("_", " "))
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    return save(fig, path)
+
+
+def run_timeline(arrival_s: np.ndarray, ttft_s: np.ndarray, path: str | os.PathLike[str], title: str) -> Path:
+    """TTFT of each request against its arrival time, and the TTFT distribution."""
+    plt = _pyplot()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ax1.scatter(arrival_s, ttft_s, s=3, alpha=0.5)
+    ax1.set_xlabel("arrival (s)")
+    ax1.set_ylabel("TTFT (s)")
+    ax1.set_yscale("log")
+    ax1.set_title(title)
+    if ttft_s.size:
+        xs = np.sort(ttft_s)
+        ax2.plot(xs, np.arange(1, xs.size + 1) / xs.size)
+        ax2.set_xscale("log")
+    ax2.set_xlabel("TTFT (s)")
+    ax2.set_ylabel("fraction of requests")
+    ax2.grid(True, alpha=0.3)
+    return save(fig, path)

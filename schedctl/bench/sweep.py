@@ -1,0 +1,143 @@
+"""Sweeps: one workload over a grid of rates × policies (× seeds), on the embedded engine.
+
+Runs are independent, so they go to a process pool (one run per task; same seed, same result, whatever the
+pool). ``rates="auto"`` spans light load to just past saturation: the saturation throughput is measured by
+serving a burst (every request at once) under FCFS and under LPM, and the grid is fractions of the larger.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from schedctl.policies.spec import FCFSSpec, LPMSpec, PolicySpec, policy_label
+from schedctl.sim.engine import EngineConfig
+from schedctl.sim.run import Hardware, SimSummary, simulate
+from schedctl.workloads.registry import WorkloadSpec, make_requests
+
+AUTO_RATE_FRACTIONS = (0.2, 0.4, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2)
+
+
+class RunSpec(BaseModel):
+    """Everything one simulation run needs (picklable, so it can go to a worker process)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    workload: WorkloadSpec
+    arrival: str = "poisson"
+    rate: float
+    num_requests: int
+    seed: int
+    policy: PolicySpec
+    hardware: Hardware
+    engine: EngineConfig = EngineConfig()
+
+
+def run_one(spec: RunSpec) -> SimSummary:
+    reqs = make_requests(spec.workload, spec.rate, spec.arrival, num_requests=spec.num_requests, seed=spec.seed)
+    _engine, summary = simulate(reqs, spec.policy, spec.hardware, spec.engine, rate=spec.rate, seed=spec.seed)
+    return summary
+
+
+def saturation_rps(workload: WorkloadSpec, hw: Hardware, engine: EngineConfig, num_requests: int, seed: int) -> float:
+    """Throughput when every request arrives at once (the larger of FCFS and LPM): the engine's capacity."""
+    best = 0.0
+    for policy in (FCFSSpec(), LPMSpec()):
+        spec = RunSpec(workload=workload, arrival="regular", rate=1e9, num_requests=num_requests, seed=seed,
+                       policy=policy, hardware=hw, engine=engine)
+        best = max(best, run_one(spec).throughput_rps)
+    return best
+
+
+def auto_rates(workload: WorkloadSpec, hw: Hardware, engine: EngineConfig, num_requests: int, seed: int) -> list[float]:
+    cap = saturation_rps(workload, hw, engine, num_requests, seed)
+    return [float(f"{f * cap:.3g}") for f in AUTO_RATE_FRACTIONS]
+
+
+class SweepRow(BaseModel):
+    """One (rate, policy) point: the mean over seeds of each figure. The JSON that `sweep --json` prints."""
+
+    rate: float
+    policy: str
+    seeds: int
+    requests: int
+    ttft_p50_s: float
+    ttft_p90_s: float
+    ttft_p99_s: float
+    ttft_max_s: float
+    tbt_p50_s: float
+    tbt_p99_s: float
+    throughput_rps: float
+    cache_hit_rate: float
+    retractions: float
+
+
+def aggregate(rate: float, policy: str, runs: Sequence[SimSummary]) -> SweepRow:
+    def mean(field: str) -> float:
+        return float(np.mean([getattr(r, field) for r in runs]))
+
+    return SweepRow(
+        rate=rate, policy=policy, seeds=len(runs), requests=sum(r.requests for r in runs),
+        ttft_p50_s=mean("ttft_p50_s"), ttft_p90_s=mean("ttft_p90_s"), ttft_p99_s=mean("ttft_p99_s"),
+        ttft_max_s=mean("ttft_max_s"), tbt_p50_s=mean("tbt_p50_s"), tbt_p99_s=mean("tbt_p99_s"),
+        throughput_rps=mean("throughput_rps"), cache_hit_rate=mean("cache_hit_rate"), retractions=mean("retractions"),
+    )
+
+
+def run_many(specs: Sequence[RunSpec], jobs: int, on_done: Callable[[], None] | None = None) -> list[SimSummary]:
+    """Run specs, in a pool of ``jobs`` processes when jobs > 1; results in the order of ``specs``."""
+    if jobs <= 1 or len(specs) <= 1:
+        out = []
+        for s in specs:
+            out.append(run_one(s))
+            if on_done:
+                on_done()
+        return out
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(run_one, s) for s in specs]
+        results = []
+        for f in futures:
+            results.append(f.result())
+            if on_done:
+                on_done()
+        return results
+
+
+def sweep(
+    workload: WorkloadSpec, rates: Sequence[float], policies: Sequence[PolicySpec], hw: Hardware,
+    engine: EngineConfig, num_requests: int, seeds: Sequence[int], arrival: str = "poisson", jobs: int = 1,
+    on_done: Callable[[], None] | None = None,
+) -> list[SweepRow]:
+    specs = [
+        RunSpec(workload=workload, arrival=arrival, rate=r, num_requests=num_requests, seed=s, policy=p,
+                hardware=hw, engine=engine)
+        for r in rates for p in policies for s in seeds
+    ]
+    results = run_many(specs, jobs, on_done)
+    rows = []
+    per = len(seeds)
+    for i in range(0, len(results), per):
+        spec = specs[i]
+        rows.append(aggregate(spec.rate, policy_label(spec.policy), results[i : i + per]))
+    return rows
+
+
+def default_jobs() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def best_policy_per_rate(rows: Sequence[SweepRow], metric: str = "ttft_p99_s") -> dict[float, str]:
+    """The policy with the lowest ``metric`` at each rate (ties: the first listed)."""
+    best: dict[float, tuple[float, str]] = {}
+    for row in rows:
+        value = getattr(row, metric)
+        if math.isnan(value):
+            continue
+        if row.rate not in best or value < best[row.rate][0]:
+            best[row.rate] = (value, row.policy)
+    return {rate: name for rate, (_v, name) in best.items()}

@@ -1,0 +1,121 @@
+"""What every command shares: error reporting, options for hardware and engine, output helpers."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import typer
+from pydantic import BaseModel, ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from schedctl.files import InputFileError, validation_message
+from schedctl.policies.spec import PolicySpec, parse_policy
+from schedctl.sim.engine import EngineConfig
+from schedctl.sim.profiles import known_gpus, known_models, load_gpu, load_model
+from schedctl.sim.run import Hardware
+from schedctl.sim.step_time import StepTimeProfile
+
+err_console = Console(stderr=True)
+
+
+class UsageError(Exception):
+    """A bad command-line value; the message is the one line to show."""
+
+
+def fail_cleanly(app: Callable[..., Any]) -> int:
+    """Run the typer app; bad input becomes one line on stderr and exit code 2, never a traceback."""
+    try:
+        app(standalone_mode=False)
+    except (InputFileError, UsageError) as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return 2
+    except ValidationError as exc:
+        field, reason = validation_message(exc)
+        err_console.print(f"[bold red]error:[/] {field}: {reason}", highlight=False)
+        return 2
+    except (typer.Exit, SystemExit) as exc:
+        code = getattr(exc, "exit_code", None)
+        return int(code if code is not None else getattr(exc, "code", 0) or 0)
+    except typer.Abort:
+        err_console.print("aborted")
+        return 1
+    except Exception as exc:  # click's own usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        raise
+    return 0
+
+
+def parse_or_usage(parse: Callable[[str], Any], text: str, what: str) -> Any:
+    try:
+        return parse(text)
+    except (ValueError, ValidationError) as exc:
+        if isinstance(exc, ValidationError):
+            field, reason = validation_message(exc)
+            raise UsageError(f"{what} {text!r}: {field}: {reason}") from None
+        raise UsageError(f"{what} {text!r}: {exc}") from None
+
+
+def parse_policies(text: str) -> list[PolicySpec]:
+    return [parse_or_usage(parse_policy, p, "--policies") for p in text.split(",") if p.strip()]
+
+
+def hardware(gpu: str, model: str, step_profile: Path | None, kv_capacity_tokens: int | None) -> Hardware:
+    if gpu not in known_gpus():
+        raise UsageError(f"--gpu {gpu!r}: unknown GPU (known: {', '.join(known_gpus())})")
+    if model not in known_models():
+        raise UsageError(f"--model {model!r}: unknown model (known: {', '.join(known_models())})")
+    profile = None
+    if step_profile is not None:
+        from schedctl.files import load_toml_model
+
+        profile = load_toml_model(StepTimeProfile, step_profile, table="step_time")
+    return Hardware(gpu=load_gpu(gpu), model=load_model(model), step_profile=profile,
+                    kv_capacity_tokens=kv_capacity_tokens)
+
+
+def engine_config(chunked_prefill_tokens: int, max_running_requests: int) -> EngineConfig:
+    return EngineConfig(chunked_prefill_tokens=chunked_prefill_tokens, max_running_requests=max_running_requests)
+
+
+def print_json(obj: BaseModel | Sequence[BaseModel]) -> None:
+    if isinstance(obj, BaseModel):
+        sys.stdout.write(obj.model_dump_json() + "\n")
+    else:
+        sys.stdout.write(json.dumps([o.model_dump(mode="json") for o in obj]) + "\n")
+
+
+def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> Table:
+    t = Table(title=title, header_style="bold")
+    for c in columns:
+        t.add_column(c, justify="right" if c not in ("policy", "scenario", "workload", "reason") else "left")
+    for r in rows:
+        t.add_row(*[fmt(v) for v in r])
+    return t
+
+
+def fmt(v: object) -> str:
+    if isinstance(v, float):
+        if v != v:
+            return "-"
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+    return str(v)
+
+
+# Shared option declarations (typer reads the defaults and help from these)
+GPU = typer.Option("h100-sxm", "--gpu", help="GPU profile (config/gpus.toml)")
+MODEL = typer.Option("llama-3.1-8b", "--model", help="model shape (config/models.toml)")
+STEP_PROFILE = typer.Option(None, "--step-profile", help="fitted step-time profile TOML (schedctl calibrate)")
+KV_TOKENS = typer.Option(None, "--kv-capacity-tokens", help="KV cache size (default: what fits beside weights)")
+CHUNK = typer.Option(8192, "--chunked-prefill-tokens", help="token budget of one prefill round")
+MAX_RUNNING = typer.Option(1024, "--max-running-requests", help="cap on running requests")
+SEED = typer.Option(0, "--seed", help="seed of the workload (same seed, same run)")
+JSON = typer.Option(False, "--json", help="print only JSON (for scripts)")

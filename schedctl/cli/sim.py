@@ -1,0 +1,180 @@
+"""`schedctl simulate` and `schedctl sweep`: the embedded engine from the command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from schedctl.bench import plots
+from schedctl.bench.sweep import auto_rates, best_policy_per_rate, default_jobs, sweep
+from schedctl.cli import common
+from schedctl.cli.common import UsageError, parse_or_usage
+from schedctl.files import AtomicWriter
+from schedctl.policies.spec import parse_policy, policy_label
+from schedctl.sim.engine import SimEngine
+from schedctl.sim.run import simulate
+from schedctl.workloads.registry import (
+    describe_workloads,
+    load_workload_file,
+    parse_arrival,
+    parse_rate,
+    parse_workload,
+)
+from schedctl.workloads.trace import read_trace
+
+WORKLOAD_HELP = "workload by name and parameters, e.g. gsp or gsp:num_groups=32 (see `schedctl workloads`)"
+
+
+def _progress(enabled: bool, total: float | None, what: str) -> Progress:
+    return Progress(
+        TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=Console(stderr=True), disable=not enabled, transient=True,
+    )
+
+
+def _requests(workload: str, workload_file: Path | None, trace: Path | None, rate: str, arrival: str,
+              num_requests: int | None, duration_s: float | None, seed: int) -> tuple[Any, float | None]:
+    """The request stream and its nominal rate, from a trace, a workload file, or the command-line form."""
+    if trace is not None:
+        return read_trace(trace), None
+    if workload_file is not None:
+        cfg = load_workload_file(workload_file)
+        rate_rps = getattr(cfg.rate, "rate_rps", None)
+        return cfg.requests(), rate_rps
+    spec = parse_or_usage(parse_workload, workload, "--workload")
+    sched = parse_or_usage(parse_rate, rate, "--rate")
+    process = parse_or_usage(parse_arrival, arrival, "--arrival")
+    if num_requests is None and duration_s is None:
+        num_requests = 2000
+    from schedctl.workloads.registry import make_requests
+
+    return make_requests(spec, sched, process, num_requests, duration_s, seed), getattr(sched, "rate_rps", None)
+
+
+def simulate_cmd(
+    workload: str = typer.Option("gsp", "--workload", help=WORKLOAD_HELP),
+    workload_file: Path | None = typer.Option(None, "--workload-file", help="workload TOML (config/workloads/)"),
+    trace: Path | None = typer.Option(None, "--trace", help="replay a JSONL trace instead of generating"),
+    rate: str = typer.Option("10", "--rate", help="req/s, or a schedule: steps:0=2,60=8 | ramp:... | diurnal:..."),
+    arrival: str = typer.Option("poisson", "--arrival", help="poisson | gamma:cv=2 | regular"),
+    num_requests: int | None = typer.Option(None, "--num-requests", help="requests to serve (default 2000)"),
+    duration_s: float | None = typer.Option(None, "--duration-s", help="or: arrivals during this many seconds"),
+    policy: str = typer.Option("fcfs", "--policy", help="fcfs | lpm | klpm:K"),
+    gpu: str = common.GPU, model: str = common.MODEL, step_profile: Path | None = common.STEP_PROFILE,
+    kv_capacity_tokens: int | None = common.KV_TOKENS, chunked_prefill_tokens: int = common.CHUNK,
+    max_running_requests: int = common.MAX_RUNNING, seed: int = common.SEED,
+    requests_out: Path | None = typer.Option(None, "--requests-out", help="write per-request records (JSONL)"),
+    plot: Path | None = typer.Option(None, "--plot", help="write a PNG of TTFT over time and its CDF"),
+    as_json: bool = common.JSON,
+) -> None:
+    """Serve one workload on the embedded engine under one policy and summarise the run."""
+    spec = parse_or_usage(parse_policy, policy, "--policy")
+    hw = common.hardware(gpu, model, step_profile, kv_capacity_tokens)
+    cfg = common.engine_config(chunked_prefill_tokens, max_running_requests)
+    reqs, rate_rps = _requests(workload, workload_file, trace, rate, arrival, num_requests, duration_s, seed)
+    show = not as_json and sys.stderr.isatty()
+    with _progress(show, None, "simulating") as progress:
+        task = progress.add_task("run", total=None)
+        events = [0]
+
+        def tick(eng: SimEngine) -> None:
+            events[0] += 1
+            if events[0] % 2000 == 0:
+                progress.update(task, completed=len(eng.completed))
+
+        engine, summary = simulate(reqs, spec, hw, cfg, on_event=tick if show else None, rate=rate_rps, seed=seed)
+    if requests_out is not None:
+        with AtomicWriter(requests_out) as fh:
+            for row in engine.completed.rows():
+                rec = {k: getattr(row, k) for k in ("request_id", "arrival_s", "first_token_s", "finish_s",
+                                                     "prompt_tokens", "cached_tokens", "output_tokens",
+                                                     "retractions", "slo_class")}
+                rec["ttft_s"] = row.ttft_s
+                fh.write(json.dumps(rec) + "\n")
+    if plot is not None:
+        plots.run_timeline(engine.completed.column("arrival_s"), engine.completed.ttft_s(), plot,
+                           f"{policy_label(spec)} on {hw.model.name} / {hw.gpu.name}")
+    if as_json:
+        common.print_json(summary)
+        return
+    s = summary
+    console = Console()
+    console.print(common.table(
+        f"{s.policy} · {hw.model.name} on {hw.gpu.name} · {s.requests} requests",
+        ["TTFT p50 (s)", "p90", "p99", "max", "TBT p99 (ms)", "throughput (req/s)", "cache hit", "retractions"],
+        [[s.ttft_p50_s, s.ttft_p90_s, s.ttft_p99_s, s.ttft_max_s, s.tbt_p99_s * 1e3, s.throughput_rps,
+          s.cache_hit_rate, s.retractions]],
+    ))
+    if s.aborted or s.unfinished:
+        console.print(f"[yellow]{s.aborted} aborted (too large for the KV cache), {s.unfinished} unfinished[/]")
+
+
+def sweep_cmd(
+    workload: str = typer.Option("gsp", "--workload", help=WORKLOAD_HELP),
+    rates: str = typer.Option("auto", "--rates", help="comma-separated req/s, or auto (light load to saturation)"),
+    policies: str = typer.Option("fcfs,klpm:2,klpm:4,lpm", "--policies", help="comma-separated policies"),
+    arrival: str = typer.Option("poisson", "--arrival", help="poisson | gamma:cv=2 | regular"),
+    num_requests: int = typer.Option(2000, "--num-requests", help="requests per run"),
+    seeds: int = typer.Option(1, "--seeds", help="runs per point (seeds 0..N-1); figures are their mean"),
+    gpu: str = common.GPU, model: str = common.MODEL, step_profile: Path | None = common.STEP_PROFILE,
+    kv_capacity_tokens: int | None = common.KV_TOKENS, chunked_prefill_tokens: int = common.CHUNK,
+    max_running_requests: int = common.MAX_RUNNING,
+    jobs: int = typer.Option(default_jobs(), "--jobs", help="parallel runs"),
+    plot: Path | None = typer.Option(None, "--plot", help="write a PNG of P99 TTFT against rate per policy"),
+    as_json: bool = common.JSON,
+) -> None:
+    """Run every rate × policy and compare P99 TTFT (one line per policy)."""
+    spec = parse_or_usage(parse_workload, workload, "--workload")
+    pols = common.parse_policies(policies)
+    if not pols:
+        raise UsageError("--policies: give at least one policy")
+    parse_or_usage(parse_arrival, arrival, "--arrival")
+    if seeds < 1:
+        raise UsageError("--seeds must be >= 1")
+    hw = common.hardware(gpu, model, step_profile, kv_capacity_tokens)
+    cfg = common.engine_config(chunked_prefill_tokens, max_running_requests)
+    if rates.strip() == "auto":
+        rate_list = auto_rates(spec, hw, cfg, num_requests, 0)
+    else:
+        try:
+            rate_list = [float(r) for r in rates.split(",")]
+        except ValueError:
+            raise UsageError(f"--rates {rates!r}: expected comma-separated numbers or auto") from None
+        if any(r <= 0 for r in rate_list):
+            raise UsageError("--rates: every rate must be > 0")
+    show = not as_json and sys.stderr.isatty()
+    total = len(rate_list) * len(pols) * seeds
+    with _progress(show, total, "sweeping") as progress:
+        task = progress.add_task("sweep", total=total)
+        rows = sweep(spec, rate_list, pols, hw, cfg, num_requests, list(range(seeds)), arrival, jobs,
+                     on_done=lambda: progress.advance(task))
+    if plot is not None:
+        plots.ttft_vs_rate(rows, plot, f"{spec.name} · {hw.model.name} on {hw.gpu.name}")
+    if as_json:
+        common.print_json(rows)
+        return
+    best = best_policy_per_rate(rows)
+    Console().print(common.table(
+        f"P99 TTFT (s) · {spec.name} · {hw.model.name} on {hw.gpu.name} · {num_requests} requests × {seeds} seed(s)",
+        ["rate", *[policy_label(p) for p in pols], "best", "hit rate (best)"],
+        [[r, *[next(x.ttft_p99_s for x in rows if x.rate == r and x.policy == policy_label(p)) for p in pols],
+          best.get(r, "-"), next(x.cache_hit_rate for x in rows if x.rate == r and x.policy == best.get(r))]
+         for r in rate_list],
+    ))
+
+
+def workloads_cmd() -> None:
+    """List the workloads, arrival processes and rate schedules with their parameters and defaults."""
+    print(describe_workloads())
+
+
+def register(app: typer.Typer) -> None:
+    app.command("simulate")(simulate_cmd)
+    app.command("sweep")(sweep_cmd)
+    app.command("workloads")(workloads_cmd)
