@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from schedctl.engine_adapter.sglang import channel, metrics, plugin
+from schedctl.engine_adapter.sglang.adapter import SGLangAdapter
 from schedctl.engine_adapter.sglang.launcher import build_command
 from schedctl.policies.klpm import klpm_order
 from schedctl.policies.spec import FCFSSpec, KLPMSpec, LPMSpec
@@ -195,6 +196,10 @@ def test_set_internal_state_changes_the_next_pass(sg: SimpleNamespace, state: pl
     out = plugin._get_internal_state_hook(sg.StateOut(internal_state={}), ctl)
     shown = out.internal_state[channel.SERVER_INFO_KEY]
     assert shown["policy"] == "fcfs" and shown[channel.KEY_VERSION] == 2
+    # The adapter reads exactly what the plugin writes (no request is sent: the client is only built).
+    adapter = SGLangAdapter("http://127.0.0.1:9")
+    assert adapter._active_from({"internal_states": [out.internal_state]}) == (FCFSSpec(), 2)
+    adapter.close()
 
 
 def test_bad_pushes_are_rejected_whole(sg: SimpleNamespace, state: plugin.PluginState) -> None:
