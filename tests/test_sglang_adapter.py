@@ -268,6 +268,14 @@ def test_one_bad_family_is_skipped_with_a_warning(
     assert any("unparsable" in r.getMessage() for r in caplog.records)
 
 
+def test_odd_values_never_crash_the_observation(engine: tuple[FakeSGLang, str]) -> None:
+    fake, url = engine
+    fake.metrics.set_gauges(num_queue_reqs=float("inf"), num_running_reqs=-3, token_usage=1.7)
+    fake.plugin_state = {channel.KEY_KIND: "x", channel.KEY_K: None}  # a garbled plugin readback
+    obs = make_adapter(url)[0].observe()
+    assert (obs.queue_len, obs.running, obs.kv_utilization, obs.active_policy) == (0, 0, 1.0, None)
+
+
 def test_server_errors_are_retried_then_typed(engine: tuple[FakeSGLang, str]) -> None:
     fake, url = engine
     fake.status = 503

@@ -113,24 +113,24 @@ class SGLangAdapter:
         states = info.get("internal_states")
         if not isinstance(states, list):
             return []
-        return [s[channel.SERVER_INFO_KEY] for s in states if isinstance(s, dict) and channel.SERVER_INFO_KEY in s]
+        found = [s.get(channel.SERVER_INFO_KEY) for s in states if isinstance(s, dict)]
+        return [f for f in found if isinstance(f, dict)]
 
     def _active_from(self, info: dict[str, Any]) -> tuple[PolicySpec | None, int]:
         """The policy the plugin reports on every DP rank, and the lowest version among them."""
         states = self._plugin_states(info)
         if not states:
             return None, 0
-        seen = {(s.get(channel.KEY_KIND), s.get(channel.KEY_K)) for s in states}
-        version = min(int(s.get(channel.KEY_VERSION, 0)) for s in states)
-        if len(seen) != 1:
-            logger.warning("SGLang ranks disagree on the schedctl policy: %s", seen)
-            return None, version
-        kind, k = seen.pop()
         try:
-            return channel.decode_policy(int(kind or 0), int(k or 0)), version
-        except (TypeError, ValueError) as exc:
-            logger.warning("unreadable schedctl state in /server_info: %s", exc)
-            return None, version
+            seen = {(int(s[channel.KEY_KIND]), int(s[channel.KEY_K])) for s in states}
+            version = min(int(s[channel.KEY_VERSION]) for s in states)
+            if len(seen) != 1:
+                logger.warning("SGLang ranks disagree on the schedctl policy: %s", seen)
+                return None, version
+            return channel.decode_policy(*seen.pop()), version
+        except (KeyError, TypeError, ValueError) as exc:
+            logger.warning("unreadable schedctl state in /server_info: %r", exc)
+            return None, 0
 
     # -- EngineAdapter ------------------------------------------------------------------------------------------
     def capabilities(self) -> Capabilities:
@@ -177,8 +177,8 @@ class SGLangAdapter:
         load = (queue or 0.0) + (running or 0.0)
         common: dict[str, Any] = {
             "end_s": now_s,
-            "queue_len": int(queue or 0),
-            "running": int(running or 0),
+            "queue_len": max(0, round(queue or 0)),
+            "running": max(0, round(running or 0)),
             "kv_utilization": _clamp01(metrics.gauge_max(cur, metrics.TOKEN_USAGE)),
             "active_policy": active,
             "stale_reason": stale_reason,

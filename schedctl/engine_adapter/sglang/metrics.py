@@ -105,7 +105,7 @@ def parse_scrape(text: str) -> Scrape:
 
 
 def _add_sample(scrape: Scrape, name: str, labels: dict[str, str], value: float) -> None:
-    if not isinstance(value, int | float) or math.isnan(value):
+    if not isinstance(value, int | float) or not math.isfinite(value):
         logger.warning("skipping metric %s with value %r", name, value)
         return
     if name in COUNTERS:
