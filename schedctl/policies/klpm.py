@@ -125,19 +125,22 @@ class KLPMQueue(Generic[T]):
         """
         if seq in self._entries:
             raise KeyError(f"seq {seq} is already waiting")
+        tracks = self.k != 1
+        arr = None
         if self._oracle is None:
             key = match_len or 0
         elif tokens is None:
             raise ValueError("a queue with a prefix oracle needs the prompt tokens")
         else:
-            tokens = as_tokens(tokens)
-            key = self._oracle.match_len(tokens) if self._tracks_prefixes else 0
+            arr = as_tokens(tokens)
+            key = self._oracle.match_len(arr) if tracks else 0
         self._pushes += 1
-        e: _Entry[T] = _Entry(item, None if tokens is None else as_tokens(tokens), seq, key, self._pushes)
+        uid = self._pushes
+        e: _Entry[T] = _Entry(item, arr, seq, key, uid)
         self._entries[seq] = e
-        heapq.heappush(self._fifo, (seq, e.uid, e))
-        if self._tracks_prefixes:
-            heapq.heappush(self._lpm, (-e.key, seq, e.uid, e))
+        heapq.heappush(self._fifo, (seq, uid, e))
+        if tracks:
+            heapq.heappush(self._lpm, (-key, seq, uid, e))
             if self._index is not None:
                 self._index_add(e)
         self._peeked = None
