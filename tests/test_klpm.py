@@ -120,3 +120,19 @@ def test_common_prefix_len_is_right_for_mixed_sequence_types():
     a, t = array("q", range(40)), tuple(range(40))
     assert common_prefix_len(a, 0, t) == 40
     assert common_prefix_len([*range(10), 7], 0, a) == 10
+
+
+def test_pop_takes_what_peek_offered_even_after_admitting_it_raised_its_key():
+    # The engine peeks, admits (inserting the prompt, which raises the peeked entry's own key to a tie with an
+    # older identical prompt), then pops: it must get the request it admitted.
+    cache = RadixKVCache(1000)
+    cache.insert([5, 5])
+    q: KLPMQueue[str] = KLPMQueue(None, oracle=cache)
+    cache.add_insert_listener(q.on_cache_insert)
+    q.push("older-same-prompt", 0, tokens=[1, 2, 3])
+    q.push("newer-longer-match", 1, tokens=[5, 5, 9])
+    assert q.peek() == "newer-longer-match"
+    cache.insert([5, 5, 9])  # admission of the peeked request
+    cache.insert([1, 2, 3])  # and another insert that makes the older one tie (both fully cached)
+    assert q.pop() == "newer-longer-match"
+    assert q.pop() == "older-same-prompt"

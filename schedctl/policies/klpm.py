@@ -73,7 +73,8 @@ class KLPMQueue(Generic[T]):
         self._lpm: list[tuple[int, int, int, _Entry[T]]] = []  # (-key, seq, uid, entry)
         self._pushes = 0
         self._index: RadixTree[_WaitNode] | None = None
-        self._peeked: _Entry[T] | None = None
+        self._peeked: _Entry[T] | None = None  # what peek() would return now (cleared by any change)
+        self._offered: _Entry[T] | None = None  # what peek() last returned: the request the caller decided on
         self.picks = 0  # pops since the policy was set; decides oldest-vs-LPM
         self.k: int | None = 1
         self.set_k(k)
@@ -86,7 +87,7 @@ class KLPMQueue(Generic[T]):
         was_tracking = self._tracks_prefixes
         self.k = k
         self.picks = 0
-        self._peeked = None
+        self._peeked = self._offered = None
         if self._tracks_prefixes and not was_tracking:
             self._rebuild_prefix_tracking()
         elif not self._tracks_prefixes:
@@ -153,16 +154,24 @@ class KLPMQueue(Generic[T]):
 
     # -- ordering ------------------------------------------------------------------------------------------
     def peek(self) -> T | None:
-        """The request :meth:`pop` would return next, without taking it (None when empty)."""
+        """The request the k-LPM rule picks next, without taking it (None when empty)."""
         if self._peeked is None or not self._peeked.alive:
             self._peeked = self._select()
+        self._offered = self._peeked
         return None if self._peeked is None else self._peeked.item
 
     def pop(self) -> T:
-        """Take the next request by the k-LPM rule and advance the pick counter."""
-        if self._peeked is None or not self._peeked.alive:
-            self._peeked = self._select()
-        e = self._peeked
+        """Take the next request and advance the pick counter.
+
+        After :meth:`peek`, this takes the request peek returned if it is still waiting, even if the queue changed
+        in between: an engine peeks, admits that request (which inserts its prompt in the cache and so raises its
+        own key, and perhaps ties it with an older identical prompt), then pops — it must get what it admitted.
+        """
+        e = self._offered if self._offered is not None and self._offered.alive else None
+        if e is None:
+            if self._peeked is None or not self._peeked.alive:
+                self._peeked = self._select()
+            e = self._peeked
         if e is None:
             raise IndexError("pop from an empty KLPMQueue")
         self._drop(e)
@@ -200,7 +209,7 @@ class KLPMQueue(Generic[T]):
         del self._entries[e.seq]
         if e.node is not None:
             self._index_remove(e)
-        self._peeked = None
+        self._peeked = self._offered = None
         # Taken entries stay in the heaps until they surface; rebuild when they dominate.
         live = len(self._entries)
         if len(self._fifo) > 2 * live + 64:
