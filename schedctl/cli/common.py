@@ -20,7 +20,7 @@ from schedctl.sim.profiles import known_gpus, known_models, load_gpu, load_model
 from schedctl.sim.run import Hardware
 from schedctl.sim.step_time import StepTimeProfile
 
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 class UsageError(Exception):
