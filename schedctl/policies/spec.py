@@ -3,16 +3,26 @@
 A PolicySpec is what the controller decides and what an engine adapter pushes. It is a discriminated union on
 ``kind``; every knob is validated here, so an engine never receives a policy it would have to second-guess.
 
-The queue-ordering family is one idea with three names: ``fcfs`` is k-LPM with k=1, ``lpm`` is k-LPM with
-k=inf, ``klpm`` takes any k >= 1 or "inf". :func:`queue_k` maps each of them to the k the shared k-LPM
-queue (``policies/klpm.py``) runs with.
+Two families, and the family decides how an engine forms batches (:func:`is_token_budget`):
+
+* queue ordering (SGLang-like prefill-first rounds): ``fcfs`` is k-LPM with k=1, ``lpm`` is k-LPM with k=inf,
+  ``klpm`` takes any k >= 1 or "inf". :func:`queue_k` maps each of them to the k the shared k-LPM queue
+  (``policies/klpm.py``) runs with.
+* token-budget hybrid batches (every iteration one batch of decode tokens and prefill chunks under a budget):
+  ``sarathi`` (Sarathi-Serve), ``slai`` (SLO-aware, REFERENCES §2) and ``rad`` (resource-aware dynamic, §2).
+  Their per-iteration rules live in ``policies/slai.py`` and ``policies/rad.py``.
+
+Command-line form (:func:`parse_policy`, :func:`policy_label`): ``fcfs``, ``lpm``, ``klpm:K``, and ``sarathi``,
+``slai``, ``rad`` optionally with knobs, e.g. ``slai:theta_low=5,token_budget=512``. A bad knob raises ValueError
+naming the policy, the knob and the reason.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import math
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 SPEC_VERSION: Literal[1] = 1
 
@@ -59,7 +69,75 @@ class KLPMSpec(_Spec):
         return v
 
 
-PolicySpec = Annotated[FCFSSpec | LPMSpec | KLPMSpec, Field(discriminator="kind")]
+# --- token-budget hybrid batches ----------------------------------------------------------------------------
+# Defaults are the SLAI paper's operator settings (REFERENCES §2; the authors' Mistral-7B configuration uses
+# token_budget=512, max running requests 128, decode cap 128). Every float knob must be finite.
+
+def _budget() -> Any:
+    return Field(512, ge=1, description="tokens per iteration: decode tokens + prefill chunk tokens")
+
+
+def _max_running() -> Any:
+    return Field(128, ge=1, description="cap on running requests (decoding or partly prefilled)")
+
+
+def _seconds(default: float, what: str) -> Any:
+    return Field(default, gt=0, allow_inf_nan=False, description=what)
+
+
+class SarathiSpec(_Spec):
+    """Sarathi-Serve: every running decode every iteration; prefill chunks in FCFS order fill the rest of the budget."""
+
+    kind: Literal["sarathi"] = "sarathi"
+    token_budget: int = _budget()
+    max_running_requests: int = _max_running()
+
+    @model_validator(mode="after")
+    def _decodes_fit(self) -> SarathiSpec:
+        if self.max_running_requests > self.token_budget:
+            raise ValueError(
+                f"max_running_requests ({self.max_running_requests}) must be <= token_budget ({self.token_budget}): "
+                "Sarathi-Serve runs every running decode in every iteration, so they must all fit the budget"
+            )
+        return self
+
+
+class SLAISpec(_Spec):
+    """SLAI: critical decodes first, then partial and new prefills (shortest first), leftover budget to decodes.
+
+    A running decode is critical once ``last token time + TBT(class) - tbt_slack_s - Θ · mean batch duration``
+    has passed; Θ is ``theta_low`` while KV utilisation is below ``memory_limit``, ``theta_high`` at or above it.
+    """
+
+    kind: Literal["slai"] = "slai"
+    token_budget: int = _budget()
+    max_running_requests: int = _max_running()
+    decode_cap: int = Field(128, ge=1, description="most decode tokens per iteration (critical ones, and in all)")
+    tbt_strict_s: float = _seconds(0.1, "TBT SLO of slo_class 'strict' requests")
+    tbt_relaxed_s: float = _seconds(0.5, "TBT SLO of slo_class 'relaxed' requests")
+    tbt_default_s: float = _seconds(0.2, "TBT SLO of slo_class 'default' requests")
+    tbt_slack_s: float = Field(0.0, ge=0, allow_inf_nan=False, description="seconds taken off every TBT SLO")
+    theta_low: float = Field(5.0, ge=0, allow_inf_nan=False, description="Θ (mean batch durations of margin) "
+                             "while KV utilisation < memory_limit")
+    theta_high: float = Field(10.0, ge=0, allow_inf_nan=False, description="Θ at or above memory_limit")
+    memory_limit: float = Field(0.96, gt=0, le=1, allow_inf_nan=False, description="KV utilisation that switches Θ")
+    prefill_order: Literal["spf", "fcfs"] = Field("spf", description="new prefills shortest prompt first, or FCFS")
+    strict_first: bool = Field(False, description="new prefills of slo_class 'strict' before the others")
+
+
+class RADSpec(_Spec):
+    """RAD: prefill-only and decode batches alternate (at most N prefill batches per cycle), token counts tiled."""
+
+    kind: Literal["rad"] = "rad"
+    token_budget: int = _budget()
+    max_running_requests: int = _max_running()
+    prefill_batches_per_cycle: int = Field(1, ge=1, description="N: prefill-only batches between two decode batches")
+    tile_tokens: int | None = Field(None, ge=1, description="matmul tile width; unset: the GPU profile's")
+
+
+TokenBudgetSpec = SarathiSpec | SLAISpec | RADSpec
+
+PolicySpec = Annotated[FCFSSpec | LPMSpec | KLPMSpec | SarathiSpec | SLAISpec | RADSpec, Field(discriminator="kind")]
 
 _ADAPTER: TypeAdapter[PolicySpec] = TypeAdapter(PolicySpec)
 
@@ -73,10 +151,17 @@ def policy_from_json(text: str | bytes) -> PolicySpec:
     return _ADAPTER.validate_json(text)
 
 
+_KNOB_SPECS: dict[str, type[SarathiSpec] | type[SLAISpec] | type[RADSpec]] = {
+    "sarathi": SarathiSpec, "slai": SLAISpec, "rad": RADSpec,
+}
+
+
 def parse_policy(text: str) -> PolicySpec:
-    """Parse the command-line form: ``fcfs``, ``lpm``, ``klpm:K`` (K an integer >= 1 or ``inf``)."""
+    """Parse the command-line form: ``fcfs``, ``lpm``, ``klpm:K`` (K an integer >= 1 or ``inf``), and ``sarathi``,
+    ``slai``, ``rad``, each optionally with ``:KNOB=VALUE,...`` (e.g. ``slai:theta_low=5,token_budget=512``)."""
     name, _, arg = text.strip().partition(":")
-    name = name.lower()
+    name = name.strip().lower()
+    arg = arg.strip()
     if name == "fcfs" and not arg:
         return FCFSSpec()
     if name == "lpm" and not arg:
@@ -85,14 +170,80 @@ def parse_policy(text: str) -> PolicySpec:
         if not arg:
             raise ValueError("klpm needs a k: write klpm:K, e.g. klpm:4 or klpm:inf")
         return KLPMSpec(k=arg)
-    raise ValueError(f"unknown policy {text!r}: expected fcfs, lpm or klpm:K")
+    if name in _KNOB_SPECS:
+        return _with_knobs(_KNOB_SPECS[name], name, arg)
+    raise ValueError(f"unknown policy {text!r}: expected fcfs, lpm, klpm:K, sarathi, slai or rad")
+
+
+def _with_knobs(model: type[SarathiSpec] | type[SLAISpec] | type[RADSpec], name: str, arg: str) -> PolicySpec:
+    knobs = [f for f in model.model_fields if f not in ("kind", "version")]
+    items: dict[str, str | None] = {}
+    for part in arg.split(",") if arg else []:
+        key, sep, value = (s.strip() for s in part.partition("="))
+        if not sep or not key:
+            raise ValueError(f"policy {name!r}: {part.strip()!r} is not KNOB=VALUE")
+        if key not in knobs:
+            raise ValueError(f"policy {name!r}: unknown knob {key!r} (knobs: {', '.join(knobs)})")
+        if key in items:
+            raise ValueError(f"policy {name!r}: knob {key!r} given twice")
+        items[key] = None if value.lower() in ("none", "null") else value
+    try:
+        return model.model_validate(items)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = first.get("loc", ())
+        reason = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        if loc and loc[0] in items:
+            raise ValueError(f"policy {name!r}: knob {loc[0]!r}: {reason} (got {items[str(loc[0])]!r})") from None
+        raise ValueError(f"policy {name!r}: {reason}") from None
+
+
+def split_policies(text: str) -> list[str]:
+    """Split a comma-separated list of policies whose knobs are also comma-separated.
+
+    ``sarathi,slai:theta_low=5,token_budget=256,lpm`` -> ``["sarathi", "slai:theta_low=5,token_budget=256",
+    "lpm"]``: a piece with ``=`` but no ``:`` is one more knob of the policy before it.
+    """
+    out: list[str] = []
+    for piece in (p.strip() for p in text.split(",")):
+        if not piece:
+            continue
+        if "=" in piece and ":" not in piece and out:
+            out[-1] += "," + piece
+        else:
+            out.append(piece)
+    return out
 
 
 def policy_label(spec: PolicySpec) -> str:
-    """The command-line form of a spec; ``parse_policy(policy_label(s)) == s``."""
+    """The command-line form of a spec; ``parse_policy(policy_label(s)) == s``. Knobs at their defaults are left out."""
     if isinstance(spec, KLPMSpec):
         return f"klpm:{spec.k}"
+    if isinstance(spec, SarathiSpec | SLAISpec | RADSpec):
+        defaults = type(spec)()
+        knobs = [
+            f"{name}={_knob_text(getattr(spec, name))}"
+            for name in type(spec).model_fields
+            if name not in ("kind", "version") and getattr(spec, name) != getattr(defaults, name)
+        ]
+        return spec.kind + (":" + ",".join(knobs) if knobs else "")
     return spec.kind
+
+
+def _knob_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    if isinstance(value, float):
+        assert math.isfinite(value)
+        return repr(value)
+    return str(value)
+
+
+def is_token_budget(spec: PolicySpec) -> bool:
+    """True for the token-budget hybrid family (sarathi, slai, rad); False for the queue-ordering family."""
+    return isinstance(spec, SarathiSpec | SLAISpec | RADSpec)
 
 
 def queue_k(spec: PolicySpec) -> int | None:

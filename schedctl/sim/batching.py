@@ -1,0 +1,204 @@
+"""SGLang-like batch formation: prefill-first rounds over the shared k-LPM queue (fcfs, lpm, klpm).
+
+As SGLang's ``Scheduler.get_next_batch_to_run``: every iteration, if requests wait and memory allows, run a
+prefill round — the policy orders the waiting queue (the shared k-LPM queue) and requests are admitted in that
+order while the chunked-prefill token budget and the KV capacity allow; a prompt longer than the budget left is
+chunked and continues first in the next round; every admitted prompt is inserted in the cache at once, so requests
+of one round that share an uncached prefix compute it once. Otherwise run decode steps for every running request.
+
+Time advances by events, not tokens: between two events (an arrival, a completion, memory running out, the
+caller's horizon, a waiting request becoming admissible) the decode steps of a fixed batch are advanced in one
+go with closed-form durations (``step_time.DecodeRun``). Every running request gets a token every step, so a
+request's progress is the engine's step count since it joined (``join_step``): nothing per request per step.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from schedctl.policies.klpm import KLPMQueue
+from schedctl.policies.spec import PolicySpec, queue_k
+from schedctl.sim.step_time import DecodeRun, StepBatch
+
+if TYPE_CHECKING:
+    from schedctl.sim.engine import SimEngine, _Live
+
+
+class SGLangBatcher:
+    def __init__(self, engine: SimEngine, spec: PolicySpec) -> None:
+        self.eng = engine
+        self.queue: KLPMQueue[_Live] = KLPMQueue(queue_k(spec), oracle=engine.cache)
+        engine.cache.add_insert_listener(self.queue.on_cache_insert)
+        self._chunked: _Live | None = None
+        self._finish_heap: list[tuple[int, int]] = []  # (decode step at which it finishes, seq)
+        self._fresh: dict[int, _Live] = {}  # running requests whose last token came from a prefill
+        self._common = 0  # running requests whose last token came from the last decode step
+        self._last_decode_end_s = 0.0
+
+    # -- the Batcher protocol ------------------------------------------------------------------------------
+    def push(self, live: _Live) -> None:
+        self.queue.push(live, live.seq, tokens=live.tokens)
+
+    def set_policy(self, spec: PolicySpec) -> None:
+        self.queue.set_k(queue_k(spec))
+
+    def close(self) -> None:
+        self.eng.cache.remove_insert_listener(self.queue.on_cache_insert)
+
+    @property
+    def queue_len(self) -> int:
+        return len(self.queue) + (1 if self._chunked is not None else 0)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.queue) or self._chunked is not None
+
+    def step(self, until_s: float) -> bool:
+        if (self.queue or self._chunked is not None) and self._prefill_round():
+            return True
+        if self.eng._running:
+            self._decode(until_s)
+            return True
+        return False
+
+    # -- prefill -------------------------------------------------------------------------------------------
+    def _prefill_round(self) -> bool:
+        e = self.eng
+        budget = e.cfg.chunked_prefill_tokens
+        batch: list[tuple[_Live, int, int]] = []  # (request, new tokens, cached context)
+        chunked, self._chunked = self._chunked, None
+        candidates = [chunked] if chunked is not None else []
+        while budget > 0 and (candidates or self.queue):
+            if not candidates and len(e._running) + len(batch) >= e.cfg.max_running_requests:
+                break
+            live = candidates.pop() if candidates else self.queue.peek()
+            assert live is not None
+            if not e._admit(live, budget, batch):
+                if live is chunked:
+                    self._chunked = chunked  # keeps its lock and progress; tries again next round
+                elif not e._running and not batch and self._chunked is None:
+                    e._abort(self.queue.pop())  # cannot fit even in an empty engine
+                    continue
+                break
+            if live is not chunked:
+                self.queue.pop()
+            budget -= batch[-1][1]
+            if live.done_tokens < len(live.tokens):
+                self._chunked = live  # the budget ran out inside this prompt
+                break
+        if not batch:
+            return False
+        e.now_s += e.model.step_s(StepBatch.of([(n, c) for _l, n, c in batch]))
+        e.prefill_steps += 1
+        for live, _n, _c in batch:
+            if live.done_tokens == len(live.tokens) and e._emit_prefill_token(live):
+                self._join(live)
+        return True
+
+    def _join(self, live: _Live) -> None:
+        e = self.eng
+        seq = live.seq
+        e._running[seq] = live
+        self._fresh[seq] = live
+        live.join_step = e.decode_steps
+        live.join_ctx = len(live.tokens)
+        e._ctx_sum += live.join_ctx
+        left = live.req.output_len - live.generated
+        e._remaining += left
+        heapq.heappush(self._finish_heap, (e.decode_steps + left, seq))
+
+    # -- decode --------------------------------------------------------------------------------------------
+    def _decode(self, until_s: float) -> None:
+        e = self.eng
+        running = e._running
+        batch = len(running)
+        heap = self._finish_heap
+        while heap[0][1] not in running or self._finish_step(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)  # stale: retracted since
+        limit = min(heap[0][0] - e.decode_steps, e.cache.available_tokens // batch)
+        if limit <= 0:
+            self._retract_newest()
+            return
+        limit = min(limit, e.cfg.max_decode_run_steps or limit)
+        if self.queue or self._chunked is not None:
+            live = self._chunked if self._chunked is not None else self.queue.peek()
+            capped = batch >= e.cfg.max_running_requests
+            limit = e._steps_until_admissible(live, e.cfg.chunked_prefill_tokens, batch, limit, capped)
+        run = e.model.decode_run(batch, e._ctx_sum)
+        horizon = min(e.next_arrival_s, until_s)
+        n = run.steps_to_reach(horizon - e.now_s, limit) if horizon < math.inf else limit
+        e.cache.make_room(n * batch)
+        e.cache.inflight_tokens += n * batch
+        first_end = e.now_s + run.step_s(0)
+        if e.tbt_classes is not None:
+            self._tbt_by_class(run, n, first_end)
+        if self._common:
+            e.tbt.add(first_end - self._last_decode_end_s, self._common)
+        for live in self._fresh.values():
+            e.tbt.add(first_end - live.last_token_s)
+        e.tbt.add_run(run, 1, n, batch)
+        if e.cfg.record_token_times:
+            t, times = e.now_s, []
+            for j in range(n):
+                t += run.step_s(j)
+                times.append(t)
+            for live in running.values():
+                assert live.times is not None
+                live.times.extend(times)
+        e.now_s += run.total_s(n)
+        e.decode_steps += n
+        e._ctx_sum += n * batch
+        e._remaining -= n * batch
+        self._last_decode_end_s = e.now_s
+        self._common = batch
+        self._fresh.clear()
+        e._ratio = max(e.cfg.new_token_ratio, e._ratio - n * e.cfg.token_ratio_decay_per_step)
+        while heap and heap[0][0] <= e.decode_steps:
+            step, seq = heapq.heappop(heap)
+            done = running.get(seq)
+            if done is not None and self._finish_step(seq) == step:
+                self._leave_decode(done)
+                e._finish(done)
+
+    def _tbt_by_class(self, run: DecodeRun, n: int, first_end: float) -> None:
+        """The gaps of this run, per SLO class (``_common`` is the running requests not in ``_fresh``)."""
+        e = self.eng
+        counts = Counter(live.req.slo_class for live in e._running.values())
+        fresh = Counter(live.req.slo_class for live in self._fresh.values())
+        for slo_class, count in counts.items():
+            hist = e._class_tbt(slo_class)
+            if count > fresh[slo_class]:
+                hist.add(first_end - self._last_decode_end_s, count - fresh[slo_class])
+            hist.add_run(run, 1, n, count)
+        for live in self._fresh.values():
+            e._class_tbt(live.req.slo_class).add(first_end - live.last_token_s)
+
+    def _finish_step(self, seq: int) -> int:
+        live = self.eng._running[seq]
+        return live.join_step + live.req.output_len - live.generated
+
+    def _leave_decode(self, live: _Live) -> None:
+        """Take a running request out of the decode batch and settle what it generated there.
+
+        While a request decodes, ``generated`` holds its count at join; the steps since then are added here.
+        """
+        e = self.eng
+        del e._running[live.seq]
+        if self._fresh.pop(live.seq, None) is None:
+            self._common -= 1
+        steps = e.decode_steps - live.join_step
+        e._ctx_sum -= live.join_ctx + steps
+        e._remaining -= live.req.output_len - live.generated - steps
+        e.cache.inflight_tokens -= steps
+        live.generated += steps
+
+    def _retract_newest(self) -> None:
+        seq = next(reversed(self.eng._running))
+        live = self.eng._running[seq]
+        was_fresh = seq in self._fresh
+        self._leave_decode(live)
+        live.last_token_s = live.last_token_s if was_fresh else self._last_decode_end_s
+        self.eng._requeue(live)
