@@ -51,8 +51,8 @@ class IterationRecord:
     decoding: tuple[tuple[int, float, str], ...]  # every decoding request at the start: (id, last token s, class)
     critical_ids: tuple[int, ...]  # SLAI: the decodes found critical
     prefill: tuple[tuple[int, int, int], ...]  # (request id, new tokens, cached tokens)
-    admitted_keys: tuple[Key, ...]  # queue keys of the new prefills admitted, in order
-    waiting_head_key: Key | None  # the first key left waiting after admission
+    admitted_ids: tuple[int, ...]  # new prefills admitted from the waiting queue, in order
+    waiting_head_id: int | None  # the first request left waiting after admission
     theta: float  # SLAI's Θ this iteration (nan for the others)
     mean_batch_s: float
     kv_utilization: float
@@ -71,7 +71,7 @@ class HybridBatcher:
         self.batch_time_s = 0.0
         self._cycle_prefills = 0  # RAD: prefill-only batches in the current cycle
         self.iterations: list[IterationRecord] | None = [] if engine.cfg.trace_iterations else None
-        self._admitted: list[Key] = []  # queue keys admitted by the last admission pass (records)
+        self._admitted: list[int] = []  # requests admitted by the last admission pass (records)
         self._order = ("fcfs", False)
         self.set_policy(spec)
 
@@ -188,7 +188,7 @@ class HybridBatcher:
             budget -= chunks[-1][1]
         in_flight = len(e._running) + len(self._partials)
         while budget > 0 and self._waiting and in_flight < self.spec.max_running_requests:
-            key, live = self._waiting[0]
+            live = self._waiting[0][1]
             too_long = len(live.tokens) > e.cache.capacity_tokens
             if too_long or not e._admit(live, budget, chunks, check_first=True):
                 if too_long or not (e._running or chunks or self._partials):
@@ -197,7 +197,7 @@ class HybridBatcher:
                     continue
                 break
             heapq.heappop(self._waiting)
-            self._admitted.append(key)
+            self._admitted.append(live.req.request_id)
             in_flight += 1
             budget -= chunks[-1][1]
             if live.done_tokens < len(live.tokens):
@@ -392,6 +392,7 @@ class HybridBatcher:
             start_s=start_s, end_s=self.eng.now_s, steps=steps, budget_tokens=self._budget,
             decode_ids=tuple(d.req.request_id for d in decodes), decoding=decoding, critical_ids=critical,
             prefill=tuple((live.req.request_id, take, cached) for live, take, cached in chunks),
-            admitted_keys=tuple(self._admitted), waiting_head_key=self._waiting[0][0] if self._waiting else None,
+            admitted_ids=tuple(self._admitted),
+            waiting_head_id=self._waiting[0][1].req.request_id if self._waiting else None,
             theta=theta, mean_batch_s=mean_s, kv_utilization=kv,
         ))
