@@ -43,7 +43,7 @@ def gsp(rate: float, n: int, seed: int = 1) -> list[Request]:
 
 
 def engine(policy: PolicySpec, kv_tokens: int = 200_000, **cfg: object) -> SimEngine:
-    return SimEngine(EngineConfig(**cfg), MODEL, kv_tokens, policy)  # type: ignore[arg-type]
+    return SimEngine(EngineConfig(**cfg), MODEL, kv_tokens, policy)
 
 
 def run(reqs: list[Request], policy: PolicySpec, kv_tokens: int = 200_000, **cfg: object) -> SimEngine:

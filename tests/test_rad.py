@@ -15,7 +15,9 @@ from schedctl.workloads.registry import make_requests
 HW = Hardware(gpu=load_gpu("rtx-6000-ada"), model=load_model("mistral-7b"))
 
 
-@pytest.mark.parametrize(("budget", "tile", "expected"), [(512, 64, 512), (500, 64, 448), (500, 128, 384), (40, 64, 40)])
+@pytest.mark.parametrize(
+    ("budget", "tile", "expected"), [(512, 64, 512), (500, 64, 448), (500, 128, 384), (40, 64, 40)]
+)
 def test_tiled_budget_is_whole_tiles(budget: int, tile: int, expected: int):
     assert rad.tiled_budget(budget, tile) == expected
 
