@@ -42,7 +42,7 @@ def test_times_grow_with_tokens(torch: Any) -> None:
 
 def test_rows_come_back_in_grid_order_with_the_grid_counts(torch: Any) -> None:
     grid = ProfileGrid(prefill_tokens=[4, 16], prefill_context_tokens=[0, 8], decode_seqs=[2],
-                       decode_context_per_seq=[8], mixed=[(8, 3, 5)], warmup=0, repetitions=1)
+                       decode_context_per_seq=[8], mixed=[(8, 3, 5)], warmup=0, repetitions=1, passes=2)
     result = profile_steps(TINY, grid, device="cpu", threads=1, seed=5)
     assert [r.model_dump(exclude={"seconds"}) for r in result.rows] == \
         [p.row(1.0).model_dump(exclude={"seconds"}) for p in grid.points()]

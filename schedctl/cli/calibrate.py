@@ -152,7 +152,10 @@ def profile_cmd(
     decode_context: str | None = typer.Option(None, "--decode-context-tokens", help="context of each decode seq"),
     mixed: str | None = typer.Option(None, "--mixed", help="prefill+decode steps P:B:C,... (or none)"),
     warmup: int | None = typer.Option(None, "--warmup", help="untimed runs per step"),
-    repetitions: int | None = typer.Option(None, "--repetitions", help="timed runs per step (the median is kept)"),
+    repetitions: int | None = typer.Option(None, "--repetitions", help="timed runs per step"),
+    passes: int | None = typer.Option(None, "--passes", help="measure the whole grid this many times (shuffled)"),
+    statistic: str | None = typer.Option(None, "--statistic", help="median (default) | min (for a shared host: "
+                                                                   "interference only adds time)"),
     device: str = typer.Option("auto", "--device", help="auto (cuda if torch sees one, else cpu) | cpu | cuda:N"),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bfloat16 on GPU, float32 on CPU) | float16 | ..."),
     threads: int | None = typer.Option(None, "--threads", help="torch CPU threads (1 is steadiest on a busy host)"),
@@ -160,11 +163,19 @@ def profile_cmd(
                                                                        "(default 80% of free GPU memory, 4 on CPU)"),
     cuda_graphs: bool = typer.Option(True, "--cuda-graphs/--no-cuda-graphs", help="replay decode steps from CUDA "
                                                                                   "graphs (as SGLang does)"),
+    clock: str = typer.Option("wall", "--clock", help="wall | cpu (CPU time of the one torch thread: steady on a "
+                                                      "busy shared CPU; needs --device cpu --threads 1)"),
     seed: int = common.SEED,
 ) -> None:
     """Time forward steps of a random-weight Llama-style model with torch and write rows for calibrate."""
     from schedctl.sim.torch_profile import GRIDS, ProfileGrid, TorchMissing, profile_steps
 
+    if clock not in ("wall", "cpu"):
+        raise UsageError(f"--clock {clock!r}: expected wall or cpu")
+    if clock == "cpu" and (threads != 1 or device != "cpu"):
+        raise UsageError("--clock cpu times one thread: give --device cpu --threads 1")
+    if statistic not in (None, "median", "min"):
+        raise UsageError(f"--statistic {statistic!r}: expected median or min")
     if grid not in GRIDS:
         raise UsageError(f"--grid {grid!r}: expected one of {', '.join(GRIDS)}")
     base = load_model(model, models_file)
@@ -185,7 +196,9 @@ def profile_cmd(
         "prefill_context_tokens": _ints(prefill_context, "--prefill-context-tokens"),
         "decode_seqs": _ints(decode_seqs, "--decode-seqs"),
         "decode_context_per_seq": _ints(decode_context, "--decode-context-tokens"),
-        "mixed": _mixed(mixed), "warmup": warmup, "repetitions": repetitions}.items() if v is not None}
+        "mixed": _mixed(mixed), "warmup": warmup, "repetitions": repetitions, "passes": passes,
+        "statistic": statistic}.items()
+        if v is not None}
     the_grid = ProfileGrid.model_validate({**GRIDS[grid].model_dump(), **over})
     if not the_grid.points():
         raise UsageError("the grid has no steps to time")
@@ -198,7 +211,8 @@ def profile_cmd(
 
     try:
         result = profile_steps(shape, the_grid, device=device, dtype=dtype, seed=seed, max_kv_gib=max_kv_gib,
-                               cuda_graphs=cuda_graphs, threads=threads, on_point=progress)
+                               cuda_graphs=cuda_graphs, threads=threads,
+                               clock="cpu" if clock == "cpu" else "wall", on_point=progress)
     except TorchMissing as exc:  # printed plainly: rich markup would eat the "[profile]" of the hint
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None  # (typer.Exit's code is lost under standalone_mode=False)

@@ -13,7 +13,8 @@ same-shaped sequences against per-layer KV caches of ``c + e`` slots, the new to
 the right offset (and KV heads expanded to the query heads, which masked kernels need: a little extra memory
 traffic that a paged-prefix kernel such as FlashInfer's does not have). On CUDA, decode-only steps are replayed
 from a CUDA graph as SGLang does (falling back to eager if capture fails). A step's time is the median over
-``repetitions`` runs after ``warmup`` runs, each between device synchronisations.
+``repetitions`` runs after ``warmup`` runs (or the minimum, on a shared host), each between device
+synchronisations.
 
 torch is imported only when profiling starts: the rest of schedctl never needs it.
 """
@@ -26,7 +27,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -88,6 +89,8 @@ class ProfileGrid(BaseModel):
     mixed: list[tuple[int, int, int]] = Field(default_factory=list)  # (prefill tokens, decode seqs, ctx per seq)
     warmup: int = Field(default=2, ge=0)
     repetitions: int = Field(default=5, ge=1)
+    passes: int = Field(default=1, ge=1)  # times the whole grid is measured (each pass in a new shuffle)
+    statistic: Literal["median", "min"] = "median"  # min suits a shared host: interference only adds time
 
     def points(self) -> list[Point]:
         pts = [Point(prefill_tokens=e, prefill_context_tokens=c)
@@ -119,7 +122,7 @@ class ProfileResult:
     rows: list[StepRow]
     device: str  # in words, e.g. "cpu (2 threads), torch 2.13.0, float32"
     spreads: list[float]  # per row: (max - min) / median over the repetitions
-    skipped: list[str] = field(default_factory=list)  # points not measured, and why
+    skipped: list[str] = field(default_factory=list)  # points not measured or not as asked, and why
 
     def comments(self, model: ModelProfile, grid: ProfileGrid, seed: int) -> list[str]:
         shape = ", ".join(f"{k}={v}" for k, v in model.model_dump().items() if k != "name")
@@ -128,7 +131,8 @@ class ProfileResult:
             "schedctl profile: measured forward-step times of a random-weight Llama-style model",
             f"device: {self.device}",
             f"model: {model.name}: {shape}",
-            f"seconds: median of {grid.repetitions} runs after {grid.warmup} warm-up runs; seed {seed}",
+            f"seconds: {grid.statistic} of {grid.passes} pass(es) x {grid.repetitions} runs, each after "
+            f"{grid.warmup} warm-up runs; seed {seed}",
             f"spread of the runs, (max - min) / median: {spread}",
         ]
 
@@ -247,58 +251,79 @@ def resolve_device(torch: Any, device: str, dtype: str) -> tuple[str, Any]:
     return device, getattr(torch, dtype)
 
 
+def _time_point(torch: Any, runner: _Runner, point: Point, grid: ProfileGrid, cuda: bool, cuda_graphs: bool,
+                clock: Callable[[], float], notes: list[str]) -> list[float]:
+    """Seconds of ``grid.repetitions`` runs of one step, after ``grid.warmup`` untimed ones."""
+    forward = runner.prepare(point)
+    if cuda and cuda_graphs and point.prefill_tokens == 0:
+        try:
+            forward = _cuda_graph(torch, forward, grid.warmup)
+        except RuntimeError as exc:
+            notes.append(f"{point.chunks()}: CUDA graph capture failed, timed eagerly ({exc})")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    for _ in range(grid.warmup):
+        forward()
+    times = []
+    for _ in range(grid.repetitions):
+        sync()
+        t0 = clock()
+        forward()
+        sync()
+        times.append(clock() - t0)
+    return times
+
+
 def profile_steps(
     shape: ModelProfile, grid: ProfileGrid, *, device: str = "auto", dtype: str = "auto", seed: int = 0,
     max_kv_gib: float | None = None, cuda_graphs: bool = True, threads: int | None = None,
-    on_point: Callable[[int, int, StepRow], None] | None = None,
+    clock: Literal["wall", "cpu"] = "wall", on_point: Callable[[int, int, StepRow], None] | None = None,
 ) -> ProfileResult:
-    """Time every point of ``grid`` on ``device``; rows come back in grid order (measured in a seeded shuffle,
-    so slow drift of the machine does not line up with the grid). ``threads`` sets torch's CPU threads (on a
-    shared machine 1 thread is far steadier: a preempted thread stalls a multi-threaded op)."""
+    """Time every point of ``grid`` on ``device``; rows come back in grid order.
+
+    Each pass measures the points in a fresh seeded shuffle, so slow drift or a burst of load on the machine
+    does not line up with the grid; a point's time is ``grid.statistic`` over all its runs of all passes.
+    ``threads`` sets torch's CPU threads (on a shared machine 1 thread is far steadier: a preempted thread
+    stalls a multi-threaded op). ``clock="cpu"`` times each run by the CPU time of the calling thread instead of
+    the wall clock: on a CPU shared with other work that is the step's own work, without the time the thread
+    waited for a core (only with one torch thread on the CPU).
+    """
     torch = import_torch()
     if threads is not None:
         torch.set_num_threads(threads)
     dev, dt = resolve_device(torch, device, dtype)
     torch.set_flush_denormal(True)
     cuda = dev.startswith("cuda")
+    if clock == "cpu" and (cuda or torch.get_num_threads() != 1):
+        raise ValueError("clock='cpu' times one thread: use it on the CPU with threads=1")
+    timer = time.thread_time if clock == "cpu" else time.perf_counter
     kv_token_bytes = 2 * shape.num_layers * shape.kv_dim * torch.tensor([], dtype=dt).element_size()
+    rng = random.Random(seed)
     with torch.inference_mode():
         runner = _Runner(torch, shape, dev, dt, seed)
         if max_kv_gib is None:
             max_kv_gib = (torch.cuda.mem_get_info()[0] * 0.8 if cuda else 4 * 2**30) / 2**30
         points = grid.points()
-        order = list(range(len(points)))
-        random.Random(seed).shuffle(order)
-        measured: dict[int, tuple[StepRow, float]] = {}
-        skipped = []
-        for done, i in enumerate(order, start=1):
-            point = points[i]
-            if point.kv_tokens() * kv_token_bytes > max_kv_gib * 2**30:
-                skipped.append(f"{point.chunks()}: KV cache over {max_kv_gib:.1f} GiB")
-                continue
-            forward = runner.prepare(point)
-            if cuda and cuda_graphs and point.prefill_tokens == 0:
-                try:
-                    forward = _cuda_graph(torch, forward, grid.warmup)
-                except RuntimeError as exc:
-                    skipped.append(f"{point.chunks()}: CUDA graph capture failed, timed eagerly ({exc})")
-            sync = torch.cuda.synchronize if cuda else (lambda: None)
-            for _ in range(grid.warmup):
-                forward()
-            times = []
-            for _ in range(grid.repetitions):
-                sync()
-                t0 = time.perf_counter()
-                forward()
-                sync()
-                times.append(time.perf_counter() - t0)
-            med = statistics.median(times)
-            row = point.row(med)
-            measured[i] = (row, (max(times) - min(times)) / med)
-            del forward
-            if on_point is not None:
-                on_point(done, len(points), row)
+        notes: list[str] = []
+        fits = [i for i, p in enumerate(points) if p.kv_tokens() * kv_token_bytes <= max_kv_gib * 2**30]
+        notes += [f"{points[i].chunks()}: KV cache over {max_kv_gib:.1f} GiB, not measured"
+                  for i in range(len(points)) if i not in fits]
+        times: dict[int, list[float]] = {i: [] for i in fits}
+        done = 0
+        for _ in range(grid.passes):
+            order = list(fits)
+            rng.shuffle(order)
+            for i in order:
+                times[i] += _time_point(torch, runner, points[i], grid, cuda, cuda_graphs, timer, notes)
+                done += 1
+                if on_point is not None:
+                    on_point(done, len(fits) * grid.passes, _row(points[i], times[i], grid.statistic))
     where = f"threads={torch.get_num_threads()}" if not cuda else torch.cuda.get_device_name(dev)
-    desc = f"{dev} ({where}, {platform.machine()}), torch {torch.__version__}, {str(dt).removeprefix('torch.')}"
-    keep = sorted(measured)
-    return ProfileResult([measured[i][0] for i in keep], desc, [measured[i][1] for i in keep], skipped)
+    desc = (f"{dev} ({where}, {platform.machine()}), torch {torch.__version__}, {str(dt).removeprefix('torch.')}, "
+            f"clock={'thread CPU time' if clock == 'cpu' else 'wall'}")
+    rows = [_row(points[i], times[i], grid.statistic) for i in fits]
+    spreads = [(max(times[i]) - min(times[i])) / statistics.median(times[i]) for i in fits]
+    return ProfileResult(rows, desc, spreads, notes)
+
+
+def _row(point: Point, times: list[float], statistic: str) -> StepRow:
+    return point.row(statistics.median(times) if statistic == "median" else min(times))
