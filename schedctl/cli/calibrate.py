@@ -26,7 +26,8 @@ from schedctl.sim.fit import COEFFICIENTS
 from schedctl.sim.profiles import GPUProfile, ModelProfile, load_gpu, load_model
 from schedctl.sim.step_time import StepTimeProfile
 
-ROW_COLUMNS = ["prefill", "cached ctx", "decode seqs", "decode ctx", "measured (ms)", "predicted (ms)", "error"]
+ROW_COLUMNS = ["prefill", "cached ctx", "decode seqs", "decode ctx (all seqs)", "measured (ms)", "predicted (ms)",
+               "error"]
 
 
 def _hardware(gpu: str | None, model: str | None, gpus_file: Path | None,

@@ -346,12 +346,15 @@ def evaluate_holdout(rows: Sequence[StepRow], fraction: float, seed: int, source
 
 
 def achieved_throughput(profile: StepTimeProfile, model: ModelProfile) -> dict[str, float]:
-    """What the coefficients imply in hardware terms for this model shape (0 where a coefficient is 0)."""
-    flops = 2 * model.layer_matmul_params / profile.s_per_new_token if profile.s_per_new_token else 0.0
-    kv_bw = model.kv_bytes_per_token / profile.s_per_kv_token if profile.s_per_kv_token else 0.0
-    w_bw = model.weight_bytes / profile.memory_base_s if profile.memory_base_s else 0.0
-    return {"achieved_matmul_tflops": flops / 1e12, "achieved_kv_read_gbps": kv_bw / 1e9,
-            "achieved_weight_read_gbps": w_bw / 1e9}
+    """What the coefficients imply in hardware terms for this model shape (left out where a coefficient is 0)."""
+    out = {}
+    if profile.s_per_new_token:
+        out["achieved_matmul_tflops"] = 2 * model.layer_matmul_params / profile.s_per_new_token / 1e12
+    if profile.s_per_kv_token:
+        out["achieved_kv_read_gbps"] = model.kv_bytes_per_token / profile.s_per_kv_token / 1e9
+    if profile.memory_base_s:
+        out["achieved_weight_read_gbps"] = model.weight_bytes / profile.memory_base_s / 1e9
+    return out
 
 
 def fit_table(report: FitReport, source: str, profile: StepTimeProfile, gpu: GPUProfile | None,
