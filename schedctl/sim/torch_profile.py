@@ -313,15 +313,21 @@ def profile_steps(
             order = list(fits)
             rng.shuffle(order)
             for i in order:
-                times[i] += _time_point(torch, runner, points[i], grid, cuda, cuda_graphs, timer, notes)
+                try:
+                    times[i] += _time_point(torch, runner, points[i], grid, cuda, cuda_graphs, timer, notes)
+                except torch.cuda.OutOfMemoryError:
+                    notes.append(f"{points[i].chunks()}: out of GPU memory, not measured")
+                if cuda:
+                    torch.cuda.empty_cache()  # the next step's KV caches may be of another size
                 done += 1
-                if on_point is not None:
+                if on_point is not None and times[i]:
                     on_point(done, len(fits) * grid.passes, _row(points[i], times[i], grid.statistic))
     where = f"threads={torch.get_num_threads()}" if not cuda else torch.cuda.get_device_name(dev)
     desc = (f"{dev} ({where}, {platform.machine()}), torch {torch.__version__}, {str(dt).removeprefix('torch.')}, "
             f"clock={'thread CPU time' if clock == 'cpu' else 'wall'}")
-    rows = [_row(points[i], times[i], grid.statistic) for i in fits]
-    spreads = [(max(times[i]) - min(times[i])) / statistics.median(times[i]) for i in fits]
+    kept = [i for i in fits if times[i]]
+    rows = [_row(points[i], times[i], grid.statistic) for i in kept]
+    spreads = [(max(times[i]) - min(times[i])) / statistics.median(times[i]) for i in kept]
     return ProfileResult(rows, desc, spreads, notes)
 
 
