@@ -224,20 +224,23 @@ class SimEngine:
         return take + reserve
 
     def _admit(
-        self, live: _Live, budget: int, batch: list[tuple[_Live, int, int]], check_first: bool = False
+        self, live: _Live, budget: int, batch: list[tuple[_Live, int, int]], whole_prompt: bool = False
     ) -> bool:
         """Lock the cached prefix, check memory, allocate the next chunk; False (nothing held) if it won't fit.
 
         A fresh request that does not fit leaves its prefix touched (locked and unlocked: most recently used), as
-        in SGLang, unless ``check_first``: then the check runs before the lock and a refusal changes nothing.
+        in SGLang. With ``whole_prompt`` (vLLM-like, the hybrid mode) a fresh request must fit its whole uncached
+        prompt, not only the first chunk, and the check runs before the lock, so a refusal changes nothing.
         """
         cache = self.cache
         tokens = live.tokens
         fresh = live.node is None
         others = bool(self._running or batch)
-        if fresh and check_first:
+        if fresh and whole_prompt:
             cached, pinned = cache.prefix_unlocked(tokens, len(tokens) - 1)
-            if self._need(live, cached, budget, others, self._ratio, self._remaining) > cache.available_tokens - pinned:
+            if self._need(live, cached, len(tokens), others, self._ratio, self._remaining) > (
+                cache.available_tokens - pinned
+            ):
                 return False
         if fresh:
             node, cached = cache.lock_prefix(tokens, len(tokens) - 1)

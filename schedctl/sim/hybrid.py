@@ -7,7 +7,10 @@ inside an iteration: the decodes that go before prefills (Sarathi: all; SLAI: th
 decode batch) get their KV first — if memory cannot hold them, the newest running request is retracted and the
 iteration is formed again; then partial prefills (admission order), then new prefills (the policy's order, at most
 ``max_running_requests`` in flight, admission stops at the first that does not fit); then SLAI's leftover
-decodes, as far as the budget, the decode cap and memory allow.
+decodes, as far as the budget, the decode cap and memory allow. As in vLLM (which Sarathi-Serve and the SLAI
+prototype build on), a new request is admitted only if memory holds its whole uncached prompt, not just the first
+chunk; the engine's reserve for future outputs (``new_token_ratio``) applies on top — set it to 0 for vLLM's
+behaviour (no reserve; out of memory, the newest request is preempted and later recomputed).
 
 A decode left out of an iteration keeps its last-token time, so its next gap includes the stall: TBT is per token
 of each request, from its own previous token. The iteration's duration is the step-time model's for its features.
@@ -190,7 +193,7 @@ class HybridBatcher:
         while budget > 0 and self._waiting and in_flight < self.spec.max_running_requests:
             live = self._waiting[0][1]
             too_long = len(live.tokens) > e.cache.capacity_tokens
-            if too_long or not e._admit(live, budget, chunks, check_first=True):
+            if too_long or not e._admit(live, budget, chunks, whole_prompt=True):
                 if too_long or not (e._running or chunks or self._partials):
                     heapq.heappop(self._waiting)
                     e._abort(live)  # cannot fit even in an empty engine
@@ -265,6 +268,7 @@ class HybridBatcher:
             for budget, reserved in self._head_budgets(batch):
                 if budget <= 0:
                     continue
+                budget = budget if head.node is not None else len(head.tokens)  # a fresh one needs its whole prompt
                 if self._fits(head, budget, reserved, capped):
                     return False  # an iteration could admit it: form iterations one by one
                 limit = e._steps_until_admissible(head, budget, batch, limit, capped, reserved)
