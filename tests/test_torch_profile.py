@@ -12,7 +12,7 @@ from schedctl.cli import app
 from schedctl.cli.common import fail_cleanly
 from schedctl.sim.calibrate import read_steps_csv
 from schedctl.sim.profiles import ModelProfile
-from schedctl.sim.torch_profile import Point, ProfileGrid, prefix_causal_mask, profile_steps
+from schedctl.sim.torch_profile import Point, ProfileGrid, _prefix_bias, prefix_causal_mask, profile_steps
 
 pytestmark = pytest.mark.torch
 
@@ -69,6 +69,8 @@ def test_prefix_mask_gives_the_tail_of_full_causal_attention(torch: Any) -> None
     full = sdpa(q, k, v, is_causal=True)
     tail = sdpa(q[:, :, c:], k, v, attn_mask=prefix_causal_mask(torch, e, c))
     torch.testing.assert_close(tail, full[:, :, c:])
+    # the bias the profiler passes (torch's lower-right causal bias where it exists) means the same
+    torch.testing.assert_close(sdpa(q[:, :, c:], k, v, attn_mask=_prefix_bias(torch, e, c, "cpu")), full[:, :, c:])
 
 
 def test_profile_command_writes_rows_that_calibrate_reads(torch: Any, tmp_path: Path,

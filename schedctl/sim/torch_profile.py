@@ -9,12 +9,16 @@ greedy sampling. bf16 on a GPU, float32 on a CPU.
 One forward step is a list of sequences, each with ``e`` new tokens on top of ``c`` cached ones (the step-time
 model's view, see ``step_time.py``). Matmuls run over all the step's tokens at once; attention runs per group of
 same-shaped sequences against per-layer KV caches of ``c + e`` slots, the new tokens' K/V written into the last
-``e`` (what a serving engine does, minus paging). Prefill with cached context uses an explicit causal mask with
-the right offset (and KV heads expanded to the query heads, which masked kernels need: a little extra memory
-traffic that a paged-prefix kernel such as FlashInfer's does not have). On CUDA, decode-only steps are replayed
-from a CUDA graph as SGLang does (falling back to eager if capture fails). A step's time is the median over
-``repetitions`` runs after ``warmup`` runs (or the minimum, on a shared host), each between device
-synchronisations.
+``e`` (what a serving engine does, minus paging). Prefill with cached context needs causal attention aligned to
+the bottom right (query i at position c + i sees keys 0..c+i): torch's ``causal_lower_right`` bias, which runs
+the flash kernel on a GPU (with the KV heads expanded to the query heads: a little extra memory traffic that a
+paged-prefix kernel such as FlashInfer's does not have), or an explicit mask on older torch and on the CPU.
+RMSNorm uses torch's fused ``rms_norm`` where it exists. The forward is plain eager torch, so it launches more
+kernels per layer than a serving engine's fused ones: small decode steps carry more fixed cost than SGLang's.
+
+On CUDA, decode-only steps are replayed from a CUDA graph as SGLang does (falling back to eager if capture
+fails). A step's time is the median over ``repetitions`` runs after ``warmup`` runs (or the minimum, on a shared
+host), each between device synchronisations.
 
 torch is imported only when profiling starts: the rest of schedctl never needs it.
 """
@@ -143,6 +147,15 @@ def prefix_causal_mask(torch: Any, new_tokens: int, cached_tokens: int, device: 
     return keys[None, :] <= (cached_tokens + torch.arange(new_tokens, device=device))[:, None]
 
 
+def _prefix_bias(torch: Any, new_tokens: int, cached_tokens: int, device: str) -> Any:
+    """The attention mask of a prefill after cached context: a lower-right causal bias where torch has it."""
+    try:
+        from torch.nn.attention.bias import causal_lower_right
+    except ImportError:
+        return prefix_causal_mask(torch, new_tokens, cached_tokens, device)
+    return causal_lower_right(new_tokens, cached_tokens + new_tokens)
+
+
 class _Runner:
     """Random weights of one model shape on one device, and a forward step over grouped sequences."""
 
@@ -165,6 +178,8 @@ class _Runner:
         self.gqa_kwarg = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
 
     def _rms(self, x: Any, weight: Any) -> Any:
+        if hasattr(self.t.nn.functional, "rms_norm"):  # torch >= 2.4
+            return self.t.nn.functional.rms_norm(x, (x.shape[-1],), weight, 1e-5)
         xf = x.float()
         return (xf * self.t.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-5)).to(x.dtype) * weight
 
@@ -181,7 +196,7 @@ class _Runner:
         for n, e, c in point.chunks():
             caches = [(t.randn(n, hkv, c + e, d, device=self.device, dtype=self.dtype),
                        t.randn(n, hkv, c + e, d, device=self.device, dtype=self.dtype)) for _ in range(s.num_layers)]
-            mask = prefix_causal_mask(t, e, c, self.device) if e > 1 and c > 0 else None
+            mask = _prefix_bias(t, e, c, self.device) if e > 1 and c > 0 else None
             groups.append((n, e, c, caches, mask, e > 1 and c == 0))
             positions.append((c + t.arange(e, device=self.device)).repeat(n))
             last.append(offset + e * (t.arange(n, device=self.device) + 1) - 1)
