@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from schedctl.policies.spec import FCFSSpec, KLPMSpec, LPMSpec, PolicySpec, parse_policy
+from schedctl.policies.spec import FCFSSpec, KLPMSpec, LPMSpec, PolicySpec, RADSpec, SarathiSpec, SLAISpec, parse_policy
 from schedctl.sim.engine import EngineConfig, SimEngine
 from schedctl.sim.profiles import load_gpu, load_model
 from schedctl.sim.run import Hardware, simulate
@@ -90,7 +90,7 @@ def test_tbt_histogram_agrees_with_every_token_time(kv_tokens: int):
         assert eng.tbt.quantile(q) == pytest.approx(float(np.quantile(gaps, q)), rel=0.02)
 
 
-@pytest.mark.parametrize("policy", [FCFSSpec(), KLPMSpec(k=2)])
+@pytest.mark.parametrize("policy", [FCFSSpec(), KLPMSpec(k=2), SarathiSpec(), SLAISpec(), RADSpec()])
 @pytest.mark.parametrize(("kv_tokens", "decay"), [(400_000, 0.001), (24_000, 0.001), (24_000, 0.05)])
 def test_decode_runs_advanced_in_bulk_equal_the_step_by_step_loop(policy: PolicySpec, kv_tokens: int, decay: float):
     # A tight cache retracts; a fast decay of the reserve share makes waiting requests fit in the middle of a run.
@@ -194,3 +194,15 @@ def test_summary_of_a_run():
     assert 0 < s.tbt_p50_s <= s.tbt_p99_s
     assert 0.5 < s.cache_hit_rate < 1 and 0.8 * 20.0 < s.throughput_rps < 1.05 * 20.0
     assert not math.isnan(s.ttft_mean_s)
+
+
+def test_kv_utilization_counts_requests_in_flight_not_evictable_cached_prefixes():
+    eng = engine(FCFSSpec(), 200_000)
+    eng.add_requests(gsp(40.0, 200, num_groups=4, system_prompt_len=1024))
+    eng.run(until_s=2.0)
+    assert eng.running > 0
+    held = eng.cache.capacity_tokens - eng.cache.available_tokens
+    assert eng.kv_utilization == pytest.approx(held / eng.cache.capacity_tokens) and held > 0
+    eng.run()
+    assert eng.cache.tree_tokens > 0  # finished requests stay cached ...
+    assert eng.kv_utilization == 0.0  # ... but that memory is free to a new request (SGLang's token_usage)
