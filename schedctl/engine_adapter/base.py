@@ -52,6 +52,9 @@ class Observation(BaseModel):
     cache_hit_rate: float | None = Field(default=None, ge=0.0, le=1.0)  # cached / prompt tokens admitted
     kv_utilization: float | None = Field(default=None, ge=0.0, le=1.0)
     prompt_tokens_mean: float | None = Field(default=None, ge=0.0)
+    # age of the oldest request still waiting for its first token at the end of the window (None: unknown).
+    # A starving request shows here long before it completes and enters the TTFT samples.
+    oldest_wait_s: float | None = Field(default=None, ge=0.0)
     active_policy: PolicySpec | None = None
     engine_generation: int | None = None  # changes when the engine restarts
     stale: bool = False  # the adapter could not get fresh data for this window

@@ -1,0 +1,171 @@
+"""`schedctl bench adaptive`: the adaptive controller against every static policy, over named scenarios.
+
+Like with like: every run — adaptive or static — goes through the same loop, ``Service.tick`` over the embedded
+engine's adapter, one window of ``tick_interval_s`` simulated seconds per tick. A static policy is the same
+controller with that policy pinned, so only the policy differs. After the scenario's last arrival the ticks go
+on until every request has had its first token (or ``drain_limit_s`` more seconds pass; a request still waiting
+then counts with the wait it has had so far, a lower bound of its TTFT).
+
+Per scenario and seed the figure is the P99 TTFT over all requests of the run; per scenario the figures are the
+mean over seeds. Ratios: adaptive / best static k in hindsight (the static arm with the lowest mean P99 of that
+scenario), and adaptive (or any policy) / FCFS and / LPM.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from schedctl.bench.scenarios import Scenario, scenario_requests
+from schedctl.controller.core import Controller, ControllerParams
+from schedctl.controller.ktuner import spec_for
+from schedctl.controller.service import Service
+from schedctl.engine_adapter.sim import SimAdapter
+from schedctl.policies.spec import parse_policy, policy_label
+from schedctl.sim.engine import EngineConfig
+from schedctl.sim.run import Hardware, new_engine
+
+ADAPTIVE = "adaptive"
+
+
+class RunJob(BaseModel):
+    """One scenario × seed × policy (picklable: goes to a worker process)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    scenario: Scenario
+    seed: int
+    policy: str  # "adaptive" or a static policy label
+    controller: ControllerParams
+    hardware: Hardware
+    engine: EngineConfig = EngineConfig()
+    tick_interval_s: float = 10.0
+    drain_limit_s: float = 1800.0
+    keep_timeline: bool = False
+
+
+class TickPoint(BaseModel):
+    time_s: float
+    policy: str
+    reason: str
+    arrival_rate_rps: float
+    queue_len: int
+    ttft_p99_s: float | None
+    cache_hit_rate: float | None
+
+
+class RunResult(BaseModel):
+    scenario: str
+    seed: int
+    policy: str
+    requests: int
+    unserved: int  # requests with no first token when the drain limit was reached
+    ttft_p50_s: float
+    ttft_p99_s: float
+    ticks: int
+    changes: int  # ticks whose decision changed the policy
+    reasons: dict[str, int]
+    timeline: list[TickPoint] = []
+
+
+def run_job(job: RunJob) -> RunResult:
+    static = job.policy != ADAPTIVE
+    params = job.controller
+    if static:
+        params = params.model_copy(update={"initial_policy": parse_policy(job.policy)})
+    engine = new_engine(job.hardware, params.initial_policy, job.engine)
+    adapter = SimAdapter(engine, scenario_requests(job.scenario, job.seed), job.tick_interval_s, keep_ttfts=True)
+    controller = Controller(params, run_id=f"{job.scenario.name}-{job.seed}-{job.policy}")
+    if static:
+        controller.pin(params.initial_policy)
+    service = Service(controller, adapter, log=None, clock=lambda: adapter.now_s)
+    end_s = job.scenario.duration_s + job.drain_limit_s
+    reasons: dict[str, int] = {}
+    changes = 0
+    timeline: list[TickPoint] = []
+    while not adapter.done() and adapter.now_s < end_s:
+        d = service.tick()
+        reasons[d.reason] = reasons.get(d.reason, 0) + 1
+        changes += d.changed
+        if job.keep_timeline:
+            timeline.append(TickPoint(time_s=d.time_s, policy=d.policy_label, reason=d.reason,
+                                      arrival_rate_rps=d.window.arrival_rate_rps, queue_len=d.window.queue_len,
+                                      ttft_p99_s=d.window.ttft_p99_s, cache_hit_rate=d.window.cache_hit_rate))
+    assert adapter.ttfts_s is not None
+    ttfts = np.frombuffer(adapter.ttfts_s, dtype=float)
+    waiting = adapter.waiting_ages_s()
+    allv = np.concatenate([ttfts, waiting]) if waiting.size else ttfts
+    return RunResult(
+        scenario=job.scenario.name, seed=job.seed, policy=job.policy, requests=int(allv.size),
+        unserved=int(waiting.size), ttft_p50_s=float(np.quantile(allv, 0.5)) if allv.size else math.nan,
+        ttft_p99_s=float(np.quantile(allv, 0.99)) if allv.size else math.nan, ticks=service.controller.tick,
+        changes=changes, reasons=reasons, timeline=timeline,
+    )
+
+
+class BenchRow(BaseModel):
+    """One scenario × policy, mean over seeds. The JSON that `schedctl bench adaptive --json` prints."""
+
+    scenario: str
+    kind: str
+    policy: str
+    seeds: int
+    ttft_p99_s: float
+    ratio_to_best_static: float
+    ratio_to_fcfs: float
+    ratio_to_lpm: float
+    best_static: str
+    changes: float = 0.0
+
+
+def static_policies(params: ControllerParams) -> list[str]:
+    return [policy_label(spec_for(k)) for k in params.tuner.arms]
+
+
+def run_jobs(jobs: Sequence[RunJob], workers: int, on_done: Callable[[RunResult], None] | None = None
+             ) -> list[RunResult]:
+    if workers <= 1 or len(jobs) <= 1:
+        results = []
+        for j in jobs:
+            results.append(run_job(j))
+            if on_done:
+                on_done(results[-1])
+        return results
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(run_job, j) for j in jobs]
+        results = []
+        for f in futures:
+            results.append(f.result())
+            if on_done:
+                on_done(results[-1])
+        return results
+
+
+def summarize(scenarios: Sequence[Scenario], results: Sequence[RunResult], statics: Sequence[str]) -> list[BenchRow]:
+    rows: list[BenchRow] = []
+    for sc in scenarios:
+        per: dict[str, list[RunResult]] = {}
+        for r in results:
+            if r.scenario == sc.name:
+                per.setdefault(r.policy, []).append(r)
+        mean = {p: float(np.mean([r.ttft_p99_s for r in rs])) for p, rs in per.items()}
+        best = min((p for p in statics if p in mean), key=lambda p: mean[p])
+        for p in [ADAPTIVE, *statics]:
+            if p not in mean:
+                continue
+            rows.append(BenchRow(
+                scenario=sc.name, kind=sc.kind, policy=p, seeds=len(per[p]), ttft_p99_s=mean[p],
+                ratio_to_best_static=mean[p] / mean[best], ratio_to_fcfs=mean[p] / mean.get("fcfs", math.nan),
+                ratio_to_lpm=mean[p] / mean.get("lpm", math.nan), best_static=best,
+                changes=float(np.mean([r.changes for r in per[p]])),
+            ))
+    return rows
+
+
+def default_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))

@@ -1,0 +1,290 @@
+"""Controller.step(observation) -> Decision: the whole decision logic, with no I/O and no clock of its own.
+
+Time arrives in each Observation (``start_s``/``end_s``, on the engine's clock, simulated or wall). The shell
+(``service.py``) calls, once per tick::
+
+    decision = controller.step(observation)          # or controller.step(unavailable(...)) when observe() failed
+    if decision.push:                                # active mode, and the engine must be told
+        ...adapter.apply(decision.policy)...
+        decision = controller.record_apply(decision, ok, error)
+
+Two tuning modes, chosen by the family of the initial policy:
+
+* k mode (fcfs / klpm / lpm): the KTuner's learner proposes an arm, the guard limits the change;
+* deadline mode (slai): the DeadlineTuner moves SLAI's Θ (or its TBT slack) to hold P99 TBT at its target;
+  the engine never switches family while requests are in flight, so the two modes never mix in one run.
+
+In both the guard's pin, hold and fallback come first (``guard.py``). ``push`` is set when the policy differs
+from what the engine runs, and also after an apply failed, the engine was unreachable, or the engine reported a
+policy other than ours (it restarted): then the chosen policy is pushed again.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from schedctl.controller.deadline import DeadlineTuner, DeadlineTunerParams
+from schedctl.controller.decision import Decision, LearnerSummary, Mode, Reason, WindowSummary
+from schedctl.controller.guard import Guard, GuardParams
+from schedctl.controller.ktuner import KTuner, KTunerParams, arm_label, k_of, spec_for
+from schedctl.controller.objective import ObjectiveParams, Score, evaluate
+from schedctl.engine_adapter.base import Observation
+from schedctl.policies.spec import PolicySpec, parse_policy, policy_label
+
+
+class DeadlineParams(BaseModel):
+    """The DeadlineTuner and which SLAI knob it moves."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    knob: Literal["theta", "tbt_slack_s"] = Field(
+        default="theta", description="theta: Θ (theta_low, theta_high keeps its gap above); or the TBT slack"
+    )
+    tuner: DeadlineTunerParams
+
+
+class ControllerParams(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    initial_policy: PolicySpec = Field(default_factory=lambda: parse_policy("klpm:4"))
+    mode: Mode = "active"
+    objective: ObjectiveParams = Field(default_factory=ObjectiveParams)
+    tuner: KTunerParams = Field(default_factory=KTunerParams)
+    guard: GuardParams = Field(default_factory=GuardParams)
+    deadline: DeadlineParams | None = None
+
+    @field_validator("initial_policy", mode="before")
+    @classmethod
+    def _parse(cls, v: Any) -> Any:
+        return parse_policy(v) if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _same_family(self) -> ControllerParams:
+        k_mode = k_of(self.initial_policy) is not None
+        if k_mode != (k_of(self.guard.safe_policy) is not None):
+            raise ValueError("guard.safe_policy must be of the initial policy's family (an engine cannot switch "
+                             "between queue-ordering and token-budget policies while requests are in flight)")
+        if not k_mode and self.initial_policy.kind == "slai" and self.deadline is None:
+            raise ValueError("an slai initial policy needs a [deadline] table (the DeadlineTuner's parameters)")
+        if not k_mode and self.initial_policy.kind != "slai":
+            raise ValueError(f"nothing tunes a {self.initial_policy.kind} policy: start from fcfs/klpm/lpm or slai")
+        return self
+
+
+def unavailable(start_s: float, end_s: float, reason: str, active: PolicySpec | None = None) -> Observation:
+    """The observation the shell records for a tick whose ``observe()`` failed: stale, with the reason."""
+    return Observation(start_s=start_s, end_s=end_s, arrivals=0, completions=0, stale=True, stale_reason=reason,
+                       active_policy=active)
+
+
+def _knob_of(spec: PolicySpec, knob: str) -> float | None:
+    value = getattr(spec, "theta_low" if knob == "theta" else knob, None)
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _with_knob(spec: PolicySpec, knob: str, value: float) -> PolicySpec:
+    if knob == "theta":
+        gap = float(getattr(spec, "theta_high", value)) - float(getattr(spec, "theta_low", value))
+        return spec.model_copy(update={"theta_low": value, "theta_high": value + max(gap, 0.0)})
+    return spec.model_copy(update={knob: value})
+
+
+def _window(obs: Observation, score: Score) -> WindowSummary:
+    tbt99 = obs.tbt.quantile(0.99) if obs.tbt.count else math.nan
+    return WindowSummary(
+        start_s=obs.start_s, end_s=obs.end_s, arrivals=obs.arrivals, completions=obs.completions,
+        arrival_rate_rps=obs.arrival_rate_rps, queue_len=obs.queue_len, running=obs.running,
+        cache_hit_rate=obs.cache_hit_rate, kv_utilization=obs.kv_utilization, ttft_samples=score.samples,
+        ttft_p50_s=score.ttft_p50_s, ttft_p99_s=score.ttft_tail_s, attainment=score.attainment, tail_s=score.tail_s,
+        oldest_wait_s=obs.oldest_wait_s, tbt_p99_s=tbt99 if math.isfinite(tbt99) else None,
+        active_policy=policy_label(obs.active_policy) if obs.active_policy is not None else None,
+        stale=obs.stale, stale_reason=obs.stale_reason,
+    )
+
+
+class Controller:
+    """State + observation -> state + Decision. Thread-unsafe: the shell serialises calls."""
+
+    def __init__(self, params: ControllerParams | dict[str, Any] | None = None, run_id: str = "run") -> None:
+        self.params = params if isinstance(params, ControllerParams) else ControllerParams.model_validate(params or {})
+        p = self.params
+        self.run_id = run_id
+        self.tick = 0
+        self.mode: Mode = p.mode
+        self.ktuner = KTuner(p.tuner)
+        self.guard = Guard(p.guard)
+        self.deadline = DeadlineTuner(p.deadline.tuner) if p.deadline is not None else None
+        self.deadline_mode = k_of(p.initial_policy) is None
+        self.target: PolicySpec = p.initial_policy  # what the controller wants the engine to run
+        self.guard.last_good = p.initial_policy
+        self.force_push = True  # nothing pushed yet
+        self.last_end_s: float | None = None
+
+    # -- operator controls (the shell serialises them with step) ---------------------------------------------------
+    def pin(self, spec: PolicySpec) -> None:
+        if (k_of(spec) is None) != self.deadline_mode:
+            raise ValueError(f"cannot pin {policy_label(spec)}: the engine runs the other policy family")
+        self.guard.pinned = spec
+
+    def unpin(self) -> None:
+        self.guard.pinned = None
+
+    def set_mode(self, mode: Mode) -> None:
+        if mode == "active" and self.mode != "active":
+            self.force_push = True  # the engine may run anything: push the decision at the next tick
+        self.mode = mode
+
+    # -- the tick -------------------------------------------------------------------------------------------------
+    def step(self, obs: Observation) -> Decision:
+        self.tick += 1
+        t, g = self.tick, self.guard
+        score = evaluate(obs, self.params.objective)
+        fresh = not obs.stale
+        if self.last_end_s is not None and obs.end_s <= self.last_end_s and fresh:
+            fresh, score = False, Score(reward=None, why_none="window does not move time forward")
+        if fresh and obs.active_policy is not None and obs.active_policy != g.running:
+            if g.running is not None and self.mode == "active":
+                self.force_push = True  # the engine runs something else than what we pushed (a restart?)
+            g.set_running(obs.active_policy, t - 1)
+        g.note_fresh(fresh)
+        if fresh:
+            self.last_end_s = obs.end_s
+        context, credited = self._learn(obs, score, t)
+        if fresh:
+            g.record_tail(t, score.tail_s, self.ktuner.context_label(obs) if not self.deadline_mode else None)
+        previous = self.target
+        proposal: str | None = None
+        deadline_info: dict[str, Any] | None = None
+        reason: Reason
+        if g.pinned is not None:
+            chosen, reason, detail = g.pinned, "pinned", "operator pin"
+        elif not fresh:
+            if g.should_fall_back():
+                if not g.in_fallback:
+                    g.learned, g.in_fallback = self.target, True
+                chosen, reason = g.params.safe_policy, "fallback"
+                detail = f"{g.stale_ticks} stale ticks: safe policy"
+            else:
+                chosen, reason = self.target, "guard"
+                detail = f"stale data ({g.stale_ticks}/{g.params.stale_hold_ticks + 1} before fallback): hold"
+        elif g.in_fallback:
+            g.in_fallback = False
+            chosen, reason, detail = (g.learned or self.target), "guard", "fresh data again: learned policy restored"
+        elif self.deadline_mode:
+            chosen, reason, detail, deadline_info = self._deadline_step(obs)
+        elif g.rollback_due():
+            assert g.running is not None and g.last_good is not None
+            g.block(g.running, t)
+            chosen, reason = g.last_good, "rollback"
+            detail = (f"tail regressed {g.regressed_ticks} windows past {g.params.rollback_margin_fraction:.0%} of "
+                      f"{g.baseline_tail_s:.3g} s; {policy_label(g.running)} refused for "
+                      f"{g.params.rollback_cooldown_ticks} ticks")
+        elif not g.dwell_done(t):
+            chosen, reason = self.target, "guard"
+            detail = f"dwell {g.windows_under_running(t)}/{g.params.min_dwell_ticks}"
+        elif score.idle:
+            chosen, reason, detail = self.target, "guard", "idle window: the order made no difference, hold"
+        else:
+            chosen, reason, detail, proposal = self._propose(obs, t, score)
+        if self.deadline is not None and self.deadline_mode and reason != "exploit":
+            knob = _knob_of(chosen, self.params.deadline.knob) if self.params.deadline else None
+            if knob is not None:
+                self.deadline.track(knob)  # a guard or the operator set it: continue from there
+        self.target = chosen
+        if context is None:
+            context = self.ktuner.context_label(obs) if fresh and not self.deadline_mode else None
+        push = self.mode == "active" and (chosen != g.running or self.force_push)
+        return Decision(
+            tick_id=t, decision_id=f"{self.run_id}:{t}", time_s=obs.end_s, window=_window(obs, score),
+            learner=LearnerSummary(
+                learner=self.params.tuner.learner if not self.deadline_mode else "deadline_pid",
+                context=context, reward=score.reward, why_no_reward=score.why_none, credited=credited,
+                proposal=proposal, arms=self.ktuner.summary(context) if context else {},
+            ),
+            previous=previous, policy=chosen, policy_label=policy_label(chosen), changed=chosen != previous,
+            reason=reason, detail=detail, mode=self.mode, push=push, guard=g.summary(t), deadline=deadline_info,
+        )
+
+    def record_apply(self, decision: Decision, ok: bool, error: str | None = None) -> Decision:
+        """The shell's report on pushing ``decision.policy``; returns the decision with the outcome filled in."""
+        if ok:
+            self.guard.set_running(decision.policy, decision.tick_id)
+            self.force_push = False
+        else:
+            self.force_push = True
+        return decision.model_copy(update={"applied": ok, "apply_error": error})
+
+    # -- pieces ------------------------------------------------------------------------------------------------------
+    def _learn(self, obs: Observation, score: Score, t: int) -> tuple[str | None, str | None]:
+        """Credit the window's reward to the running arm, if the window is evidence and the arm has settled."""
+        k = k_of(self.guard.running)
+        if score.reward is None or k is None or self.deadline_mode or k not in self.ktuner.arms:
+            return None, None
+        if not self.guard.settled(t):
+            return None, None
+        return self.ktuner.update(k, score.reward, obs), arm_label(k)
+
+    def _propose(self, obs: Observation, t: int, score: Score) -> tuple[PolicySpec, Reason, str, str]:
+        g, kt = self.guard, self.ktuner
+        prop = kt.select(obs)
+        current = g.running if g.running is not None else self.target
+        cur_k = k_of(current)
+        label = arm_label(prop.arm)
+        if cur_k is None or cur_k not in kt.arms:
+            return spec_for(prop.arm), prop.kind, "current policy is not an arm: jump to the proposal", label
+        target, note = prop.arm, ""
+        leader = kt.best_arm(prop.context, prefer=cur_k)
+        if g.params.local_exploration and leader is not None and prop.arm != leader:
+            # unimodal in k: explore only the leader's neighbour on the proposal's side, and only while it
+            # lacks data; otherwise go (or stay) with the leader
+            near = kt.neighbour_toward(leader, prop.arm)
+            est = kt.estimate(prop.context, near)
+            target = near if est is None or est.count < g.params.explore_min_samples else leader
+            if target != prop.arm:
+                note = f"{label} proposed; local to the leader {arm_label(leader)}: "
+        kind: Reason = "exploit" if target == leader else "explore"
+        if target == cur_k:
+            return current, kind, note + "stay", label
+        met = score.tail_s is not None and score.tail_s <= self.params.objective.ttft_target_s
+        if kind == "explore" and met and not g.params.explore_when_slo_met:
+            return current, "guard", note + f"SLO met: no exploration of {arm_label(target)}", label
+        est_new, est_cur = kt.estimate(prop.context, target), kt.estimate(prop.context, cur_k)
+        exploring = est_new is None or est_new.count < g.params.explore_min_samples
+        if (not exploring and est_cur is not None and est_new is not None
+                and est_new.mean < est_cur.mean + g.params.hysteresis_reward):
+            return current, "guard", note + (f"hysteresis: {arm_label(target)} {est_new.mean:.3f} vs "
+                                             f"{arm_label(cur_k)} {est_cur.mean:.3f}"), label
+        step_k = kt.neighbour_toward(cur_k, target, g.params.max_step_arms)
+        step = spec_for(step_k)
+        if kind == "explore" and g.is_blocked(step, t):
+            return current, "guard", note + f"{policy_label(step)} refused after a rollback", label
+        if step_k != target:
+            note += f"one step toward {arm_label(target)}"
+        return step, kind, note or f"to {arm_label(target)}", label
+
+    def _deadline_step(self, obs: Observation) -> tuple[PolicySpec, Reason, str, dict[str, Any]]:
+        assert self.deadline is not None and self.params.deadline is not None
+        knob_name = self.params.deadline.knob
+        current = self.guard.running if self.guard.running is not None else self.target
+        p99_tbt_s = obs.tbt.quantile(0.99) if obs.tbt.count else math.nan
+        before = _knob_of(current, knob_name)
+        if before is None:
+            return current, "guard", f"{policy_label(current)} has no {knob_name} knob: hold", {}
+        # NaN (no TBT samples) holds inside the tuner; an infinite P99 is not a measurement: hold here
+        knob = before if math.isinf(p99_tbt_s) else self.deadline.step(p99_tbt_s, obs.end_s)
+        info = {"knob": knob_name, "value": knob, "before": before,
+                "tbt_p99_s": p99_tbt_s if math.isfinite(p99_tbt_s) else None, "error": self.deadline.last_error}
+        if knob == before:
+            return current, "exploit", f"{knob_name} held at {knob:.3g}", info
+        return _with_knob(current, knob_name, knob), "exploit", f"{knob_name} {before:.3g} -> {knob:.3g}", info
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id, "tick_id": self.tick, "mode": self.mode, "target": policy_label(self.target),
+            "deadline_mode": self.deadline_mode, "guard": self.guard.summary(self.tick),
+            "learner": self.params.tuner.learner,
+            "knowledge": {ctx: self.ktuner.summary(ctx) for ctx in sorted(self.ktuner.stats)},
+        }

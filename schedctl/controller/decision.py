@@ -1,0 +1,89 @@
+"""The Decision record: one per controller tick, what the decision log, the API and ``schedctl decisions`` show.
+
+A decision says which tick it is (``tick_id``, and ``decision_id`` = ``RUN:TICK``, unique across restarts because
+the run id is), what the window looked like (``window``), what the objective and the learner made of it
+(``learner``), the policy chosen and the reason:
+
+* ``explore`` / ``exploit`` — the learner's proposal (exploit: the arm with the best mean reward in this context);
+* ``guard`` — held or limited by the guard (dwell, hysteresis, one step, stale data held, a refused policy,
+  the learned policy restored after a fallback); ``detail`` says which;
+* ``rollback`` — back to the last good policy after a tail regression;
+* ``fallback`` — the safe policy while observations are stale or the engine unreachable;
+* ``pinned`` — the operator's pinned policy.
+
+``applied`` is filled in by the shell after it pushed the policy (always False in advisory mode).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schedctl.policies.spec import PolicySpec
+
+Reason = Literal["explore", "exploit", "guard", "rollback", "fallback", "pinned"]
+Mode = Literal["advisory", "active"]
+REASONS: tuple[Reason, ...] = ("explore", "exploit", "guard", "rollback", "fallback", "pinned")
+
+
+class WindowSummary(BaseModel):
+    """The observation window, reduced to what an operator reads (seconds; None where unknown)."""
+
+    model_config = ConfigDict(frozen=True, ser_json_inf_nan="null")
+
+    start_s: float
+    end_s: float
+    arrivals: int
+    completions: int
+    arrival_rate_rps: float
+    queue_len: int
+    running: int
+    cache_hit_rate: float | None = None
+    kv_utilization: float | None = None
+    ttft_samples: float = 0.0
+    ttft_p50_s: float | None = None
+    ttft_p99_s: float | None = None
+    attainment: float | None = None
+    tail_s: float | None = None
+    oldest_wait_s: float | None = None
+    tbt_p99_s: float | None = None
+    active_policy: str | None = None
+    stale: bool = False
+    stale_reason: str | None = None
+
+
+class LearnerSummary(BaseModel):
+    """What the objective and the learner did this tick."""
+
+    model_config = ConfigDict(frozen=True, ser_json_inf_nan="null")
+
+    learner: str
+    context: str | None = None  # load bucket of this window
+    reward: float | None = None
+    why_no_reward: str | None = None
+    credited: str | None = None  # the arm the reward went to
+    proposal: str | None = None  # the arm the learner proposed (None when it was not asked)
+    arms: dict[str, dict[str, float]] = Field(default_factory=dict)  # this context: arm -> {"n", "mean"}
+
+
+class Decision(BaseModel):
+    model_config = ConfigDict(frozen=True, ser_json_inf_nan="null")
+
+    tick_id: int = Field(ge=1)
+    decision_id: str
+    time_s: float  # end of the window, on the engine's clock
+    window: WindowSummary
+    learner: LearnerSummary
+    previous: PolicySpec | None = None
+    policy: PolicySpec
+    policy_label: str
+    changed: bool
+    reason: Reason
+    detail: str = ""
+    mode: Mode
+    push: bool = False  # the shell must push ``policy`` to the engine (active mode only)
+    applied: bool = False
+    apply_error: str | None = None
+    guard: dict[str, Any] = Field(default_factory=dict)
+    deadline: dict[str, Any] | None = None  # DeadlineTuner (SLAI): knob, error, window P99 TBT

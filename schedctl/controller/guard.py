@@ -1,0 +1,161 @@
+"""The guard: what keeps a learner from hurting the engine it tunes. Pure state, advanced once per tick.
+
+Rules, in the order the controller applies them (``core.py``):
+
+1. **Pin.** An operator's pinned policy is the decision, every tick, until unpinned. Nothing below overrides it.
+2. **Stale data, unreachable engine.** A window that is stale (or an engine that did not answer) is counted;
+   for the first ``stale_hold_ticks`` such ticks in a row the policy is held, after that the configured
+   ``safe_policy`` is chosen (fallback), and it stays until fresh data returns. On the first fresh tick the
+   policy the learner had chosen before the outage is chosen again (and the shell pushes it).
+3. **Rollback.** After every change the guard remembers the tail (window P99 TTFT, or the oldest waiting
+   request when older) of the last good policy in the current load context. If the new policy's tail exceeds
+   that baseline by more than ``rollback_margin_fraction`` for ``rollback_ticks`` fresh windows in a row, the
+   guard goes back to the last good policy and refuses to *explore* the regressed one for
+   ``rollback_cooldown_ticks`` (it may still be chosen as the best-known arm). A policy that runs
+   ``min_dwell_ticks`` without triggering this becomes the last good policy. When the load context changes
+   the baseline is dropped: a tail measured at another load says nothing about this policy.
+4. **Dwell.** A policy runs at least ``min_dwell_ticks`` windows before the learner may change it.
+5. **Locality.** With ``local_exploration`` the learner's proposal is taken as a direction: the target is the
+   context's best arm so far (the leader) or its neighbour on the proposal's side. Tail latency is unimodal in
+   k (FCFS loses the cache at one end, LPM starves requests at the other), so an arm past a worse neighbour of
+   the leader is not worth an exploration that may build a backlog lasting long after it.
+6. **Hysteresis.** The learner's proposal replaces the current arm only when the proposal is an arm tried fewer
+   than ``explore_min_samples`` times in this context, or its mean reward beats the current arm's by
+   ``hysteresis_reward`` (so two arms within noise of each other do not flap).
+7. **One step.** A change moves at most ``max_step_arms`` positions along the ordered arms (k = 1, 2, 4, ...).
+
+Attribution: a window's latencies reflect the queue the previous policy left, so a window is credited to the
+running policy only once that policy has run ``settle_ticks`` full windows (``settled``).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from schedctl.policies.spec import PolicySpec, parse_policy, policy_label
+
+
+class GuardParams(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    min_dwell_ticks: int = Field(default=4, ge=1, description="windows a policy runs before the learner may change it")
+    settle_ticks: int = Field(default=1, ge=0, description="first full windows after a change not credited")
+    hysteresis_reward: float = Field(default=0.02, ge=0, description="mean-reward lead a proposal needs to switch")
+    explore_min_samples: int = Field(default=1, ge=0, description="an arm with fewer rewards here may be explored")
+    max_step_arms: int = Field(default=1, ge=1, description="most arm positions moved in one tick")
+    explore_when_slo_met: bool = Field(default=False, description="explore even in a window that met the SLO")
+    local_exploration: bool = Field(default=True, description="move only to the best arm or its neighbours")
+    rollback_margin_fraction: float = Field(default=0.5, gt=0, description="tail regression that counts")
+    rollback_ticks: int = Field(default=2, ge=1, description="regressed windows in a row that trigger a rollback")
+    rollback_cooldown_ticks: int = Field(default=10, ge=0, description="ticks a rolled-back policy is not explored")
+    stale_hold_ticks: int = Field(default=2, ge=0, description="stale ticks in a row that hold before the fallback")
+    safe_policy: PolicySpec = Field(default_factory=lambda: parse_policy("klpm:4"), description="fallback policy")
+
+    @field_validator("safe_policy", mode="before")
+    @classmethod
+    def _parse(cls, v: Any) -> Any:
+        return parse_policy(v) if isinstance(v, str) else v
+
+
+class Guard:
+    """The guard's memory: counters and the last good policy. The controller asks, the guard answers."""
+
+    def __init__(self, params: GuardParams | dict[str, Any] | None = None) -> None:
+        self.params = params if isinstance(params, GuardParams) else GuardParams.model_validate(params or {})
+        self.pinned: PolicySpec | None = None
+        self.stale_ticks = 0  # consecutive stale / unavailable ticks
+        self.in_fallback = False
+        self.learned: PolicySpec | None = None  # the policy chosen before the fallback
+        self.running: PolicySpec | None = None  # the policy the engine runs (as far as we know)
+        self.running_since_tick = 0  # tick whose decision put `running` in place
+        self.last_good: PolicySpec | None = None
+        self.baseline_tail_s: float | None = None  # the last good policy's recent tail
+        self.baseline_context: str | None = None  # the load context that baseline was measured in
+        self._tails: deque[float] = deque(maxlen=3)  # recent tails of the running policy
+        self.regressed_ticks = 0
+        self.blocked: dict[str, int] = {}  # policy label -> tick until which it is refused
+
+    # -- facts the controller reports ------------------------------------------------------------------------------
+    def windows_under_running(self, tick: int) -> int:
+        """Full windows the running policy has had, counting this tick's."""
+        return tick - self.running_since_tick
+
+    def settled(self, tick: int) -> bool:
+        return self.windows_under_running(tick) > self.params.settle_ticks
+
+    def dwell_done(self, tick: int) -> bool:
+        return self.windows_under_running(tick) >= self.params.min_dwell_ticks
+
+    def set_running(self, spec: PolicySpec | None, tick: int) -> None:
+        """The engine runs ``spec`` from the end of ``tick`` on (an apply succeeded, or the engine reports it)."""
+        if spec == self.running:
+            return
+        self.running, self.running_since_tick = spec, tick
+        self._tails.clear()
+        self.regressed_ticks = 0
+
+    def record_tail(self, tick: int, tail_s: float | None, context: str | None = None) -> None:
+        """A fresh window's tail under the running policy (in load ``context``): the rollback test and baseline.
+
+        A baseline is only comparable within one load context: when the context changes, the running policy
+        becomes the reference of the new context and the comparison starts over.
+        """
+        if tail_s is None or self.running is None or self.windows_under_running(tick) < 1:
+            return
+        if context != self.baseline_context:
+            self.baseline_context, self.baseline_tail_s = context, None
+            self.last_good, self.regressed_ticks = self.running, 0
+            self._tails.clear()
+        self._tails.append(tail_s)
+        p = self.params
+        if self.running != self.last_good and self.baseline_tail_s is not None:
+            if tail_s > self.baseline_tail_s * (1.0 + p.rollback_margin_fraction):
+                self.regressed_ticks += 1
+            else:
+                self.regressed_ticks = 0
+        if self.running != self.last_good and self.dwell_done(tick) and self.regressed_ticks == 0:
+            self.last_good = self.running  # survived its dwell: the new reference
+        if self.running == self.last_good:
+            self.baseline_tail_s = statistics.median(self._tails)
+
+    def rollback_due(self) -> bool:
+        return (
+            self.last_good is not None and self.running != self.last_good
+            and self.regressed_ticks >= self.params.rollback_ticks
+        )
+
+    def block(self, spec: PolicySpec, tick: int) -> None:
+        self.blocked[policy_label(spec)] = tick + self.params.rollback_cooldown_ticks
+
+    def is_blocked(self, spec: PolicySpec, tick: int) -> bool:
+        until = self.blocked.get(policy_label(spec))
+        if until is None:
+            return False
+        if tick >= until:
+            del self.blocked[policy_label(spec)]
+            return False
+        return True
+
+    # -- freshness --------------------------------------------------------------------------------------------------
+    def note_fresh(self, fresh: bool) -> None:
+        self.stale_ticks = 0 if fresh else self.stale_ticks + 1
+
+    def should_fall_back(self) -> bool:
+        return self.stale_ticks > self.params.stale_hold_ticks
+
+    def summary(self, tick: int) -> dict[str, Any]:
+        return {
+            "running": policy_label(self.running) if self.running is not None else None,
+            "windows_under_running": self.windows_under_running(tick),
+            "last_good": policy_label(self.last_good) if self.last_good is not None else None,
+            "baseline_tail_s": self.baseline_tail_s,
+            "regressed_ticks": self.regressed_ticks,
+            "stale_ticks": self.stale_ticks,
+            "in_fallback": self.in_fallback,
+            "pinned": policy_label(self.pinned) if self.pinned is not None else None,
+            "blocked": sorted(self.blocked),
+        }

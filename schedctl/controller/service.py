@@ -1,0 +1,227 @@
+"""The shell around Controller.step: the tick (observe, decide, apply, log), its clock, metrics and API.
+
+One tick, whatever drives it::
+
+    observation = adapter.observe()       # EngineUnavailable (or any adapter failure) -> a stale observation
+    decision = controller.step(observation)
+    if decision.push: adapter.apply(decision.policy)   # failures are recorded, retried next tick, never raised
+    decision log <- one line (fsynced);  metrics, recent decisions <- updated
+
+Drivers: :func:`run_simulated` calls ``tick`` back to back (the embedded engine's ``observe`` advances simulated
+time by one window), optionally paced for a live display; :func:`run_realtime` lets APScheduler call it every
+``tick_interval_s`` seconds of wall time against a real engine. Both go through the same ``Service.tick``, so
+logging, the API and the guard behave the same in both.
+
+The sidecar never takes the engine down and never stops on the engine's account: every adapter failure becomes
+a stale window or a failed apply in the log. A decision log that cannot be written (full disk) is counted and
+reported by ``/healthz`` as degraded; the loop goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from schedctl.controller.core import Controller, unavailable
+from schedctl.controller.decision import REASONS, Decision
+from schedctl.controller.decision_log import DecisionLog
+from schedctl.controller.ktuner import k_of
+from schedctl.engine_adapter.base import EngineAdapter, EngineError, EngineUnavailable, Observation
+from schedctl.policies.spec import PolicySpec
+
+logger = logging.getLogger("schedctl.service")
+
+
+class ServiceMetrics:
+    """The sidecar's own Prometheus metrics (``schedctl_*``), in a registry of its own."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.ticks = Counter("schedctl_ticks", "controller ticks", registry=r)
+        self.decisions = Counter("schedctl_decisions", "decisions by reason", ["reason"], registry=r)
+        self.policy_changes = Counter("schedctl_policy_changes", "decisions that changed the policy", registry=r)
+        self.unavailable = Counter("schedctl_engine_unavailable", "ticks whose observe() failed", registry=r)
+        self.apply_errors = Counter("schedctl_apply_errors", "failed policy pushes", registry=r)
+        self.log_errors = Counter("schedctl_decision_log_errors", "decision log writes that failed", registry=r)
+        self.policy_k = Gauge("schedctl_policy_k", "k of the chosen policy (0 = LPM, -1 = not k-LPM)", registry=r)
+        self.reward = Gauge("schedctl_reward", "reward of the last window (NaN: none)", registry=r)
+        self.ttft_p99 = Gauge("schedctl_window_ttft_p99_seconds", "P99 TTFT of the last window", registry=r)
+        self.queue = Gauge("schedctl_engine_queue_length", "waiting requests at the end of the window", registry=r)
+        self.pinned = Gauge("schedctl_pinned", "1 while an operator pin holds", registry=r)
+        self.active = Gauge("schedctl_mode_active", "1 in active mode, 0 in advisory mode", registry=r)
+        self.tick_seconds = Histogram(
+            "schedctl_tick_duration_seconds", "wall time of one tick (observe + decide + apply + log)", registry=r,
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+        )
+        for reason in REASONS:
+            self.decisions.labels(reason)
+
+    def record(self, d: Decision, tick_s: float) -> None:
+        self.ticks.inc()
+        self.decisions.labels(d.reason).inc()
+        if d.changed:
+            self.policy_changes.inc()
+        if d.apply_error is not None:
+            self.apply_errors.inc()
+        k = k_of(d.policy)
+        self.policy_k.set(-1 if k is None else (0 if k == "inf" else k))
+        self.reward.set(d.learner.reward if d.learner.reward is not None else float("nan"))
+        self.ttft_p99.set(d.window.ttft_p99_s if d.window.ttft_p99_s is not None else float("nan"))
+        self.queue.set(d.window.queue_len)
+        self.pinned.set(1 if d.reason == "pinned" else 0)
+        self.active.set(1 if d.mode == "active" else 0)
+        self.tick_seconds.observe(tick_s)
+
+
+class Service:
+    """Owns the controller, the adapter, the decision log and the recent decisions; ``tick`` is thread-safe."""
+
+    def __init__(
+        self, controller: Controller, adapter: EngineAdapter, log: DecisionLog | None = None, *,
+        clock: Callable[[], float] = time.time, keep_decisions: int = 1000, metrics: ServiceMetrics | None = None,
+        perf_clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.controller = controller
+        self.adapter = adapter
+        self.log = log
+        self.clock = clock  # the engine's clock (wall, or the simulator's): stamps windows observe() could not make
+        self.perf_clock = perf_clock
+        self.metrics = metrics
+        self.recent: deque[Decision] = deque(maxlen=keep_decisions)
+        self.lock = threading.RLock()
+        self.last_end_s: float | None = None
+        self.log_healthy = True
+        self.last_tick_wall_s: float | None = None
+
+    def _observe(self) -> Observation:
+        start = self.last_end_s
+        try:
+            obs = self.adapter.observe()
+        except EngineUnavailable as exc:
+            reason = f"engine unavailable: {exc}"
+        except EngineError as exc:
+            reason = f"engine error: {exc}"
+        except Exception as exc:  # an adapter bug must not stop the sidecar; it is logged and counted
+            logger.exception("adapter observe() failed")
+            reason = f"adapter failure: {type(exc).__name__}: {exc}"
+        else:
+            return obs
+        if self.metrics is not None:
+            self.metrics.unavailable.inc()
+        now = self.clock()
+        return unavailable(start if start is not None and start < now else now - 1e-9, now, reason)
+
+    def _apply(self, decision: Decision) -> Decision:
+        try:
+            self.adapter.apply(decision.policy)
+        except EngineError as exc:
+            return self.controller.record_apply(decision, False, f"{type(exc).__name__}: {exc}")
+        except Exception as exc:
+            logger.exception("adapter apply() failed")
+            return self.controller.record_apply(decision, False, f"adapter failure: {type(exc).__name__}: {exc}")
+        return self.controller.record_apply(decision, True)
+
+    def tick(self) -> Decision:
+        with self.lock:
+            t0 = self.perf_clock()
+            obs = self._observe()
+            self.last_end_s = obs.end_s
+            decision = self.controller.step(obs)
+            if decision.push:
+                decision = self._apply(decision)
+            if self.log is not None:
+                try:
+                    self.log.write(decision)
+                    self.log_healthy = True
+                except OSError as exc:
+                    self.log_healthy = False
+                    logger.error("decision log write failed: %s", exc)
+                    if self.metrics is not None:
+                        self.metrics.log_errors.inc()
+            self.recent.append(decision)
+            if self.metrics is not None:
+                self.metrics.record(decision, self.perf_clock() - t0)
+            self.last_tick_wall_s = time.time()
+            return decision
+
+    # -- operator controls (the API calls these) ----------------------------------------------------------------
+    def pin(self, spec: PolicySpec) -> None:
+        with self.lock:
+            self.controller.pin(spec)
+
+    def unpin(self) -> None:
+        with self.lock:
+            self.controller.unpin()
+
+    def set_mode(self, mode: Any) -> None:
+        with self.lock:
+            self.controller.set_mode(mode)
+
+    def decisions_since(self, since: int) -> list[Decision]:
+        with self.lock:
+            return [d for d in self.recent if d.tick_id > since]
+
+    def status(self) -> dict[str, Any]:
+        with self.lock:
+            last = self.recent[-1] if self.recent else None
+            return {
+                **self.controller.status(),
+                "log_healthy": self.log_healthy,
+                "last_decision": last.model_dump(mode="json") if last is not None else None,
+            }
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+
+
+def run_simulated(
+    service: Service, done: Callable[[], bool], max_ticks: int | None = None, seconds_per_tick: float = 0.0,
+    on_tick: Callable[[Decision], None] | None = None, stop: threading.Event | None = None,
+) -> int:
+    """Tick back to back until ``done()`` (or ``max_ticks``, or ``stop``); ``seconds_per_tick`` paces a display."""
+    ticks = 0
+    next_at = time.monotonic()
+    while not done() and (max_ticks is None or ticks < max_ticks) and not (stop is not None and stop.is_set()):
+        decision = service.tick()
+        ticks += 1
+        if on_tick is not None:
+            on_tick(decision)
+        if seconds_per_tick > 0:
+            next_at += seconds_per_tick
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                if stop is not None:
+                    stop.wait(delay)
+                else:
+                    time.sleep(delay)
+    return ticks
+
+
+def run_realtime(service: Service, tick_interval_s: float, stop: threading.Event,
+                 on_tick: Callable[[Decision], None] | None = None) -> None:
+    """APScheduler calls ``service.tick`` every ``tick_interval_s`` of wall time until ``stop`` is set."""
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    def job() -> None:
+        try:
+            decision = service.tick()
+        except Exception:  # a bug in a tick must not end the schedule; the next tick tries again
+            logger.exception("tick failed")
+            return
+        if on_tick is not None:
+            on_tick(decision)
+
+    scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
+    scheduler.add_job(job, "interval", seconds=tick_interval_s, id="tick")
+    scheduler.start()
+    try:
+        stop.wait()
+    finally:
+        scheduler.shutdown(wait=True)

@@ -1,0 +1,225 @@
+"""The sidecar's settings: pydantic-settings models read from a TOML file, with SCHEDCTL_* environment overrides.
+
+    settings = load_settings("config/sidecar.sim.toml")
+    SCHEDCTL_API__TOKEN=... SCHEDCTL_SERVICE__MODE=advisory schedctl run --config config/sidecar.sglang.toml
+
+Precedence: environment variables (``SCHEDCTL_`` prefix, ``__`` between nested names, JSON for lists and
+tables) over the file over the defaults. Every field has its unit in its name. Unknown keys are refused, in the
+file and in ``SCHEDCTL_*`` variables that name a field's table. A bad file stops start-up with one line:
+``FILE: FIELD: REASON`` (naming the environment variable when the bad value came from one).
+
+Tables: ``[slo]`` targets, ``[objective]`` how a window becomes a reward, ``[tuner]`` the k arms and the
+learner, ``[guard]`` the guard rules, ``[deadline]`` the SLAI DeadlineTuner (only with an slai initial policy),
+``[engine]`` which adapter and its address, ``[service]`` tick interval and mode, ``[log]`` the decision log,
+``[api]`` the HTTP API. Shipped examples: ``config/sidecar.sim.toml``, ``config/sidecar.sglang.toml``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from schedctl.controller.core import ControllerParams, DeadlineParams
+from schedctl.controller.deadline import DeadlineTunerParams
+from schedctl.controller.guard import GuardParams
+from schedctl.controller.ktuner import KTuner, KTunerParams
+from schedctl.controller.objective import ObjectiveParams
+from schedctl.files import InputFileError, read_toml, validation_message
+from schedctl.policies.spec import KValue, PolicySpec, parse_policy
+
+ENV_PREFIX = "SCHEDCTL_"
+_STRICT = ConfigDict(extra="forbid", frozen=True)
+
+
+class SLOSettings(BaseModel):
+    model_config = _STRICT
+
+    ttft_p99_target_ms: float = Field(2000.0, gt=0, description="P99 time to first token to hold")
+    tbt_p99_target_ms: float = Field(200.0, gt=0, description="P99 time between tokens (the SLAI DeadlineTuner)")
+
+
+class ObjectiveSettings(BaseModel):
+    model_config = _STRICT
+
+    min_samples: int = Field(20, ge=1, description="first tokens a window needs to earn a reward")
+    attainment_weight: float = Field(0.3, ge=0, le=1)
+    tail_ratio_zero: float = Field(100.0, gt=1, description="tail / target ratio that scores 0")
+    idle_queue_len: int = Field(0, ge=-1, description="waiting requests at or below which a window within the SLO "
+                                "is idle (no reward); -1: never idle")
+
+
+class TunerSettings(BaseModel):
+    model_config = _STRICT
+
+    initial_policy: str = Field("klpm:4", description="the policy pushed at start (its family: k or slai)")
+    arms: list[KValue] = Field(default=[1, 2, 4, 8, "inf"], description='k values in increasing order')
+    learner: str = Field("contextual", description="a schedctl.bandits learner name")
+    learner_params: dict[str, Any] = Field(default_factory=lambda: KTunerParams().learner_params)
+    seed: int = 0
+    estimate_weight: float = Field(0.25, gt=0, le=1)
+
+    @field_validator("initial_policy")
+    @classmethod
+    def _policy(cls, v: str) -> str:
+        parse_policy(v)
+        return v
+
+    @field_validator("arms", mode="before")
+    @classmethod
+    def _arms(cls, v: Any) -> Any:
+        return KTunerParams.model_validate({"arms": v}).arms if isinstance(v, list) else v
+
+    @model_validator(mode="after")
+    def _learner(self) -> TunerSettings:
+        # build the learner once: an unknown name or a bad parameter stops start-up here, naming it
+        KTuner(KTunerParams(arms=self.arms, learner=self.learner, learner_params=self.learner_params,
+                            seed=self.seed))
+        return self
+
+
+class DeadlineSettings(BaseModel):
+    """The DeadlineTuner's gains and limits (its target is slo.tbt_p99_target_ms)."""
+
+    model_config = _STRICT
+
+    knob: Literal["theta", "tbt_slack_s"] = "theta"
+    margin_fraction: float = Field(0.0, ge=0, lt=0.5)
+    knob_initial: float = 5.0
+    knob_min: float = 0.0
+    knob_max: float = 20.0
+    kp: float = Field(4.0, ge=0)
+    ki_per_s: float = Field(2.0, ge=0)
+    kd_s: float = Field(0.0, ge=0)
+    dead_band_fraction: float = Field(0.02, ge=0, lt=1)
+    max_change_per_tick: float = Field(1.0, gt=0)
+
+
+class SimEngineSettings(BaseModel):
+    """The embedded engine: hardware, the scenario it serves, and how fast the demo shows it."""
+
+    model_config = _STRICT
+
+    gpu: str = "h100-sxm"
+    model: str = "llama-3.1-8b"
+    scenario: str = Field("prefix-shift", description="a scenario name (config/scenarios.toml or scenarios_file)")
+    scenarios_file: Path | None = None
+    seed: int = 0
+    chunked_prefill_tokens: int = Field(8192, ge=1)
+    max_running_requests: int = Field(1024, ge=1)
+    demo_seconds: float = Field(60.0, ge=0, description="wall seconds the paced demo takes for the whole scenario")
+
+
+class SGLangEngineSettings(BaseModel):
+    model_config = _STRICT
+
+    base_url: str = Field("http://127.0.0.1:30000", description="the SGLang server's HTTP address")
+    request_metrics_dir: Path | None = Field(None, description="SGLang's --export-metrics-to-file directory")
+    timeout_s: float = Field(2.0, gt=0)
+    retries: int = Field(2, ge=0)
+
+
+class EngineSettings(BaseModel):
+    model_config = _STRICT
+
+    adapter: Literal["sim", "sglang"] = "sim"
+    sim: SimEngineSettings = Field(default_factory=SimEngineSettings)
+    sglang: SGLangEngineSettings = Field(default_factory=SGLangEngineSettings)
+
+
+class ServiceSettings(BaseModel):
+    model_config = _STRICT
+
+    tick_interval_s: float = Field(10.0, gt=0, description="seconds of engine time per tick")
+    mode: Literal["advisory", "active"] = Field("active", description="advisory: decide and log, push nothing")
+    keep_decisions: int = Field(1000, ge=1, description="decisions /decisions can return")
+
+
+class LogSettings(BaseModel):
+    model_config = _STRICT
+
+    path: Path = Field(Path("schedctl-decisions.jsonl"), description="decision log (JSON lines)")
+    max_bytes: int = Field(10_000_000, ge=0, description="rotate when the log reaches this size (0: never)")
+    backup_count: int = Field(5, ge=0, description="rotated files kept")
+    fsync: bool = Field(True, description="fsync every line (off only for benchmarks)")
+
+
+class ApiSettings(BaseModel):
+    model_config = _STRICT
+
+    enabled: bool = True
+    host: str = Field("127.0.0.1", description="bind address (loopback by default)")
+    port: int = Field(8787, ge=0, le=65535, description="0: any free port")
+    token: str = Field("", description="bearer token for POST /pin, /unpin, /mode; empty: writes refused")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True)
+
+    slo: SLOSettings = Field(default_factory=SLOSettings)
+    objective: ObjectiveSettings = Field(default_factory=ObjectiveSettings)
+    tuner: TunerSettings = Field(default_factory=TunerSettings)
+    guard: GuardParams = Field(default_factory=GuardParams)
+    deadline: DeadlineSettings | None = None
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    service: ServiceSettings = Field(default_factory=ServiceSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return env_settings, init_settings  # the environment overrides the file (passed as init kwargs)
+
+    @model_validator(mode="after")
+    def _controller_fits(self) -> Settings:
+        self.controller_params()  # the controller's own checks (families, SLAI needs [deadline]) at load time
+        return self
+
+    def controller_params(self) -> ControllerParams:
+        deadline = None
+        if self.deadline is not None:
+            d = self.deadline.model_dump()
+            knob = d.pop("knob")
+            deadline = DeadlineParams(knob=knob, tuner=DeadlineTunerParams(
+                tbt_p99_target_s=self.slo.tbt_p99_target_ms / 1000.0, nominal_tick_s=self.service.tick_interval_s,
+                **d))
+        tuner = self.tuner
+        return ControllerParams(
+            initial_policy=parse_policy(tuner.initial_policy), mode=self.service.mode,
+            objective=ObjectiveParams(ttft_target_s=self.slo.ttft_p99_target_ms / 1000.0,
+                                      **self.objective.model_dump()),
+            tuner=KTunerParams(arms=tuner.arms, learner=tuner.learner, learner_params=tuner.learner_params,
+                               seed=tuner.seed, estimate_weight=tuner.estimate_weight),
+            guard=self.guard, deadline=deadline,
+        )
+
+    def initial_policy(self) -> PolicySpec:
+        return parse_policy(self.tuner.initial_policy)
+
+
+def _env_name(field: str) -> str:
+    return ENV_PREFIX + field.replace(".", "__").upper()
+
+
+def load_settings(path: str | os.PathLike[str] | None) -> Settings:
+    """Settings from a TOML file (None: defaults) and SCHEDCTL_* overrides; errors name the file and field."""
+    where = Path(path) if path is not None else Path("(defaults)")
+    data = read_toml(path) if path is not None else {}
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        field, reason = validation_message(exc)
+        reason = reason.removeprefix("Value error, ")
+        env = _env_name(field.split("[")[0])
+        if any(k.upper().startswith(env) for k in os.environ):
+            reason += f" (set by ${env})"
+        raise InputFileError(where, field, reason) from None
+    except (ValueError, TypeError) as exc:  # a learner refusing its parameters, a bad policy string
+        raise InputFileError(where, "(settings)", str(exc)) from None
