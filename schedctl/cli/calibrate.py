@@ -66,7 +66,7 @@ def calibrate_cmd(
     rows, skipped = read_rows(source, fmt)
     if len(rows) < 4 or (holdout and len(rows) - max(1, round(len(rows) * holdout)) < 4):
         raise UsageError(f"--from {source}: {len(rows)} usable rows; the fit needs at least 4 (after holding back)")
-    label = f"fit:{source.name}"
+    label = f"fit:{source.parent.name}/{source.name}" if source.parent.name else f"fit:{source.name}"
     held: Holdout | None = None
     if holdout:
         held, _ = evaluate_holdout(rows, holdout, seed, label, initial)
