@@ -11,6 +11,7 @@ from typing import Any
 import typer
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from schedctl.files import InputFileError, validation_message
@@ -27,16 +28,21 @@ class UsageError(Exception):
     """A bad command-line value; the message is the one line to show."""
 
 
+def report_error(message: str) -> None:
+    """One line on stderr; the message is printed literally (no rich markup: '[profile]' stays as written)."""
+    err_console.print("[bold red]error:[/] " + escape(message), highlight=False)
+
+
 def fail_cleanly(app: Callable[..., Any]) -> int:
     """Run the typer app; bad input becomes one line on stderr and exit code 2, never a traceback."""
     try:
-        app(standalone_mode=False)
+        result = app(standalone_mode=False)
     except (InputFileError, UsageError) as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        report_error(str(exc))
         return 2
     except ValidationError as exc:
         field, reason = validation_message(exc)
-        err_console.print(f"[bold red]error:[/] {field}: {reason}", highlight=False)
+        report_error(f"{field}: {reason}")
         return 2
     except (typer.Exit, SystemExit) as exc:
         code = getattr(exc, "exit_code", None)
@@ -51,7 +57,7 @@ def fail_cleanly(app: Callable[..., Any]) -> int:
             exc.show()
             return exc.exit_code
         raise
-    return 0
+    return result if isinstance(result, int) else 0  # a command's `raise typer.Exit(code)` arrives as its return
 
 
 def parse_or_usage(parse: Callable[[str], Any], text: str, what: str) -> Any:

@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.linear_model import LinearRegression
 
 from schedctl.sim.step_time import StepBatch, StepTimeProfile
 
@@ -83,6 +82,8 @@ def _solve(xr: np.ndarray, y: np.ndarray, active: list[int]) -> np.ndarray:
     xs = xr[:, active] / y[:, None]  # (x.b - y)/y = (x/y).b - 1
     scale = np.linalg.norm(xs, axis=0)
     scale[scale == 0] = 1.0
+    from sklearn.linear_model import LinearRegression  # imported here: scikit-learn takes seconds to import
+
     reg = LinearRegression(positive=True, fit_intercept=False).fit(xs / scale, np.ones(len(y)))
     out = np.zeros(len(COEFFICIENTS))
     out[active] = np.maximum(np.asarray(reg.coef_, dtype=float), 0.0) / scale
