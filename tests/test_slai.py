@@ -82,10 +82,15 @@ def test_unknown_slo_class_is_refused_naming_it():
         slai.tbt_slo_s(SPEC, "gold")
 
 
-def test_with_theta_moves_both_values_and_keeps_the_rest():
+def test_retuning_moves_theta_or_slack_keeps_the_rest_and_validates():
     tuned = slai.with_theta(SLAISpec(token_budget=256), 7.5)
     assert (tuned.theta_low, tuned.theta_high, tuned.token_budget) == (7.5, 12.5, 256)
     assert slai.with_theta(SPEC, 0.0).theta_high == 5.0
+    assert slai.with_tbt_slack(tuned, 0.03) == tuned.model_copy(update={"tbt_slack_s": 0.03})
+    with pytest.raises(ValidationError, match="theta_low"):
+        slai.with_theta(SPEC, float("nan"))
+    with pytest.raises(ValidationError, match="tbt_slack_s"):
+        slai.with_tbt_slack(SPEC, -0.1)
 
 
 @pytest.mark.parametrize(

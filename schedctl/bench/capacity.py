@@ -252,7 +252,7 @@ def plot_capacity(results: Sequence[CapacityResult], slo: CapacitySLO, path: str
     ax1.set_ylabel(f"TTFT q{slo.ttft_quantile:g} (s)")
     ax1.set_title(title)
     ax2.axhline(1.0, color="gray", linestyle="--", label="SLO")
-    ax2.set_yscale("log")
+    ax2.set_ylim(bottom=0)
     ax2.set_xlabel("request rate (req/s)")
     ax2.set_ylabel(f"TBT q{slo.tbt_quantile:g} / class SLO (worst class)")
     ax2.set_title("dotted: capacity")

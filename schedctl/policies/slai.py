@@ -96,7 +96,15 @@ def prefill_key(
 def with_theta(spec: SLAISpec, theta_low: float) -> SLAISpec:
     """The spec with Θ below the memory limit set to ``theta_low``, Θ above it moved by the same amount.
 
-    This is the one knob the DeadlineTuner drives (larger Θ: decodes turn critical earlier, TBT down, TTFT up).
+    One of the two knobs the DeadlineTuner may drive (larger Θ: decodes turn critical earlier, TBT down, TTFT up).
+    Validated like any spec: a negative or non-finite Θ raises pydantic.ValidationError naming ``theta_low``.
     """
     shift = theta_low - spec.theta_low
-    return spec.model_copy(update={"theta_low": theta_low, "theta_high": max(0.0, spec.theta_high + shift)})
+    return SLAISpec.model_validate(
+        {**spec.model_dump(), "theta_low": theta_low, "theta_high": max(0.0, spec.theta_high + shift)}
+    )
+
+
+def with_tbt_slack(spec: SLAISpec, tbt_slack_s: float) -> SLAISpec:
+    """The spec with ``tbt_slack_s`` set (the other DeadlineTuner knob: same direction as Θ, in seconds)."""
+    return SLAISpec.model_validate({**spec.model_dump(), "tbt_slack_s": tbt_slack_s})
