@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict
 
 from schedctl.bench.scenarios import Scenario, scenario_requests
 from schedctl.controller.core import Controller, ControllerParams
+from schedctl.controller.decision import Decision
 from schedctl.controller.ktuner import spec_for
 from schedctl.controller.service import Service
 from schedctl.engine_adapter.sim import SimAdapter
@@ -59,6 +60,20 @@ class TickPoint(BaseModel):
     cache_hit_rate: float | None
 
 
+def tick_point(d: Decision) -> TickPoint:
+    w = d.window
+    return TickPoint(time_s=d.time_s, policy=d.policy_label, reason=d.reason, arrival_rate_rps=w.arrival_rate_rps,
+                     queue_len=w.queue_len, ttft_p99_s=w.ttft_p99_s, cache_hit_rate=w.cache_hit_rate)
+
+
+def run_ttfts(adapter: SimAdapter) -> np.ndarray:
+    """Every TTFT of a finished run, plus the wait so far of requests still without a first token."""
+    assert adapter.ttfts_s is not None, "the adapter must keep TTFTs (keep_ttfts=True)"
+    ttfts = np.frombuffer(adapter.ttfts_s, dtype=float)
+    waiting = adapter.waiting_ages_s()
+    return np.concatenate([ttfts, waiting]) if waiting.size else ttfts.copy()
+
+
 class RunResult(BaseModel):
     scenario: str
     seed: int
@@ -93,16 +108,12 @@ def run_job(job: RunJob) -> RunResult:
         reasons[d.reason] = reasons.get(d.reason, 0) + 1
         changes += d.changed
         if job.keep_timeline:
-            timeline.append(TickPoint(time_s=d.time_s, policy=d.policy_label, reason=d.reason,
-                                      arrival_rate_rps=d.window.arrival_rate_rps, queue_len=d.window.queue_len,
-                                      ttft_p99_s=d.window.ttft_p99_s, cache_hit_rate=d.window.cache_hit_rate))
-    assert adapter.ttfts_s is not None
-    ttfts = np.frombuffer(adapter.ttfts_s, dtype=float)
-    waiting = adapter.waiting_ages_s()
-    allv = np.concatenate([ttfts, waiting]) if waiting.size else ttfts
+            timeline.append(tick_point(d))
+    allv = run_ttfts(adapter)
+    unserved = int(adapter.waiting_ages_s().size)
     return RunResult(
         scenario=job.scenario.name, seed=job.seed, policy=job.policy, requests=int(allv.size),
-        unserved=int(waiting.size), ttft_p50_s=float(np.quantile(allv, 0.5)) if allv.size else math.nan,
+        unserved=unserved, ttft_p50_s=float(np.quantile(allv, 0.5)) if allv.size else math.nan,
         ttft_p99_s=float(np.quantile(allv, 0.99)) if allv.size else math.nan, ticks=service.controller.tick,
         changes=changes, reasons=reasons, timeline=timeline,
     )
@@ -169,3 +180,48 @@ def summarize(scenarios: Sequence[Scenario], results: Sequence[RunResult], stati
 
 def default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
+
+
+def k_value(label: str) -> float:
+    """A policy label on the k axis: fcfs 1, klpm:K K, lpm (and klpm:inf) drawn above the largest finite k."""
+    if label == "fcfs":
+        return 1.0
+    if label in ("lpm", "klpm:inf"):
+        return math.inf
+    if label.startswith("klpm:"):
+        return float(label.split(":", 1)[1])
+    return math.nan
+
+
+def plot_timeline(points: Sequence[TickPoint], path: str | os.PathLike[str], title: str) -> None:
+    """Three stacked panels against time: the policy's k, the arrival rate and queue, the window P99 TTFT."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from schedctl.bench.plots import save
+
+    t = [p.time_s for p in points]
+    ks = [k_value(p.policy) for p in points]
+    finite = [k for k in ks if math.isfinite(k)]
+    top = max(finite, default=8.0) * 2
+    fig, (ax1, ax2, ax3) = plt.subplots(3, 1, figsize=(10, 7), sharex=True)
+    ax1.step(t, [top if math.isinf(k) else k for k in ks], where="post", color="tab:purple")
+    ax1.set_yscale("log", base=2)
+    ticks = [*sorted(set(finite)), top]
+    ax1.set_yticks(ticks, [("fcfs" if v == 1 else ("lpm" if v == top else f"{v:g}")) for v in ticks])
+    ax1.set_ylabel("k")
+    ax1.set_title(title)
+    ax2.plot(t, [p.arrival_rate_rps for p in points], color="tab:blue", label="arrivals (req/s)")
+    ax2.set_ylabel("req/s")
+    ax2b = ax2.twinx()
+    ax2b.plot(t, [p.queue_len for p in points], color="tab:gray", alpha=0.6, label="queue")
+    ax2b.set_ylabel("waiting")
+    ax3.plot(t, [p.ttft_p99_s if p.ttft_p99_s is not None else math.nan for p in points], color="tab:red")
+    ax3.set_yscale("log")
+    ax3.set_ylabel("window P99 TTFT (s)")
+    ax3.set_xlabel("time (s)")
+    for ax in (ax1, ax2, ax3):
+        ax.grid(True, alpha=0.3)
+    save(fig, path)

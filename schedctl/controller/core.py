@@ -117,6 +117,10 @@ class Controller:
         self.ktuner = KTuner(p.tuner)
         self.guard = Guard(p.guard)
         self.deadline = DeadlineTuner(p.deadline.tuner) if p.deadline is not None else None
+        if self.deadline is not None and p.deadline is not None:
+            start = _knob_of(p.initial_policy, p.deadline.knob)
+            if start is not None:
+                self.deadline.track(start)  # continue from the knob the initial policy sets
         self.deadline_mode = k_of(p.initial_policy) is None
         self.target: PolicySpec = p.initial_policy  # what the controller wants the engine to run
         self.guard.last_good = p.initial_policy

@@ -126,6 +126,7 @@ class KTuner:
         if p.learner == "linucb":
             learner_params.setdefault("n_features", 3)
         self.learner: Bandit = make_bandit(p.learner, self.arms, p.seed, **learner_params)
+        self._bucketer = self.learner.bucketer if isinstance(self.learner, ContextualBandit) else None
         self.stats: dict[str, dict[str, ArmStats]] = {}  # context label -> arm label -> stats
 
     # -- context ----------------------------------------------------------------------------------------------
@@ -136,7 +137,7 @@ class KTuner:
 
     def context(self, obs: Observation) -> Any:
         """What the learner takes as context for this window."""
-        if isinstance(self.learner, ContextualBandit):
+        if self._bucketer is not None:
             return self._features(obs)
         if self.params.learner == "linucb":
             return [obs.arrival_rate_rps / self.params.rate_scale_rps, obs.queue_len / self.params.queue_scale,
@@ -145,16 +146,16 @@ class KTuner:
 
     def context_label(self, obs: Observation, move: bool = False) -> str:
         """The bucket a window falls in ("all" for learners without buckets); ``move`` advances the bucketer."""
-        if isinstance(self.learner, ContextualBandit):
-            b = self.learner.bucketer
+        if self._bucketer is not None:
+            b = self._bucketer
             return b.observe(self._features(obs)) if move else b.peek(self._features(obs))
         return "all"
 
     # -- the loop -----------------------------------------------------------------------------------------------
     def select(self, obs: Observation) -> Proposal:
         arm = self.learner.select(self.context(obs))
-        label = self.context_label(obs) if not isinstance(self.learner, ContextualBandit) else (
-            self.learner.last_bucket or "all")
+        # a contextual learner's select moved its bucketer: that bucket is this window's context
+        label = (self._bucketer.current or "all") if self._bucketer is not None else "all"
         k: KValue = arm  # type: ignore[assignment]
         best = self.best_arm(label, prefer=k)
         return Proposal(arm=k, kind="exploit" if best == k else "explore", context=label)
@@ -178,7 +179,7 @@ class KTuner:
 
         Ties go to ``prefer`` (the running arm: no move without evidence), then to the lower k.
         """
-        known = [(s.mean, a == prefer, -i, a) for i, a in enumerate(self.arms)
+        known = [(round(s.mean, 9), a == prefer, -i, a) for i, a in enumerate(self.arms)
                  if (s := self.estimate(label, a)) is not None]
         return max(known)[3] if known else None
 

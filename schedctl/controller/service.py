@@ -225,3 +225,29 @@ def run_realtime(service: Service, tick_interval_s: float, stop: threading.Event
         stop.wait()
     finally:
         scheduler.shutdown(wait=True)
+
+
+def open_sidecar(
+    params: Any, adapter: EngineAdapter, *, run_id: str, clock: Callable[[], float], log_path: Any = None,
+    log_max_bytes: int = 10_000_000, log_backup_count: int = 5, log_fsync: bool = True, keep_decisions: int = 1000,
+    api: tuple[str, int, str] | None = None, api_stale_after_s: float | None = None,
+) -> tuple[Service, Any]:
+    """Assemble controller, decision log, metrics, service and (``api`` = (host, port, token)) the API server.
+
+    Returns (service, api_server or None); the API is already listening. The caller closes both.
+    """
+    controller = Controller(params, run_id=run_id)
+    log = DecisionLog(log_path, log_max_bytes, log_backup_count, fsync=log_fsync) if log_path is not None else None
+    service = Service(controller, adapter, log, clock=clock, keep_decisions=keep_decisions, metrics=ServiceMetrics())
+    server = None
+    if api is not None:
+        from schedctl.controller.api import ApiServer, make_app
+
+        host, port, token = api
+        server = ApiServer(make_app(service, token, stale_after_s=api_stale_after_s), host, port)
+        try:
+            server.start()
+        except Exception:
+            service.close()
+            raise
+    return service, server

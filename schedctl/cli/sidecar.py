@@ -1,0 +1,268 @@
+"""`schedctl run` (the sidecar, against the embedded engine or SGLang) and `schedctl decisions` (review a log)."""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from schedctl.bench.adaptive import (
+    ADAPTIVE,
+    RunJob,
+    default_workers,
+    plot_timeline,
+    run_jobs,
+    run_ttfts,
+    static_policies,
+    tick_point,
+)
+from schedctl.bench.scenarios import Scenario, get_scenario, scenario_requests
+from schedctl.cli import common
+from schedctl.cli.common import UsageError
+from schedctl.controller.decision import Decision
+from schedctl.controller.decision_log import read_decisions
+from schedctl.controller.service import Service, open_sidecar, run_realtime, run_simulated
+from schedctl.engine_adapter.base import EngineAdapter
+from schedctl.engine_adapter.sim import SimAdapter
+from schedctl.settings import Settings, load_settings
+from schedctl.sim.run import new_engine
+
+DRAIN_LIMIT_S = 1800.0
+CONFIG = typer.Option(..., "--config", help="settings TOML: config/sidecar.sim.toml, config/sidecar.sglang.toml")
+
+
+def _fmt_s(v: float | None) -> str:
+    return "-" if v is None or not math.isfinite(v) else f"{v:.3g}"
+
+
+def _phase(scenario: Scenario, t_s: float) -> str:
+    label = ""
+    for start, phase in zip(scenario.phase_starts_s(), scenario.phases, strict=True):
+        if t_s > start:
+            label = phase.label or f"phase {scenario.phases.index(phase) + 1}"
+    return label if t_s <= scenario.duration_s else "drain"
+
+
+class Display:
+    """The live view: a header line and the last decisions; one plain line per tick when not on a terminal."""
+
+    def __init__(self, console: Console, title: str, scenario: Scenario | None, rows: int = 14) -> None:
+        self.console, self.title, self.scenario = console, title, scenario
+        self.rows: deque[Decision] = deque(maxlen=rows)
+        self.live: Live | None = None
+
+    def render(self) -> Group:
+        last = self.rows[-1] if self.rows else None
+        head = f"[bold]{self.title}[/]"
+        if last is not None:
+            head += (f"  tick {last.tick_id}  t={last.time_s:.0f} s  policy [bold magenta]{last.policy_label}[/]"
+                     f"  mode {last.mode}")
+        t = Table(header_style="bold", expand=False)
+        for c in ("t (s)", "phase", "req/s", "queue", "hit", "policy", "reason", "P99 TTFT (s)", "reward", "detail"):
+            t.add_column(c, justify="left" if c in ("phase", "policy", "reason", "detail") else "right")
+        for d in self.rows:
+            w = d.window
+            t.add_row(f"{d.time_s:.0f}", _phase(self.scenario, d.time_s) if self.scenario else "",
+                      f"{w.arrival_rate_rps:.1f}", str(w.queue_len), _fmt_s(w.cache_hit_rate), d.policy_label,
+                      d.reason, _fmt_s(w.ttft_p99_s), _fmt_s(d.learner.reward), d.detail[:48])
+        return Group(head, t)
+
+    def __call__(self, d: Decision) -> None:
+        self.rows.append(d)
+        if self.live is not None:
+            self.live.update(self.render())
+        else:
+            w = d.window
+            print(f"tick {d.tick_id} t={d.time_s:.0f} policy={d.policy_label} reason={d.reason} "
+                  f"p99_ttft_s={_fmt_s(w.ttft_p99_s)} queue={w.queue_len} applied={d.applied}", flush=True)
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    def handler(_signum: int, _frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _open(settings: Settings, adapter: EngineAdapter, run_id: str, clock: Any) -> tuple[Service, Any]:
+    api = settings.api
+    try:
+        return open_sidecar(
+            settings.controller_params(), adapter, run_id=run_id, clock=clock, log_path=settings.log.path,
+            log_max_bytes=settings.log.max_bytes, log_backup_count=settings.log.backup_count,
+            log_fsync=settings.log.fsync, keep_decisions=settings.service.keep_decisions,
+            api=(api.host, api.port, api.token) if api.enabled else None,
+            api_stale_after_s=3 * settings.service.tick_interval_s if settings.engine.adapter != "sim" else None,
+        )
+    except OSError as exc:
+        raise UsageError(f"cannot start the sidecar: {exc}") from None
+
+
+def _compare(settings: Settings, scenario: Scenario, adaptive_p99_s: float, jobs: int) -> Table:
+    sim = settings.engine.sim
+    hw = common.hardware(sim.gpu, sim.model, None, None)
+    params = settings.controller_params()
+    cfg = common.engine_config(sim.chunked_prefill_tokens, sim.max_running_requests)
+    statics = static_policies(params)
+    results = run_jobs([RunJob(scenario=scenario, seed=sim.seed, policy=p, controller=params, hardware=hw, engine=cfg,
+                               tick_interval_s=settings.service.tick_interval_s, drain_limit_s=DRAIN_LIMIT_S)
+                        for p in statics], jobs)
+    p99 = {r.policy: r.ttft_p99_s for r in results}
+    best = min(statics, key=lambda p: p99[p])
+    rows = [(ADAPTIVE + " (this run)", adaptive_p99_s)] + [(p, p99[p]) for p in statics]
+    return common.table(
+        f"P99 TTFT over the whole scenario · {scenario.name} · seed {sim.seed} (best static: {best})",
+        ["policy", "P99 TTFT (s)", "vs adaptive", "adaptive vs it"],
+        [[name + ("  ← best static" if name == best else ""), v, v / adaptive_p99_s, adaptive_p99_s / v]
+         for name, v in rows],
+    )
+
+
+def _run_sim(settings: Settings, fast: bool, max_ticks: int | None, plot: Path | None, compare: bool,
+             console: Console) -> None:
+    sim = settings.engine.sim
+    scenario = get_scenario(sim.scenario, sim.scenarios_file)
+    hw = common.hardware(sim.gpu, sim.model, None, None)
+    cfg = common.engine_config(sim.chunked_prefill_tokens, sim.max_running_requests)
+    params = settings.controller_params()
+    tick_s = settings.service.tick_interval_s
+    adapter = SimAdapter(new_engine(hw, params.initial_policy, cfg), scenario_requests(scenario, sim.seed), tick_s,
+                         keep_ttfts=True)
+    run_id = f"{scenario.name}-s{sim.seed}-{uuid.uuid4().hex[:6]}"
+    service, server = _open(settings, adapter, run_id, clock=lambda: adapter.now_s)
+    expected_ticks = math.ceil(scenario.duration_s / tick_s)
+    pace = 0.0 if fast else sim.demo_seconds / expected_ticks
+    end_s = scenario.duration_s + DRAIN_LIMIT_S
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    title = f"schedctl · {scenario.name} · {hw.model.name} on {hw.gpu.name} (simulated)"
+    if server is not None:
+        title += f" · API http://{settings.api.host}:{server.port}"
+    display = Display(console, title, scenario)
+    points = []
+
+    def on_tick(d: Decision) -> None:
+        points.append(tick_point(d))
+        display(d)
+
+    t0 = time.monotonic()
+    try:
+        if console.is_terminal:
+            with Live(display.render(), console=console, refresh_per_second=8, transient=False) as live:
+                display.live = live
+                run_simulated(service, lambda: adapter.done() or adapter.now_s >= end_s, max_ticks, pace, on_tick,
+                              stop)
+        else:
+            run_simulated(service, lambda: adapter.done() or adapter.now_s >= end_s, max_ticks, pace, on_tick, stop)
+    finally:
+        if server is not None:
+            server.stop()
+        service.close()
+    wall_s = time.monotonic() - t0
+    ttfts = run_ttfts(adapter)
+    p99 = float(np.quantile(ttfts, 0.99)) if ttfts.size else math.nan
+    console.print(f"{service.controller.tick} ticks, {adapter.now_s:.0f} simulated s in {wall_s:.1f} s; "
+                  f"{ttfts.size} requests, P99 TTFT {p99:.3g} s; decisions in {settings.log.path}")
+    if plot is not None:
+        plot_timeline(points, plot, title)
+        console.print(f"plot: {plot}")
+    if compare and not stop.is_set() and max_ticks is None:
+        console.print("running the static policies through the same loop for comparison ...")
+        console.print(_compare(settings, scenario, p99, default_workers()))
+
+
+def _run_sglang(settings: Settings, max_ticks: int | None, console: Console) -> None:
+    from schedctl.engine_adapter.sglang.adapter import SGLangAdapter  # the CLI builds the concrete adapter
+
+    sg = settings.engine.sglang
+    metrics_dir = str(sg.request_metrics_dir) if sg.request_metrics_dir else None
+    adapter = SGLangAdapter(sg.base_url, request_metrics_dir=metrics_dir, timeout_s=sg.timeout_s, retries=sg.retries)
+    service, server = _open(settings, adapter, f"sglang-{uuid.uuid4().hex[:8]}", clock=time.time)
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    title = f"schedctl · SGLang at {sg.base_url} · every {settings.service.tick_interval_s:g} s"
+    if server is not None:
+        title += f" · API http://{settings.api.host}:{server.port}"
+    display = Display(console, title, None)
+    count = [0]
+
+    def on_tick(d: Decision) -> None:
+        display(d)
+        count[0] += 1
+        if max_ticks is not None and count[0] >= max_ticks:
+            stop.set()
+
+    try:
+        if console.is_terminal:
+            with Live(display.render(), console=console, refresh_per_second=4) as live:
+                display.live = live
+                run_realtime(service, settings.service.tick_interval_s, stop, on_tick)
+        else:
+            run_realtime(service, settings.service.tick_interval_s, stop, on_tick)
+    finally:
+        if server is not None:
+            server.stop()
+        service.close()
+        adapter.close()
+
+
+def run_cmd(
+    config: Path = CONFIG,
+    fast: bool = typer.Option(False, "--fast", help="simulated engine: run unpaced (no live pacing)"),
+    ticks: int | None = typer.Option(None, "--ticks", min=1, help="stop after this many ticks"),
+    plot: Path | None = typer.Option(None, "--plot", help="write a PNG timeline of k, load and P99 TTFT"),
+    compare: bool = typer.Option(True, "--compare/--no-compare", help="simulated engine: compare with statics"),
+) -> None:
+    """Run the sidecar: tick, observe, decide, push, log — against the embedded engine or an SGLang server."""
+    settings = load_settings(config)
+    console = Console()
+    if settings.engine.adapter == "sim":
+        _run_sim(settings, fast, ticks, plot, compare, console)
+    else:
+        _run_sglang(settings, ticks, console)
+
+
+def decisions_cmd(
+    log: Path = typer.Argument(..., help="decision log (JSON lines; rotated LOG.N files are read too)"),
+    last: int | None = typer.Option(None, "--last", min=1, help="only the last N decisions"),
+    plot: Path | None = typer.Option(None, "--plot", help="write a PNG timeline of k against load and P99 TTFT"),
+    as_json: bool = common.JSON,
+) -> None:
+    """Show a decision log: time, policy, reason, window P99 TTFT and attainment of every tick."""
+    decisions, torn = read_decisions(log)
+    shown = decisions[-last:] if last else decisions
+    if as_json:
+        common.print_json(shown)
+    else:
+        Console().print(common.table(
+            f"{log} · {len(decisions)} decisions", ["tick", "time (s)", "policy", "reason", "P99 TTFT (s)",
+                                                     "attainment", "reward", "applied", "detail"],
+            [[d.tick_id, d.time_s, d.policy_label, d.reason, d.window.ttft_p99_s if d.window.ttft_p99_s is not None
+              else math.nan, d.window.attainment if d.window.attainment is not None else math.nan,
+              d.learner.reward if d.learner.reward is not None else math.nan, "yes" if d.applied else "no",
+              d.detail[:60]] for d in shown],
+        ))
+        if torn:
+            print(f"{torn} incomplete last line skipped (the writer was killed mid-line)", file=sys.stderr)
+    if plot is not None:
+        if not decisions:
+            raise UsageError(f"{log}: no decisions to plot")
+        plot_timeline([tick_point(d) for d in decisions], plot, f"decisions · {log.name}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run_cmd)
+    app.command("decisions")(decisions_cmd)
