@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# The README's demo command: creates .venv (if missing), installs schedctl, and runs the demo.
-# (Provisional: a short policy sweep on the embedded engine, until the sidecar's `schedctl run` lands.)
+# The README demo: the sidecar against the embedded engine through a time-varying scenario, with a live view of
+# load, k and tail latency, then a table against static FCFS, LPM and every static k, and a plot.
+# From a fresh clone (Python >= 3.11): creates .venv if missing (scripts/setup.sh), then runs the demo.
+# Extra arguments go to `schedctl run` (e.g. `bash scripts/demo.sh --fast`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-. .venv/bin/activate
-mkdir -p out
-schedctl sweep --workload "gsp:num_groups=256,system_prompt_len=4096,group_distribution=zipf,zipf_alpha=1.0" \
-  --rates 4,8,10,12 --policies fcfs,klpm:4,lpm --num-requests 1500 --plot out/demo-sweep.png "$@"
-echo "plot: out/demo-sweep.png"
+if [ ! -x .venv/bin/schedctl ]; then
+  bash scripts/setup.sh
+fi
+out="${SCHEDCTL_DEMO_DIR:-out/demo}"
+mkdir -p "$out"
+export SCHEDCTL_LOG__PATH="${SCHEDCTL_LOG__PATH:-$out/decisions.jsonl}"
+.venv/bin/schedctl run --config config/sidecar.sim.toml --plot "$out/timeline.png" "$@"
+echo
+echo "decision log: $SCHEDCTL_LOG__PATH   (review it: .venv/bin/schedctl decisions $SCHEDCTL_LOG__PATH)"
+echo "timeline:     $out/timeline.png"
