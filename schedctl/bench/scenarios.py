@@ -86,6 +86,7 @@ class Scenario(BaseModel):
     name: str = ""
     description: str = ""
     kind: Literal["stationary", "non-stationary"] = "non-stationary"
+    in_bench: bool = Field(default=True, description="part of `schedctl bench adaptive --scenarios all`")
     phases: list[Phase] = Field(min_length=1)
 
     @property

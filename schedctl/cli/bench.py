@@ -44,7 +44,7 @@ def verdict(row: BenchRow) -> str:
 
 @bench_app.command("adaptive")
 def adaptive_cmd(
-    scenarios: str = typer.Option("all", "--scenarios", help="comma-separated scenario names, or all"),
+    scenarios: str = typer.Option("all", "--scenarios", help="comma-separated names, or all (the bench suite)"),
     seeds: int = typer.Option(3, "--seeds", min=1, help="runs per scenario and policy (seeds 0..N-1)"),
     config: Path | None = typer.Option(None, "--config", help="sidecar settings (default: config/sidecar.sim.toml)"),
     scenarios_file: Path | None = typer.Option(None, "--scenarios-file", help="default: config/scenarios.toml"),
@@ -55,7 +55,10 @@ def adaptive_cmd(
     path = config if config is not None else _default_config()
     settings = load_settings(path) if path is not None else Settings()
     known = load_scenarios(scenarios_file)
-    names = list(known) if scenarios.strip() == "all" else [s.strip() for s in scenarios.split(",") if s.strip()]
+    if scenarios.strip() == "all":
+        names = [n for n, sc in known.items() if sc.in_bench]
+    else:
+        names = [s.strip() for s in scenarios.split(",") if s.strip()]
     for name in names:
         if name not in known:
             raise UsageError(f"--scenarios: unknown scenario {name!r} (known: {', '.join(known)})")

@@ -125,6 +125,7 @@ class Controller:
         self.target: PolicySpec = p.initial_policy  # what the controller wants the engine to run
         self.guard.last_good = p.initial_policy
         self.force_push = True  # nothing pushed yet
+        self._contexts_decided: set[str] = set()  # load contexts in which the learner has proposed
         self.last_end_s: float | None = None
 
     # -- operator controls (the shell serialises them with step) ---------------------------------------------------
@@ -241,7 +242,14 @@ class Controller:
             return spec_for(prop.arm), prop.kind, "current policy is not an arm: jump to the proposal", label
         target, note = prop.arm, ""
         leader = kt.best_arm(prop.context, prefer=cur_k)
-        if g.params.local_exploration and leader is not None and prop.arm != leader:
+        home = k_of(self.params.initial_policy)
+        first_here = prop.context not in self._contexts_decided
+        self._contexts_decided.add(prop.context)
+        if first_here and home in kt.arms and g.params.local_exploration:
+            # a load context with no evidence yet: start from the operator's initial policy, not from wherever
+            # the last context left us (its best arm says nothing about this one)
+            target, note = home, "new load context: from the initial policy; "
+        elif g.params.local_exploration and leader is not None and prop.arm != leader:
             # unimodal in k: explore only the leader's neighbour on the proposal's side, and only while it
             # lacks data; otherwise go (or stay) with the leader
             near = kt.neighbour_toward(leader, prop.arm)
