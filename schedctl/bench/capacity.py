@@ -28,20 +28,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from schedctl.bench.sweep import pool_map
 from schedctl.policies.spec import PolicySpec, policy_label
 from schedctl.sim.engine import EngineConfig
 from schedctl.sim.run import Hardware, simulate
 from schedctl.workloads.registry import WorkloadSpec, make_requests
-
-T = TypeVar("T")
-R = TypeVar("R")
 
 
 class CapacitySLO(BaseModel):
@@ -149,14 +145,6 @@ def saturation(run: CapacityRun) -> float:
                                 burst.policy, burst.hardware, burst.engine)
     finish = engine.completed.column("finish_s")
     return 0.9 * finish.size / float(np.quantile(finish, 0.9)) if finish.size else 0.0
-
-
-def pool_map(fn: Callable[[T], R], items: Sequence[T], jobs: int) -> list[R]:
-    """``fn`` over ``items`` in a pool of ``jobs`` processes (in this process when jobs <= 1); results in order."""
-    if jobs <= 1 or len(items) <= 1:
-        return [fn(x) for x in items]
-    with ProcessPoolExecutor(max_workers=min(jobs, len(items))) as pool:
-        return list(pool.map(fn, items))
 
 
 def point(policy: str, rate: float, figures: Sequence[RunFigures], slo: CapacitySLO) -> CapacityPoint:

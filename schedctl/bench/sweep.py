@@ -11,6 +11,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -21,6 +22,8 @@ from schedctl.sim.run import Hardware, SimSummary, simulate
 from schedctl.workloads.registry import WorkloadSpec, make_requests
 
 AUTO_RATE_FRACTIONS = (0.2, 0.4, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2)
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class RunSpec(BaseModel):
@@ -89,23 +92,32 @@ def aggregate(rate: float, policy: str, runs: Sequence[SimSummary]) -> SweepRow:
     )
 
 
-def run_many(specs: Sequence[RunSpec], jobs: int, on_done: Callable[[], None] | None = None) -> list[SimSummary]:
-    """Run specs, in a pool of ``jobs`` processes when jobs > 1; results in the order of ``specs``."""
-    if jobs <= 1 or len(specs) <= 1:
+def pool_map(
+    fn: Callable[[T], R], items: Sequence[T], jobs: int, on_done: Callable[[], None] | None = None
+) -> list[R]:
+    """``fn`` over ``items`` in a pool of ``jobs`` processes (in this process when jobs <= 1); results in order.
+
+    ``fn`` must be a module-level function (it is pickled to the workers).
+    """
+    if jobs <= 1 or len(items) <= 1:
         out = []
-        for s in specs:
-            out.append(run_one(s))
+        for x in items:
+            out.append(fn(x))
             if on_done:
                 on_done()
         return out
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(run_one, s) for s in specs]
+    with ProcessPoolExecutor(max_workers=min(jobs, len(items))) as pool:
         results = []
-        for f in futures:
-            results.append(f.result())
+        for r in pool.map(fn, items):
+            results.append(r)
             if on_done:
                 on_done()
         return results
+
+
+def run_many(specs: Sequence[RunSpec], jobs: int, on_done: Callable[[], None] | None = None) -> list[SimSummary]:
+    """Run specs, in a pool of ``jobs`` processes when jobs > 1; results in the order of ``specs``."""
+    return pool_map(run_one, specs, jobs, on_done)
 
 
 def sweep(

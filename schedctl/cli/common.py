@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from schedctl.files import InputFileError, validation_message
-from schedctl.policies.spec import PolicySpec, parse_policy
+from schedctl.policies.spec import PolicySpec, parse_policy, split_policies
 from schedctl.sim.engine import EngineConfig
 from schedctl.sim.profiles import known_gpus, known_models, load_gpu, load_model
 from schedctl.sim.run import Hardware
@@ -71,7 +71,8 @@ def parse_or_usage(parse: Callable[[str], Any], text: str, what: str) -> Any:
 
 
 def parse_policies(text: str) -> list[PolicySpec]:
-    return [parse_or_usage(parse_policy, p, "--policies") for p in text.split(",") if p.strip()]
+    """``fcfs,klpm:4,slai:theta_low=5,token_budget=256``: policies whose knobs are comma-separated too."""
+    return [parse_or_usage(parse_policy, p, "--policies") for p in split_policies(text)]
 
 
 def hardware(gpu: str, model: str, step_profile: Path | None, kv_capacity_tokens: int | None) -> Hardware:
@@ -123,5 +124,7 @@ STEP_PROFILE = typer.Option(None, "--step-profile", help="fitted step-time profi
 KV_TOKENS = typer.Option(None, "--kv-capacity-tokens", help="KV cache size (default: what fits beside weights)")
 CHUNK = typer.Option(8192, "--chunked-prefill-tokens", help="token budget of one prefill round")
 MAX_RUNNING = typer.Option(1024, "--max-running-requests", help="cap on running requests")
+POLICY_HELP = ("fcfs | lpm | klpm:K | sarathi | slai | rad, with knobs after a colon: "
+               "slai:theta_low=5,token_budget=256 (see docs in schedctl/policies/spec.py)")
 SEED = typer.Option(0, "--seed", help="seed of the workload (same seed, same run)")
 JSON = typer.Option(False, "--json", help="print only JSON (for scripts)")

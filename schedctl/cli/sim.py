@@ -65,7 +65,7 @@ def simulate_cmd(
     arrival: str = typer.Option("poisson", "--arrival", help="poisson | gamma:cv=2 | regular"),
     num_requests: int | None = typer.Option(None, "--num-requests", help="requests to serve (default 2000)"),
     duration_s: float | None = typer.Option(None, "--duration-s", help="or: arrivals during this many seconds"),
-    policy: str = typer.Option("fcfs", "--policy", help="fcfs | lpm | klpm:K"),
+    policy: str = typer.Option("fcfs", "--policy", help=common.POLICY_HELP),
     gpu: str = common.GPU, model: str = common.MODEL, step_profile: Path | None = common.STEP_PROFILE,
     kv_capacity_tokens: int | None = common.KV_TOKENS, chunked_prefill_tokens: int = common.CHUNK,
     max_running_requests: int = common.MAX_RUNNING, seed: int = common.SEED,
@@ -118,7 +118,7 @@ def simulate_cmd(
 def sweep_cmd(
     workload: str = typer.Option("gsp", "--workload", help=WORKLOAD_HELP),
     rates: str = typer.Option("auto", "--rates", help="comma-separated req/s, or auto (light load to saturation)"),
-    policies: str = typer.Option("fcfs,klpm:2,klpm:4,lpm", "--policies", help="comma-separated policies"),
+    policies: str = typer.Option("fcfs,klpm:2,klpm:4,lpm", "--policies", help="comma-separated: " + common.POLICY_HELP),
     arrival: str = typer.Option("poisson", "--arrival", help="poisson | gamma:cv=2 | regular"),
     num_requests: int = typer.Option(2000, "--num-requests", help="requests per run"),
     seeds: int = typer.Option(1, "--seeds", help="runs per point (seeds 0..N-1); figures are their mean"),

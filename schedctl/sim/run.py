@@ -58,7 +58,11 @@ class SimSummary(BaseModel):
 
 
 def new_engine(hw: Hardware, policy: PolicySpec, config: EngineConfig | None = None) -> SimEngine:
-    return SimEngine(config or EngineConfig(), hw.step_model(), hw.kv_tokens(), policy)
+    """An engine for ``hw``; the GPU's tile width goes to the engine unless the config sets one (RAD's tiling)."""
+    cfg = config or EngineConfig()
+    if cfg.tile_tokens is None:
+        cfg = cfg.model_copy(update={"tile_tokens": hw.gpu.tile_tokens})
+    return SimEngine(cfg, hw.step_model(), hw.kv_tokens(), policy)
 
 
 def summarize(engine: SimEngine, rate: float | None = None, seed: int | None = None) -> SimSummary:
