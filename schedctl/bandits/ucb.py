@@ -78,27 +78,19 @@ class UCB1(DiscreteBandit):
         self._sum[arm] += reward
 
 
-class DiscountedUCB(DiscreteBandit):
-    """Discounted UCB: counts and sums fade by ``discount`` per update."""
+class DiscountedUCB(UCB1):
+    """Discounted UCB: UCB1 whose counts and sums fade by ``discount`` per update."""
 
     name = "discounted_ucb"
-    params_model = DiscountedUCBParams
-    params: DiscountedUCBParams
-    _arm_stats = ("_n", "_sum")
-    _n: dict[Arm, float]
-    _sum: dict[Arm, float]
-
-    def _select(self) -> Arm:
-        n_total = sum(self._n.values())
-        return self._argmax(_ucb_scores(self._arms, self._n, self._sum, n_total, self.params.exploration))
+    params_model = DiscountedUCBParams  # type: ignore[assignment]
+    params: DiscountedUCBParams  # type: ignore[assignment]
 
     def _update(self, arm: Arm, reward: float) -> None:
         g = self.params.discount
         for a in self._arms:
             self._n[a] *= g
             self._sum[a] *= g
-        self._n[arm] += 1.0
-        self._sum[arm] += reward
+        super()._update(arm, reward)
 
 
 class SlidingWindowUCB(DiscreteBandit):

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from schedctl.bench.sweep import pool_map
+from schedctl.bench.sweep import RunSpec, pool_map
 from schedctl.policies.spec import PolicySpec, policy_label
 from schedctl.sim.engine import EngineConfig
 from schedctl.sim.run import Hardware, simulate
@@ -58,19 +58,9 @@ class CapacitySLO(BaseModel):
         return {"strict": self.tbt_strict_s, "relaxed": self.tbt_relaxed_s}.get(slo_class, self.tbt_default_s)
 
 
-class CapacityRun(BaseModel):
-    """Everything one run at one rate needs (picklable, for a worker process)."""
+class CapacityRun(RunSpec):
+    """One run at one rate, and the quantiles its figures are taken at (picklable, for a worker process)."""
 
-    model_config = ConfigDict(frozen=True)
-
-    workload: WorkloadSpec
-    arrival: str = "poisson"
-    rate: float
-    num_requests: int
-    seed: int
-    policy: PolicySpec
-    hardware: Hardware
-    engine: EngineConfig
     ttft_quantile: float
     tbt_quantile: float
 
