@@ -74,3 +74,29 @@ def test_slai_needs_deadline_settings() -> None:
         ControllerParams(initial_policy=SLAI, guard={"safe_policy": "slai"})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="family"):
         ControllerParams(initial_policy=SLAI, deadline=params().deadline)  # safe policy klpm:4: wrong family
+
+
+def test_end_to_end_on_the_embedded_engine_the_engine_runs_the_tuned_theta() -> None:
+    from schedctl.controller.service import Service
+    from schedctl.engine_adapter.sim import SimAdapter
+    from schedctl.sim.profiles import load_gpu, load_model
+    from schedctl.sim.run import Hardware, new_engine
+    from schedctl.workloads.registry import make_requests
+
+    hw = Hardware(gpu=load_gpu("h100-sxm"), model=load_model("llama-3.1-8b"))
+
+    def run(target_s: float) -> list[float]:
+        ad = SimAdapter(new_engine(hw, SLAI), make_requests("sharegpt", 40.0, duration_s=60, seed=0), 10.0)
+        c = Controller(ControllerParams(initial_policy=SLAI, guard={"safe_policy": "slai"},  # type: ignore[arg-type]
+                                        deadline=DeadlineParams(tuner=DeadlineTunerParams(tbt_p99_target_s=target_s))))
+        svc = Service(c, ad, clock=lambda: ad.now_s)
+        thetas = []
+        for _ in range(5):
+            d = svc.tick()
+            assert d.applied or not d.push
+            assert ad.engine.policy == d.policy  # what the controller decided is what the engine runs
+            thetas.append(d.policy.theta_low)
+        return thetas
+
+    tight, loose = run(0.001), run(10.0)
+    assert tight[-1] > SLAI.theta_low and loose[-1] < SLAI.theta_low

@@ -13,7 +13,7 @@ from schedctl.policies.spec import parse_policy
 from schedctl.settings import load_settings
 from schedctl.sim.profiles import config_dir
 
-SHIPPED = ["sidecar.sim.toml", "sidecar.sglang.toml"]
+SHIPPED = ["sidecar.sim.toml", "sidecar.sglang.toml", "sidecar.slai.toml"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)

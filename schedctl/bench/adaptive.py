@@ -16,12 +16,12 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from schedctl.bench.scenarios import Scenario, scenario_requests
+from schedctl.bench.sweep import pool_map
 from schedctl.controller.core import Controller, ControllerParams
 from schedctl.controller.decision import Decision
 from schedctl.controller.ktuner import spec_for
@@ -138,23 +138,9 @@ def static_policies(params: ControllerParams) -> list[str]:
     return [policy_label(spec_for(k)) for k in params.tuner.arms]
 
 
-def run_jobs(jobs: Sequence[RunJob], workers: int, on_done: Callable[[RunResult], None] | None = None
-             ) -> list[RunResult]:
-    if workers <= 1 or len(jobs) <= 1:
-        results = []
-        for j in jobs:
-            results.append(run_job(j))
-            if on_done:
-                on_done(results[-1])
-        return results
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(run_job, j) for j in jobs]
-        results = []
-        for f in futures:
-            results.append(f.result())
-            if on_done:
-                on_done(results[-1])
-        return results
+def run_jobs(jobs: Sequence[RunJob], workers: int, on_done: Callable[[], None] | None = None) -> list[RunResult]:
+    """Every job, in a pool of ``workers`` processes (bench.sweep.pool_map); results in the order of ``jobs``."""
+    return pool_map(run_job, jobs, workers, on_done)
 
 
 def summarize(scenarios: Sequence[Scenario], results: Sequence[RunResult], statics: Sequence[str]) -> list[BenchRow]:

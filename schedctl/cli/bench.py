@@ -76,7 +76,7 @@ def adaptive_cmd(
     with Progress(TextColumn("bench adaptive"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=Console(stderr=True), disable=not show, transient=True) as progress:
         task = progress.add_task("runs", total=len(run))
-        results = run_jobs(run, jobs, on_done=lambda _r: progress.advance(task))
+        results = run_jobs(run, jobs, on_done=lambda: progress.advance(task))
     rows = summarize([known[n] for n in names], results, statics)
     if as_json:
         common.print_json(rows)

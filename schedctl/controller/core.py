@@ -32,7 +32,8 @@ from schedctl.controller.guard import Guard, GuardParams
 from schedctl.controller.ktuner import KTuner, KTunerParams, arm_label, k_of, spec_for
 from schedctl.controller.objective import ObjectiveParams, Score, evaluate
 from schedctl.engine_adapter.base import Observation
-from schedctl.policies.spec import PolicySpec, parse_policy, policy_label
+from schedctl.policies.slai import with_tbt_slack, with_theta
+from schedctl.policies.spec import PolicySpec, SLAISpec, parse_policy, policy_label
 
 
 class DeadlineParams(BaseModel):
@@ -69,7 +70,7 @@ class ControllerParams(BaseModel):
                              "between queue-ordering and token-budget policies while requests are in flight)")
         if not k_mode and self.initial_policy.kind == "slai" and self.deadline is None:
             raise ValueError("an slai initial policy needs a [deadline] table (the DeadlineTuner's parameters)")
-        if not k_mode and self.initial_policy.kind != "slai":
+        if not k_mode and not isinstance(self.initial_policy, SLAISpec):
             raise ValueError(f"nothing tunes a {self.initial_policy.kind} policy: start from fcfs/klpm/lpm or slai")
         return self
 
@@ -81,15 +82,15 @@ def unavailable(start_s: float, end_s: float, reason: str, active: PolicySpec | 
 
 
 def _knob_of(spec: PolicySpec, knob: str) -> float | None:
-    value = getattr(spec, "theta_low" if knob == "theta" else knob, None)
-    return float(value) if isinstance(value, int | float) else None
+    if not isinstance(spec, SLAISpec):
+        return None
+    return float(spec.theta_low if knob == "theta" else spec.tbt_slack_s)
 
 
 def _with_knob(spec: PolicySpec, knob: str, value: float) -> PolicySpec:
-    if knob == "theta":
-        gap = float(getattr(spec, "theta_high", value)) - float(getattr(spec, "theta_low", value))
-        return spec.model_copy(update={"theta_low": value, "theta_high": value + max(gap, 0.0)})
-    return spec.model_copy(update={knob: value})
+    """The SLAI spec with the knob set (validated by policies/slai.py; Θ above the memory limit keeps its gap)."""
+    assert isinstance(spec, SLAISpec)
+    return with_theta(spec, value) if knob == "theta" else with_tbt_slack(spec, value)
 
 
 def _window(obs: Observation, score: Score) -> WindowSummary:
