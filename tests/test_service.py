@@ -149,3 +149,23 @@ def test_realtime_driver_ticks_on_apscheduler_until_stopped() -> None:
     t.join(timeout=20)
     assert not t.is_alive()
     assert seen[:3] == [1, 2, 3]
+
+
+def test_sidecar_against_an_unreachable_sglang_server_holds_falls_back_and_exits_cleanly(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from schedctl.sim.profiles import config_dir
+
+    env = {**os.environ, "SCHEDCTL_SERVICE__TICK_INTERVAL_S": "0.2", "SCHEDCTL_ENGINE__SGLANG__RETRIES": "0",
+           "SCHEDCTL_ENGINE__SGLANG__BASE_URL": "http://127.0.0.1:9", "SCHEDCTL_API__ENABLED": "false",
+           "SCHEDCTL_LOG__PATH": str(tmp_path / "log.jsonl"), "SCHEDCTL_SERVICE__MODE": "active"}
+    out = subprocess.run([sys.executable, "-c", "from schedctl.cli import main; main()", "run", "--config",
+                          str(config_dir() / "sidecar.sglang.toml"), "--ticks", "4"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    back, torn = read_decisions(tmp_path / "log.jsonl")
+    assert [d.reason for d in back] == ["guard", "guard", "fallback", "fallback"] and torn == 0
+    assert all(d.window.stale and not d.applied for d in back)
+    assert all(d.apply_error for d in back[2:])  # the safe policy was pushed, and the push failed
