@@ -67,16 +67,24 @@ class Display:
         last = self.rows[-1] if self.rows else None
         head = f"[bold]{self.title}[/]"
         if last is not None:
-            head += (f"  tick {last.tick_id}  t={last.time_s:.0f} s  policy [bold magenta]{last.policy_label}[/]"
-                     f"  mode {last.mode}")
+            phase = _phase(self.scenario, last.time_s) if self.scenario else ""
+            head += (f"\ntick {last.tick_id}  t={last.time_s:.0f} s  {phase}  policy [bold magenta]"
+                     f"{last.policy_label}[/]  mode {last.mode}")
+        wide = self.console.width >= 140
+        cols = ["t (s)", "phase", "req/s", "queue", "hit", "policy", "reason", "P99 TTFT (s)", "reward", "detail"]
+        if not wide:
+            cols = ["t (s)", "req/s", "queue", "policy", "reason", "P99 TTFT (s)", "reward"]
         t = Table(header_style="bold", expand=False)
-        for c in ("t (s)", "phase", "req/s", "queue", "hit", "policy", "reason", "P99 TTFT (s)", "reward", "detail"):
-            t.add_column(c, justify="left" if c in ("phase", "policy", "reason", "detail") else "right")
+        for c in cols:
+            t.add_column(c, justify="left" if c in ("phase", "policy", "reason", "detail") else "right",
+                         no_wrap=True, overflow="ellipsis", max_width={"detail": 48, "policy": 32}.get(c, 18))
         for d in self.rows:
             w = d.window
-            t.add_row(f"{d.time_s:.0f}", _phase(self.scenario, d.time_s) if self.scenario else "",
-                      f"{w.arrival_rate_rps:.1f}", str(w.queue_len), _fmt_s(w.cache_hit_rate), d.policy_label,
-                      d.reason, _fmt_s(w.ttft_p99_s), _fmt_s(d.learner.reward), d.detail[:48])
+            cells = {"t (s)": f"{d.time_s:.0f}", "phase": _phase(self.scenario, d.time_s) if self.scenario else "",
+                     "req/s": f"{w.arrival_rate_rps:.1f}", "queue": str(w.queue_len),
+                     "hit": _fmt_s(w.cache_hit_rate), "policy": d.policy_label, "reason": d.reason,
+                     "P99 TTFT (s)": _fmt_s(w.ttft_p99_s), "reward": _fmt_s(d.learner.reward), "detail": d.detail}
+            t.add_row(*[cells[c] for c in cols])
         return Group(head, t)
 
     def __call__(self, d: Decision) -> None:
