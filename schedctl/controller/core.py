@@ -126,7 +126,6 @@ class Controller:
         self.target: PolicySpec = p.initial_policy  # what the controller wants the engine to run
         self.guard.last_good = p.initial_policy
         self.force_push = True  # nothing pushed yet
-        self._contexts_decided: set[str] = set()  # load contexts in which the learner has proposed
         self.last_end_s: float | None = None
 
     # -- operator controls (the shell serialises them with step) ---------------------------------------------------
@@ -199,6 +198,8 @@ class Controller:
             knob = _knob_of(chosen, self.params.deadline.knob) if self.params.deadline else None
             if knob is not None:
                 self.deadline.track(knob)  # a guard or the operator set it: continue from there
+        if chosen != previous and reason not in ("explore", "rollback"):
+            g.trust(chosen)
         self.target = chosen
         if context is None:
             context = self.ktuner.context_label(obs) if fresh and not self.deadline_mode else None
@@ -244,12 +245,11 @@ class Controller:
         target, note = prop.arm, ""
         leader = kt.best_arm(prop.context, prefer=cur_k)
         home = k_of(self.params.initial_policy)
-        first_here = prop.context not in self._contexts_decided
-        self._contexts_decided.add(prop.context)
-        if first_here and home in kt.arms and g.params.local_exploration:
-            # a load context with no evidence yet: start from the operator's initial policy, not from wherever
-            # the last context left us (its best arm says nothing about this one)
+        if g.params.local_exploration and home in kt.arms and kt.estimate(prop.context, home) is None:
+            # a load context where the operator's initial policy has not run yet: start from it, not from wherever
+            # the last context left us (what was best there says nothing about this one)
             target, note = home, "new load context: from the initial policy; "
+            leader = home
         elif g.params.local_exploration and leader is not None and prop.arm != leader:
             # unimodal in k: explore only the leader's neighbour on the proposal's side, and only while it
             # lacks data; otherwise go (or stay) with the leader
@@ -261,9 +261,9 @@ class Controller:
         kind: Reason = "exploit" if target == leader else "explore"
         if target == cur_k:
             return current, kind, note + "stay", label
-        met = score.tail_s is not None and score.tail_s <= self.params.objective.ttft_target_s
-        if kind == "explore" and met and not g.params.explore_when_slo_met:
-            return current, "guard", note + f"SLO met: no exploration of {arm_label(target)}", label
+        missed = score.tail_s is not None and score.tail_s > self.params.objective.ttft_target_s
+        if kind == "explore" and not missed and not g.params.explore_when_slo_met:
+            return current, "guard", note + f"SLO not missed: no exploration of {arm_label(target)}", label
         est_new, est_cur = kt.estimate(prop.context, target), kt.estimate(prop.context, cur_k)
         exploring = est_new is None or est_new.count < g.params.explore_min_samples
         if (not exploring and est_cur is not None and est_new is not None
