@@ -22,11 +22,12 @@ class Engine:
 
     def __init__(self, tail_of: Any, start: PolicySpec = K4) -> None:
         self.tail_of, self.running, self.t = tail_of, start, 0.0
+        self.rate_rps = 10.0
 
     def window(self, queue: int = 20) -> Observation:
         start, self.t = self.t, self.t + 10.0
         tail = self.tail_of(self.running, self.t)
-        return Observation(start_s=start, end_s=self.t, arrivals=100, completions=100,
+        return Observation(start_s=start, end_s=self.t, arrivals=int(self.rate_rps * 10), completions=100,
                            ttft=LatencyDist(samples_s=[0.5] * 98 + [tail] * 2), queue_len=queue,
                            cache_hit_rate=0.5, active_policy=self.running)
 
@@ -168,6 +169,46 @@ def test_hysteresis_keeps_near_equal_arms_from_flapping() -> None:
         return sum(eng.tick(c, eng.window()).changed for _ in range(120))
 
     assert changes(0.1) < changes(0.0) / 2
+
+
+def test_a_move_back_to_the_best_known_arm_is_not_rolled_back_when_the_load_rises() -> None:
+    # klpm:2 is explored, is a little worse (not a regression) and so becomes the reference; the controller goes
+    # back to klpm:4; then the load rises and every tail grows: that must not send it back to klpm:2
+    base = {2: 5.0, 4: 4.0}
+
+    def tail(p: PolicySpec, t: float) -> float:
+        return base[spec_k(p)] * (1.0 if t <= 150 else 2.0 ** ((t - 150) / 10))
+
+    eng = Engine(tail)
+    c = Controller(ControllerParams(tuner={"arms": [2, 4]}, guard={  # type: ignore[arg-type]
+        "min_dwell_ticks": 2, "settle_ticks": 0, "rollback_ticks": 2, "rollback_margin_fraction": 0.5,
+        "safe_policy": "klpm:4"}))
+    decisions = [eng.tick(c, eng.window()) for _ in range(40)]
+    assert any(d.policy == K2 for d in decisions[:10])  # it did explore klpm:2
+    assert decisions[-1].policy == K4
+    assert not [d for d in decisions if d.reason == "rollback"]
+
+
+def test_a_new_load_context_starts_from_the_initial_policy() -> None:
+    # at light load klpm:2 is best and the controller goes there; at heavy load FCFS is terrible. Entering the
+    # heavy context, the controller heads back to the initial policy first instead of exploring around klpm:2.
+    def tail(p: PolicySpec, t: float) -> float:
+        k = spec_k(p)
+        if t <= 300:
+            return {1: 4.0, 2: 3.0, 4: 5.0, 8: 7.0, "inf": 9.0}[k]
+        return {1: 400.0}.get(k, 8.0)
+
+    for seed in range(6):
+        eng = Engine(tail)
+        eng.rate_rps = 3.0
+        c = Controller(ControllerParams(tuner={"seed": seed}, guard={  # type: ignore[arg-type]
+            "min_dwell_ticks": 2, "settle_ticks": 0, "rollback_ticks": 99}))
+        light = [eng.tick(c, eng.window()) for _ in range(30)]
+        assert light[-1].policy == K2
+        eng.rate_rps = 30.0  # a new load context
+        heavy = [eng.tick(c, eng.window()) for _ in range(12)]
+        assert all(spec_k(d.policy) != 1 for d in heavy)
+        assert any(d.policy == K4 for d in heavy[:4])
 
 
 @pytest.mark.parametrize("k", [1, 2, 8, "inf"])
