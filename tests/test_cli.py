@@ -125,3 +125,14 @@ def test_atomic_writer_leaves_nothing_when_the_body_fails(tmp_path: Path):
         raise RuntimeError("interrupted")
     assert dest.read_text() == "before"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_sglang_serve_dry_run_enables_the_plugin_metrics_and_request_export(tmp_path: Path):
+    proc = schedctl("sglang", "serve", "--dry-run", "--request-metrics-dir", str(tmp_path / "m"), "--",
+                    "--model-path", "some/model", "--port", "30001")
+    assert proc.returncode == 0, proc.stderr
+    line = proc.stdout.strip()
+    assert line.startswith("SGLANG_PLUGINS=schedctl ") and "-m sglang.launch_server" in line
+    for flag in ("--model-path some/model", "--port 30001", "--enable-metrics", "--export-metrics-to-file",
+                 f"--export-metrics-to-file-dir {tmp_path / 'm'}", "--schedule-policy lpm"):
+        assert flag in line
