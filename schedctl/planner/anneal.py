@@ -9,8 +9,11 @@ from the smallest fleet (one replica of the cheapest type — what an operator h
 ``start="random"``, a random plan):
 
 * propose a neighbour of the current plan (``PlanSpace.neighbour``: ±1 replica, swap a type, change the policy);
-* score it (memoised: a plan seen before costs no evaluation) and accept it by the Metropolis rule on the energy
-  ``Objective.energy`` (cost + λ × penalty, $/h): always if not worse, else with probability exp(-ΔE / T);
+* accept it by the Metropolis rule on the energy ``Objective.energy`` (cost + λ × penalty, $/h): draw u, accept
+  iff energy <= current energy − T·ln(u) (always if not worse, else with probability exp(−ΔE / T)). Scoring is
+  memoised (a plan seen before costs no evaluation) and lazy: the energy is at least the cost, so a candidate
+  whose cost alone is above the threshold is rejected without simulating it — unless it could still rank above
+  the best plan (``Objective.could_beat``). The walk is the same as with every candidate simulated;
 * keep the best plan by ``Objective.rank`` (feasible before infeasible in constraint mode);
 * cool geometrically, T ← T × ``cooling`` per proposal, from T0 = ``initial_temperature_usd_per_hour`` (default:
   the mean price of the GPU types, so adding a replica of average price is at first accepted with probability
@@ -18,7 +21,8 @@ from the smallest fleet (one replica of the cheapest type — what an operator h
 * reheat — T ← T0 × ``reheat_temperature_ratio`` and go back to the best plan — when T falls below
   T0 × ``min_temperature_ratio`` or after ``reheat_after_steps`` proposals without a new best;
 * stop at the evaluation budget, the time budget, the proposal limit, when every plan has been evaluated, or
-  when ``max_idle_steps`` proposals in a row found only plans already evaluated (converged).
+  when ``max_idle_steps`` proposals in a row evaluated nothing new (converged). Proposals are cheap next to a
+  simulation, so patience is long.
 
 :func:`reanneal` starts from the current plan (projected into the space, in case the offerings changed) instead
 of the smallest fleet: after a change of workload it is usually a few moves from the new best plan. The same
@@ -52,13 +56,14 @@ class AnnealConfig(BaseModel):
         "smallest", description="where a search from scratch starts: the smallest fleet, or a random plan")
     max_evaluations: int | None = Field(150, ge=1, description="distinct plans to simulate at most")
     max_time_s: float | None = Field(None, gt=0, description="wall-clock budget (a run cut by it is not reproducible)")
-    max_steps: int = Field(20_000, ge=1, description="proposals at most (memoised ones are free)")
-    max_idle_steps: int = Field(1_000, ge=1, description="stop after this many proposals in a row of known plans")
+    max_steps: int = Field(100_000, ge=1, description="proposals at most (memoised ones are free)")
+    max_idle_steps: int = Field(10_000, ge=1, description="stop after this many proposals in a row evaluate nothing")
     initial_temperature_usd_per_hour: float | None = Field(None, gt=0, description="T0; None: the mean GPU price")
     cooling: float = Field(0.9, gt=0, lt=1, description="T is multiplied by this after every proposal")
     min_temperature_ratio: float = Field(0.01, gt=0, lt=1, description="reheat when T < T0 × this")
     reheat_after_steps: int = Field(30, ge=1, description="reheat after this many proposals without a new best")
     reheat_temperature_ratio: float = Field(0.5, gt=0, le=1, description="a reheat sets T = T0 × this")
+    lazy: bool = Field(True, description="reject unsimulated a candidate whose cost alone fails the Metropolis test")
     runners_up: int = Field(5, ge=0)
 
 
@@ -133,16 +138,24 @@ def anneal(
                 break
             candidate_plan = space.neighbour(current_plan, rng)
             steps += 1
-            known = len(memo.visited)
-            candidate = memo(candidate_plan)
-            idle = idle + 1 if len(memo.visited) == known else 0
-            delta = objective.energy(candidate) - objective.energy(current)
-            if delta <= 0 or rng.random() < math.exp(-delta / temperature):
-                current_plan, current = candidate_plan, candidate
-            if objective.rank(candidate) < objective.rank(best):
-                best, since_best = candidate, 0
-            else:
+            # Metropolis: accept iff energy <= threshold. The energy is at least the cost, so a candidate whose
+            # cost alone passes the threshold is rejected unsimulated — unless it could still be the best plan.
+            threshold = objective.energy(current) - temperature * math.log(1.0 - rng.random())
+            cost = space.cost_usd_per_hour(candidate_plan)
+            if config.lazy and cost > threshold and not objective.could_beat(cost, best) \
+                    and candidate_plan not in memo.scores:
                 since_best += 1
+                idle += 1
+            else:
+                known = len(memo.visited)
+                candidate = memo(candidate_plan)
+                idle = idle + 1 if len(memo.visited) == known else 0
+                if objective.energy(candidate) <= threshold:
+                    current_plan, current = candidate_plan, candidate
+                if objective.rank(candidate) < objective.rank(best):
+                    best, since_best = candidate, 0
+                else:
+                    since_best += 1
             temperature *= config.cooling
             if temperature < t0 * config.min_temperature_ratio or since_best >= config.reheat_after_steps:
                 temperature = t0 * config.reheat_temperature_ratio

@@ -84,6 +84,12 @@ class Objective(BaseModel):
     def energy(self, score: PlanScore) -> float:
         return score.cost_usd_per_hour + self.penalty_usd_per_hour * self.penalty(score)
 
+    def could_beat(self, cost_usd_per_hour: float, best: PlanScore) -> bool:
+        """Whether a plan of this cost could rank above ``best``, whatever its SLO figures."""
+        if self.mode == "penalty":
+            return cost_usd_per_hour < self.energy(best)
+        return not best.feasible or cost_usd_per_hour <= best.cost_usd_per_hour
+
     def rank(self, score: PlanScore) -> tuple[float, float, float, str]:
         """Sort key, smaller is better; the plan's label breaks the last ties so the best plan is unique."""
         label = score.plan.label()

@@ -171,44 +171,44 @@ class PlanSpace(BaseModel):
 
     def neighbours(self, plan: Plan) -> list[Plan]:
         """Every plan one move away from ``plan``, in a fixed order (add, remove, swap, policy)."""
-        return [option for _kind, option in self._moves(plan)]
-
-    def _moves(self, plan: Plan) -> Iterator[tuple[str, Plan]]:
-        counts = self.counts(plan)
-        limits = self.limits
-
-        def moved(i: int, di: int, j: int | None = None) -> Plan:
-            new = list(counts)
-            new[i] += di
-            if j is not None:
-                new[j] -= di
-            return self.make(new, plan.policy)
-
-        for i in range(len(counts)):
-            if counts[i] < limits[i]:
-                yield "add", moved(i, 1)
-        if sum(counts) >= 2:
-            for i in range(len(counts)):
-                if counts[i] > 0:
-                    yield "remove", moved(i, -1)
-        for i in range(len(counts)):
-            for j in range(len(counts)):
-                if i != j and counts[i] > 0 and counts[j] < limits[j]:
-                    yield "swap", moved(j, 1, i)
-        for policy in self.policies:
-            if policy != plan.policy:
-                yield "policy", self.make(counts, policy)
+        return [self._apply(plan, kind, arg) for kind, args in self._moves(plan).items() for arg in args]
 
     def neighbour(self, plan: Plan, rng: np.random.Generator) -> Plan:
         """One random move from ``plan``: a kind of move uniformly among those ``plan`` allows, then one move of
         that kind uniformly (so the few policy moves are not swamped by the many swaps)."""
-        kinds: dict[str, list[Plan]] = {}
-        for kind, option in self._moves(plan):
-            kinds.setdefault(kind, []).append(option)
-        if not kinds:
+        moves = self._moves(plan)
+        if not moves:
             return plan  # a one-plan space
-        options = list(kinds.values())[int(rng.integers(len(kinds)))]
-        return options[int(rng.integers(len(options)))]
+        kind = list(moves)[int(rng.integers(len(moves)))]
+        args = moves[kind]
+        return self._apply(plan, kind, args[int(rng.integers(len(args)))])
+
+    def _moves(self, plan: Plan) -> dict[str, list[tuple[int, int]]]:
+        """The moves ``plan`` allows, by kind: (type index, -) to add or remove, (from, to) to swap, (policy, -)."""
+        counts = self.counts(plan)
+        limits = self.limits
+        n = len(counts)
+        moves = {
+            "add": [(i, 0) for i in range(n) if counts[i] < limits[i]],
+            "remove": [(i, 0) for i in range(n) if counts[i] > 0] if sum(counts) >= 2 else [],
+            "swap": [(i, j) for i in range(n) for j in range(n) if i != j and counts[i] > 0 and counts[j] < limits[j]],
+            "policy": [(k, 0) for k, p in enumerate(self.policies) if p != plan.policy],
+        }
+        return {kind: args for kind, args in moves.items() if args}
+
+    def _apply(self, plan: Plan, kind: str, arg: tuple[int, int]) -> Plan:
+        counts = self.counts(plan)
+        i, j = arg
+        if kind == "policy":
+            return self.make(counts, self.policies[i])
+        if kind == "add":
+            counts[i] += 1
+        elif kind == "remove":
+            counts[i] -= 1
+        else:
+            counts[i] -= 1
+            counts[j] += 1
+        return self.make(counts, plan.policy)
 
 
 # -- from a catalog file -----------------------------------------------------------------------------------------
