@@ -107,7 +107,7 @@ class SearchResult(BaseModel):
     objective: Objective
     best: PlanScore  # the best plan; when no visited plan is feasible, the closest one
     feasible: bool  # whether ``best`` meets the SLO
-    runners_up: list[PlanScore]
+    runners_up: list[PlanScore]  # the next best fleets, one plan each
     visited: list[PlanScore]
     evaluations: int  # distinct plans simulated
     evaluations_to_best: int  # evaluations made when ``best`` was first evaluated
@@ -124,15 +124,23 @@ class SearchResult(BaseModel):
 def search_result(
     method: str, objective: Objective, visited: Sequence[PlanScore], runners_up: int = 5, **extra: object
 ) -> SearchResult:
-    """Rank the visited plans: the best, the next ``runners_up``, and when the best and a feasible plan appeared."""
+    """Rank the visited plans: the best; the runners-up, the next best fleets (each under its best policy: the same
+    fleet under another policy is no alternative to show an operator); when the best and a feasible plan appeared."""
     if not visited:
         raise ValueError("a search must evaluate at least one plan")
     order = sorted(range(len(visited)), key=lambda i: objective.rank(visited[i]))
     best = visited[order[0]]
     first_feasible = next((i + 1 for i, s in enumerate(visited) if s.feasible), None)
+    fleets = {tuple(best.plan.replicas.items())}
+    others: list[PlanScore] = []
+    for i in order[1:]:
+        fleet = tuple(visited[i].plan.replicas.items())
+        if len(others) < runners_up and fleet not in fleets:
+            fleets.add(fleet)
+            others.append(visited[i])
     return SearchResult(
-        method=method, objective=objective, best=best, feasible=best.feasible,
-        runners_up=[visited[i] for i in order[1 : 1 + runners_up]], visited=list(visited),
+        method=method, objective=objective, best=best, feasible=best.feasible, runners_up=others,
+        visited=list(visited),
         evaluations=len(visited), evaluations_to_best=order[0] + 1, evaluations_to_feasible=first_feasible,
         **extra,
     )
