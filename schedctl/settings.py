@@ -10,8 +10,9 @@ file and in ``SCHEDCTL_*`` variables that name a field's table. A bad file stops
 
 Tables: ``[slo]`` targets, ``[objective]`` how a window becomes a reward, ``[tuner]`` the k arms and the
 learner, ``[guard]`` the guard rules, ``[deadline]`` the SLAI DeadlineTuner (only with an slai initial policy),
-``[engine]`` which adapter and its address, ``[service]`` tick interval and mode, ``[log]`` the decision log,
-``[api]`` the HTTP API. Shipped examples: ``config/sidecar.sim.toml``, ``config/sidecar.sglang.toml``.
+``[whatif]`` the what-if replay (off by default; controller/whatif.py), ``[engine]`` which adapter and its
+address, ``[service]`` tick interval and mode, ``[log]`` the decision log, ``[api]`` the HTTP API. Shipped
+examples: ``config/sidecar.sim.toml``, ``config/sidecar.sglang.toml``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from schedctl.controller.deadline import DeadlineTunerParams
 from schedctl.controller.guard import GuardParams
 from schedctl.controller.ktuner import KTuner, KTunerParams
 from schedctl.controller.objective import ObjectiveParams
+from schedctl.controller.whatif import WhatIfParams
 from schedctl.files import InputFileError, read_toml, validation_message
 from schedctl.policies.spec import KValue, PolicySpec, parse_policy
 
@@ -164,6 +166,7 @@ class Settings(BaseSettings):
     tuner: TunerSettings = Field(default_factory=TunerSettings)
     guard: GuardParams = Field(default_factory=GuardParams)
     deadline: DeadlineSettings | None = None
+    whatif: WhatIfParams = Field(default_factory=WhatIfParams)
     engine: EngineSettings = Field(default_factory=EngineSettings)
     service: ServiceSettings = Field(default_factory=ServiceSettings)
     log: LogSettings = Field(default_factory=LogSettings)
@@ -197,7 +200,7 @@ class Settings(BaseSettings):
                                       **self.objective.model_dump()),
             tuner=KTunerParams(arms=tuner.arms, learner=tuner.learner, learner_params=tuner.learner_params,
                                seed=tuner.seed, estimate_weight=tuner.estimate_weight),
-            guard=self.guard, deadline=deadline,
+            guard=self.guard, deadline=deadline, whatif=self.whatif,
         )
 
     def initial_policy(self) -> PolicySpec:

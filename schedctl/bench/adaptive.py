@@ -9,6 +9,10 @@ then counts with the wait it has had so far, a lower bound of its TTFT).
 Per scenario and seed the figure is the P99 TTFT over all requests of the run; per scenario the figures are the
 mean over seeds. Ratios: adaptive / best static k in hindsight (the static arm with the lowest mean P99 of that
 scenario), and adaptive (or any policy) / FCFS and / LPM.
+
+``adaptive+whatif`` is the adaptive controller with the what-if replay on (``[whatif]``, controller/whatif.py;
+the embedded engine's replayer, engine_adapter/replay.py), so one table can hold the controller with and without
+it; its runs also report the wall time of a tick's replays.
 """
 
 from __future__ import annotations
@@ -26,12 +30,15 @@ from schedctl.controller.core import Controller, ControllerParams
 from schedctl.controller.decision import Decision
 from schedctl.controller.ktuner import spec_for
 from schedctl.controller.service import Service
+from schedctl.engine_adapter.replay import SimReplayer
 from schedctl.engine_adapter.sim import SimAdapter
 from schedctl.policies.spec import parse_policy, policy_label
 from schedctl.sim.engine import EngineConfig
 from schedctl.sim.run import Hardware, new_engine
 
 ADAPTIVE = "adaptive"
+ADAPTIVE_WHATIF = "adaptive+whatif"
+ADAPTIVES = (ADAPTIVE, ADAPTIVE_WHATIF)
 
 
 class RunJob(BaseModel):
@@ -41,7 +48,7 @@ class RunJob(BaseModel):
 
     scenario: Scenario
     seed: int
-    policy: str  # "adaptive" or a static policy label
+    policy: str  # "adaptive", "adaptive+whatif" or a static policy label
     controller: ControllerParams
     hardware: Hardware
     engine: EngineConfig = EngineConfig()
@@ -86,25 +93,33 @@ class RunResult(BaseModel):
     changes: int  # ticks whose decision changed the policy
     reasons: dict[str, int]
     timeline: list[TickPoint] = []
+    replay_ms_p50: float | None = None  # wall time of one tick's what-if replays (adaptive+whatif runs)
+    replay_ms_p99: float | None = None
 
 
 def run_job(job: RunJob) -> RunResult:
-    static = job.policy != ADAPTIVE
+    static = job.policy not in ADAPTIVES
     params = job.controller
     if static:
         params = params.model_copy(update={"initial_policy": parse_policy(job.policy)})
+    if job.policy == ADAPTIVE_WHATIF:
+        params = params.model_copy(update={"whatif": params.whatif.model_copy(update={"enabled": True})})
     engine = new_engine(job.hardware, params.initial_policy, job.engine)
     adapter = SimAdapter(engine, scenario_requests(job.scenario, job.seed), job.tick_interval_s, keep_ttfts=True)
     controller = Controller(params, run_id=f"{job.scenario.name}-{job.seed}-{job.policy}")
     if static:
         controller.pin(params.initial_policy)
-    service = Service(controller, adapter, log=None, clock=lambda: adapter.now_s)
+    replayer = SimReplayer(adapter, params.whatif.horizon_windows) if params.whatif.enabled and not static else None
+    service = Service(controller, adapter, log=None, clock=lambda: adapter.now_s, replayer=replayer)
     end_s = job.scenario.duration_s + job.drain_limit_s
     reasons: dict[str, int] = {}
     changes = 0
     timeline: list[TickPoint] = []
+    replay_ms: list[float] = []
     while not adapter.done() and adapter.now_s < end_s:
         d = service.tick()
+        if d.whatif is not None:
+            replay_ms.append(d.whatif.wall_ms)
         reasons[d.reason] = reasons.get(d.reason, 0) + 1
         changes += d.changed
         if job.keep_timeline:
@@ -116,6 +131,8 @@ def run_job(job: RunJob) -> RunResult:
         unserved=unserved, ttft_p50_s=float(np.quantile(allv, 0.5)) if allv.size else math.nan,
         ttft_p99_s=float(np.quantile(allv, 0.99)) if allv.size else math.nan, ticks=service.controller.tick,
         changes=changes, reasons=reasons, timeline=timeline,
+        replay_ms_p50=float(np.quantile(replay_ms, 0.5)) if replay_ms else None,
+        replay_ms_p99=float(np.quantile(replay_ms, 0.99)) if replay_ms else None,
     )
 
 
@@ -132,6 +149,7 @@ class BenchRow(BaseModel):
     ratio_to_lpm: float
     best_static: str
     changes: float = 0.0
+    replay_ms_p50: float | None = None  # adaptive+whatif: median wall time of a tick's replays (mean over seeds)
 
 
 def static_policies(params: ControllerParams) -> list[str]:
@@ -152,7 +170,7 @@ def summarize(scenarios: Sequence[Scenario], results: Sequence[RunResult], stati
                 per.setdefault(r.policy, []).append(r)
         mean = {p: float(np.mean([r.ttft_p99_s for r in rs])) for p, rs in per.items()}
         best = min((p for p in statics if p in mean), key=lambda p: mean[p])
-        for p in [ADAPTIVE, *statics]:
+        for p in [*ADAPTIVES, *statics]:
             if p not in mean:
                 continue
             rows.append(BenchRow(
@@ -160,8 +178,14 @@ def summarize(scenarios: Sequence[Scenario], results: Sequence[RunResult], stati
                 ratio_to_best_static=mean[p] / mean[best], ratio_to_fcfs=mean[p] / mean.get("fcfs", math.nan),
                 ratio_to_lpm=mean[p] / mean.get("lpm", math.nan), best_static=best,
                 changes=float(np.mean([r.changes for r in per[p]])),
+                replay_ms_p50=_mean_or_none([r.replay_ms_p50 for r in per[p]]),
             ))
     return rows
+
+
+def _mean_or_none(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return float(np.mean(known)) if known else None
 
 
 def default_workers() -> int:

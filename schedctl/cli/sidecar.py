@@ -34,8 +34,11 @@ from schedctl.cli.common import UsageError
 from schedctl.controller.decision import Decision
 from schedctl.controller.decision_log import read_decisions
 from schedctl.controller.service import Service, open_sidecar, run_realtime, run_simulated
+from schedctl.controller.whatif import Replayer
 from schedctl.engine_adapter.base import EngineAdapter
+from schedctl.engine_adapter.replay import SimReplayer
 from schedctl.engine_adapter.sim import SimAdapter
+from schedctl.files import InputFileError
 from schedctl.settings import Settings, load_settings
 from schedctl.sim.run import new_engine
 
@@ -105,7 +108,8 @@ def _stop_on_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def _open(settings: Settings, adapter: EngineAdapter, run_id: str, clock: Any) -> tuple[Service, Any]:
+def _open(settings: Settings, adapter: EngineAdapter, run_id: str, clock: Any,
+          replayer: Replayer | None = None) -> tuple[Service, Any]:
     api = settings.api
     try:
         return open_sidecar(
@@ -114,6 +118,7 @@ def _open(settings: Settings, adapter: EngineAdapter, run_id: str, clock: Any) -
             log_fsync=settings.log.fsync, keep_decisions=settings.service.keep_decisions,
             api=(api.host, api.port, api.token) if api.enabled else None,
             api_stale_after_s=3 * settings.service.tick_interval_s if settings.engine.adapter != "sim" else None,
+            replayer=replayer,
         )
     except OSError as exc:
         raise UsageError(f"cannot start the sidecar: {exc}") from None
@@ -150,7 +155,8 @@ def _run_sim(settings: Settings, fast: bool, max_ticks: int | None, plot: Path |
     adapter = SimAdapter(new_engine(hw, params.initial_policy, cfg), scenario_requests(scenario, sim.seed), tick_s,
                          keep_ttfts=True)
     run_id = f"{scenario.name}-s{sim.seed}-{uuid.uuid4().hex[:6]}"
-    service, server = _open(settings, adapter, run_id, clock=lambda: adapter.now_s)
+    replayer = SimReplayer(adapter, settings.whatif.horizon_windows) if settings.whatif.enabled else None
+    service, server = _open(settings, adapter, run_id, clock=lambda: adapter.now_s, replayer=replayer)
     expected_ticks = math.ceil(scenario.duration_s / tick_s)
     pace = 0.0 if fast else sim.demo_seconds / expected_ticks
     end_s = scenario.duration_s + DRAIN_LIMIT_S
@@ -236,6 +242,10 @@ def run_cmd(
 ) -> None:
     """Run the sidecar: tick, observe, decide, push, log — against the embedded engine or an SGLang server."""
     settings = load_settings(config)
+    if settings.whatif.enabled and settings.engine.adapter != "sim":
+        raise InputFileError(config, "whatif.enabled", "the what-if replay needs the embedded engine: SGLang's "
+                             "request export has no token ids, waiting queue or cache contents to replay from "
+                             "(engine_adapter/replay.py)")
     console = Console()
     if settings.engine.adapter == "sim":
         _run_sim(settings, fast, ticks, plot, compare, console)

@@ -14,6 +14,9 @@ Two tuning modes, chosen by the family of the initial policy:
 * deadline mode (slai): the DeadlineTuner moves SLAI's Θ (or its TBT slack) to hold P99 TBT at its target;
   the engine never switches family while requests are in flight, so the two modes never mix in one run.
 
+With the what-if replay on (``[whatif]``, off by default) the shell also passes ``step`` the counterfactual
+windows of this window's arms (``whatif.py``): a prior for the KTuner or a filter on its explorations.
+
 In both the guard's pin, hold and fallback come first (``guard.py``). ``push`` is set when the policy differs
 from what the engine runs, and also after an apply failed, the engine was unreachable, or the engine reported a
 policy other than ours (it restarted): then the chosen policy is pushed again.
@@ -31,9 +34,10 @@ from schedctl.controller.decision import Decision, LearnerSummary, Mode, Reason,
 from schedctl.controller.guard import Guard, GuardParams
 from schedctl.controller.ktuner import KTuner, KTunerParams, arm_label, k_of, spec_for
 from schedctl.controller.objective import ObjectiveParams, Score, evaluate
+from schedctl.controller.whatif import ReplayReport, WhatIf, WhatIfParams
 from schedctl.engine_adapter.base import Observation
 from schedctl.policies.slai import with_tbt_slack, with_theta
-from schedctl.policies.spec import PolicySpec, SLAISpec, parse_policy, policy_label
+from schedctl.policies.spec import KValue, PolicySpec, SLAISpec, parse_policy, policy_label
 
 
 class DeadlineParams(BaseModel):
@@ -56,6 +60,7 @@ class ControllerParams(BaseModel):
     tuner: KTunerParams = Field(default_factory=KTunerParams)
     guard: GuardParams = Field(default_factory=GuardParams)
     deadline: DeadlineParams | None = None
+    whatif: WhatIfParams = Field(default_factory=WhatIfParams)
 
     @field_validator("initial_policy", mode="before")
     @classmethod
@@ -72,6 +77,8 @@ class ControllerParams(BaseModel):
             raise ValueError("an slai initial policy needs a [deadline] table (the DeadlineTuner's parameters)")
         if not k_mode and not isinstance(self.initial_policy, SLAISpec):
             raise ValueError(f"nothing tunes a {self.initial_policy.kind} policy: start from fcfs/klpm/lpm or slai")
+        if isinstance(self.whatif.arms, list) and not set(self.whatif.arms) <= set(self.tuner.arms):
+            raise ValueError(f"whatif.arms {self.whatif.arms} must be among the tuner's arms {self.tuner.arms}")
         return self
 
 
@@ -127,6 +134,8 @@ class Controller:
         self.guard.last_good = p.initial_policy
         self.force_push = True  # nothing pushed yet
         self.last_end_s: float | None = None
+        self.whatif = WhatIf(p.whatif, p.objective, p.tuner.estimate_weight)
+        self._vetoed: str | None = None  # filter mode: the exploration the replay refused this tick
 
     # -- operator controls (the shell serialises them with step) ---------------------------------------------------
     def pin(self, spec: PolicySpec) -> None:
@@ -142,8 +151,21 @@ class Controller:
             self.force_push = True  # the engine may run anything: push the decision at the next tick
         self.mode = mode
 
+    # -- what-if replay (the shell runs the replayer, see whatif.py) ------------------------------------------------
+    def whatif_active(self) -> bool:
+        """The shell should keep the engine's state at each window start (replay on, k-LPM family, no pin)."""
+        return self.params.whatif.enabled and not self.deadline_mode and self.guard.pinned is None
+
+    def whatif_arms(self) -> list[KValue]:
+        """The arms to replay for the next step, running arm first (empty: no replay on the next tick)."""
+        if not self.whatif_active() or (self.tick + 1) % self.params.whatif.every_ticks:
+            return []
+        running = k_of(self.guard.running if self.guard.running is not None else self.target)
+        return self.whatif.arms_to_replay(running, self.ktuner.arms)
+
     # -- the tick -------------------------------------------------------------------------------------------------
-    def step(self, obs: Observation) -> Decision:
+    def step(self, obs: Observation, whatif: ReplayReport | None = None) -> Decision:
+        """One tick. ``whatif``: the shell's replay of this window under candidate arms (None: no replay)."""
         self.tick += 1
         t, g = self.tick, self.guard
         score = evaluate(obs, self.params.objective)
@@ -157,7 +179,16 @@ class Controller:
         g.note_fresh(fresh)
         if fresh:
             self.last_end_s = obs.end_s
-        context, credited = self._learn(obs, score, t)
+        replay = self.whatif.score(whatif) if whatif is not None else None
+        learn_replay = replay is not None and fresh and not self.deadline_mode
+        running_k = k_of(g.running)
+        if learn_replay and replay is not None and self.whatif.replaces_live(replay, running_k):
+            context, credited = None, None  # prior: the running arm's replay, comparable with the others', counts
+        else:
+            context, credited = self._learn(obs, score, t)
+        if learn_replay and replay is not None and whatif is not None:
+            replay = self.whatif.learn(replay, whatif, self.ktuner, obs, running_k, score.reward, credited is not None)
+        self._vetoed = None
         if fresh:
             g.record_tail(t, score.tail_s, self.ktuner.context_label(obs) if not self.deadline_mode else None)
         previous = self.target
@@ -204,6 +235,8 @@ class Controller:
         if context is None:
             context = self.ktuner.context_label(obs) if fresh and not self.deadline_mode else None
         push = self.mode == "active" and (chosen != g.running or self.force_push)
+        if replay is not None and self._vetoed is not None:
+            replay = replay.model_copy(update={"vetoed": self._vetoed})
         return Decision(
             tick_id=t, decision_id=f"{self.run_id}:{t}", time_s=obs.end_s, window=_window(obs, score),
             learner=LearnerSummary(
@@ -213,6 +246,7 @@ class Controller:
             ),
             previous=previous, policy=chosen, policy_label=policy_label(chosen), changed=chosen != previous,
             reason=reason, detail=detail, mode=self.mode, push=push, guard=g.summary(t), deadline=deadline_info,
+            whatif=replay,
         )
 
     def record_apply(self, decision: Decision, ok: bool, error: str | None = None) -> Decision:
@@ -261,6 +295,10 @@ class Controller:
         kind: Reason = "exploit" if target == leader else "explore"
         if target == cur_k:
             return current, kind, note + "stay", label
+        vetoed = self.whatif.veto(prop.context, target) if kind == "explore" else None
+        if vetoed is not None:
+            self._vetoed = arm_label(target)
+            return current, "guard", note + vetoed, label
         missed = score.tail_s is not None and score.tail_s > self.params.objective.ttft_target_s
         if kind == "explore" and not missed and not g.params.explore_when_slo_met:
             return current, "guard", note + f"SLO not missed: no exploration of {arm_label(target)}", label
@@ -300,4 +338,6 @@ class Controller:
             "deadline_mode": self.deadline_mode, "guard": self.guard.summary(self.tick),
             "learner": self.params.tuner.learner,
             "knowledge": {ctx: self.ktuner.summary(ctx) for ctx in sorted(self.ktuner.stats)},
+            **({"whatif": {ctx: self.whatif.summary(ctx) for ctx in sorted(self.whatif.stats)}}
+               if self.params.whatif.enabled else {}),
         }

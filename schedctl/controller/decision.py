@@ -11,6 +11,8 @@ the run id is), what the window looked like (``window``), what the objective and
 * ``fallback`` — the safe policy while observations are stale or the engine unreachable;
 * ``pinned`` — the operator's pinned policy.
 
+``whatif`` (only with the replay on) says which arms the replay scored, how, and what it changed (whatif.py).
+
 ``applied`` is filled in by the shell after it pushed the policy (always False in advisory mode).
 """
 
@@ -20,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schedctl.controller.whatif import WhatIfRecord
 from schedctl.policies.spec import PolicySpec
 
 Reason = Literal["explore", "exploit", "guard", "rollback", "fallback", "pinned"]
@@ -87,3 +90,4 @@ class Decision(BaseModel):
     apply_error: str | None = None
     guard: dict[str, Any] = Field(default_factory=dict)
     deadline: dict[str, Any] | None = None  # DeadlineTuner (SLAI): knob, error, window P99 TBT
+    whatif: WhatIfRecord | None = None  # the what-if replay of this tick (None: replay off or not this tick)

@@ -2,8 +2,10 @@
 
 One tick, whatever drives it::
 
+    replayer.begin_window()               # only with the what-if replay on: keep the window's start state
     observation = adapter.observe()       # EngineUnavailable (or any adapter failure) -> a stale observation
-    decision = controller.step(observation)
+    report = replayer.replay(arms)        # only on a replay tick; a failure becomes a report with an error
+    decision = controller.step(observation, report)
     if decision.push: adapter.apply(decision.policy)   # failures are recorded, retried next tick, never raised
     decision log <- one line (fsynced);  metrics, recent decisions <- updated
 
@@ -32,6 +34,7 @@ from schedctl.controller.core import Controller, unavailable
 from schedctl.controller.decision import REASONS, Decision
 from schedctl.controller.decision_log import DecisionLog
 from schedctl.controller.ktuner import k_of
+from schedctl.controller.whatif import Replayer, ReplayReport, failed_report
 from schedctl.engine_adapter.base import EngineAdapter, EngineError, EngineUnavailable, Observation
 from schedctl.policies.spec import PolicySpec
 
@@ -59,6 +62,11 @@ class ServiceMetrics:
             "schedctl_tick_duration_seconds", "wall time of one tick (observe + decide + apply + log)", registry=r,
             buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
         )
+        self.replay_seconds = Histogram(
+            "schedctl_whatif_replay_duration_seconds", "wall time of one tick's what-if replays", registry=r,
+            buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+        )
+        self.replay_errors = Counter("schedctl_whatif_replay_errors", "ticks whose what-if replay failed", registry=r)
         for reason in REASONS:
             self.decisions.labels(reason)
 
@@ -77,6 +85,10 @@ class ServiceMetrics:
         self.pinned.set(1 if d.reason == "pinned" else 0)
         self.active.set(1 if d.mode == "active" else 0)
         self.tick_seconds.observe(tick_s)
+        if d.whatif is not None:
+            self.replay_seconds.observe(d.whatif.wall_ms / 1e3)
+            if d.whatif.error is not None:
+                self.replay_errors.inc()
 
 
 class Service:
@@ -85,9 +97,10 @@ class Service:
     def __init__(
         self, controller: Controller, adapter: EngineAdapter, log: DecisionLog | None = None, *,
         clock: Callable[[], float] = time.time, keep_decisions: int = 1000, metrics: ServiceMetrics | None = None,
-        perf_clock: Callable[[], float] = time.perf_counter,
+        perf_clock: Callable[[], float] = time.perf_counter, replayer: Replayer | None = None,
     ) -> None:
         self.controller = controller
+        self.replayer = replayer  # the what-if replay (used only when the controller's [whatif] is on)
         self.adapter = adapter
         self.log = log
         self.clock = clock  # the engine's clock (wall, or the simulator's): stamps windows observe() could not make
@@ -98,6 +111,7 @@ class Service:
         self.last_end_s: float | None = None
         self.log_healthy = True
         self.last_tick_wall_s: float | None = None
+        self._replay_error: str | None = None
 
     def _observe(self) -> Observation:
         start = self.last_end_s
@@ -127,12 +141,41 @@ class Service:
             return self.controller.record_apply(decision, False, f"adapter failure: {type(exc).__name__}: {exc}")
         return self.controller.record_apply(decision, True)
 
+    def _begin_window(self) -> bool:
+        """Let the replayer keep the state at the start of this window; False if it failed (no replay then)."""
+        if self.replayer is None or not self.controller.whatif_active():
+            return False
+        try:
+            self.replayer.begin_window()
+        except Exception as exc:  # a replay failure never stops the tick
+            logger.exception("replayer begin_window() failed")
+            self._replay_error = f"begin_window: {type(exc).__name__}: {exc}"
+            return False
+        self._replay_error = None
+        return True
+
+    def _replay(self, obs: Observation) -> ReplayReport | None:
+        arms = self.controller.whatif_arms()
+        if self.replayer is None or not arms or obs.stale:
+            return None
+        if self._replay_error is not None:
+            return failed_report(self._replay_error)
+        budget_ms = self.controller.params.whatif.budget_ms
+        t0 = self.perf_clock()
+        try:
+            return self.replayer.replay(arms, budget_ms if budget_ms > 0 else None)
+        except Exception as exc:
+            logger.exception("replayer replay() failed")
+            return failed_report(f"{type(exc).__name__}: {exc}", (self.perf_clock() - t0) * 1e3)
+
     def tick(self) -> Decision:
         with self.lock:
             t0 = self.perf_clock()
+            began = self._begin_window()
             obs = self._observe()
             self.last_end_s = obs.end_s
-            decision = self.controller.step(obs)
+            report = self._replay(obs) if began or self._replay_error is not None else None
+            decision = self.controller.step(obs, report) if report is not None else self.controller.step(obs)
             if decision.push:
                 decision = self._apply(decision)
             if self.log is not None:
@@ -230,7 +273,7 @@ def run_realtime(service: Service, tick_interval_s: float, stop: threading.Event
 def open_sidecar(
     params: Any, adapter: EngineAdapter, *, run_id: str, clock: Callable[[], float], log_path: Any = None,
     log_max_bytes: int = 10_000_000, log_backup_count: int = 5, log_fsync: bool = True, keep_decisions: int = 1000,
-    api: tuple[str, int, str] | None = None, api_stale_after_s: float | None = None,
+    api: tuple[str, int, str] | None = None, api_stale_after_s: float | None = None, replayer: Replayer | None = None,
 ) -> tuple[Service, Any]:
     """Assemble controller, decision log, metrics, service and (``api`` = (host, port, token)) the API server.
 
@@ -238,7 +281,8 @@ def open_sidecar(
     """
     controller = Controller(params, run_id=run_id)
     log = DecisionLog(log_path, log_max_bytes, log_backup_count, fsync=log_fsync) if log_path is not None else None
-    service = Service(controller, adapter, log, clock=clock, keep_decisions=keep_decisions, metrics=ServiceMetrics())
+    service = Service(controller, adapter, log, clock=clock, keep_decisions=keep_decisions, metrics=ServiceMetrics(),
+                      replayer=replayer)
     server = None
     if api is not None:
         from schedctl.controller.api import ApiServer, make_app

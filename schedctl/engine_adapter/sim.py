@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import get_args
 
 import numpy as np
@@ -61,11 +61,19 @@ class SimAdapter:
         self._completed = len(engine.completed)
         self._aborted = len(engine.aborted)
         self._hit, self._lookup = engine.cache.hit_tokens, engine.cache.lookup_tokens
+        self.on_feed: Callable[[Request], None] | None = None  # hears each request as the engine takes it in
         engine.add_requests(self._feed(requests))
+
+    def feed(self, requests: Iterable[Request]) -> None:
+        """Hand the engine more requests (sorted by arrival, none before those already handed over)."""
+        self._exhausted = False
+        self.engine.add_requests(self._feed(requests))
 
     def _feed(self, requests: Iterable[Request]) -> Iterator[Request]:
         for req in requests:
             self._fed.append((req.arrival_s, req.request_id))
+            if self.on_feed is not None:
+                self.on_feed(req)  # the what-if replayer records the window's arrivals (engine_adapter/replay.py)
             yield req
         self._exhausted = True
 
