@@ -143,7 +143,7 @@ class Learner:
             wi = WhatIf(WhatIfParams(enabled=True, mode="prior"), params, kt.params.estimate_weight)
             record = wi.score(report)
             if wi.replaces_live(record, arm):
-                wi.learn(record, report, kt, live, arm, None, live_credited=False)
+                wi.learn(record, report, kt, live, arm, None)
             else:
                 self._credit_live(arm, live, params)
         else:

@@ -187,7 +187,7 @@ class Controller:
         else:
             context, credited = self._learn(obs, score, t)
         if learn_replay and replay is not None and whatif is not None:
-            replay = self.whatif.learn(replay, whatif, self.ktuner, obs, running_k, score.reward, credited is not None)
+            replay = self.whatif.learn(replay, whatif, self.ktuner, obs, running_k, score.reward)
         self._vetoed = None
         if fresh:
             g.record_tail(t, score.tail_s, self.ktuner.context_label(obs) if not self.deadline_mode else None)

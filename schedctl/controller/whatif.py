@@ -64,7 +64,7 @@ class WhatIfParams(BaseModel):
         default="all", description='arms to replay: "all" tuner arms, "neighbours" of the running arm, or a list'
     )
     every_ticks: int = Field(default=1, ge=1, description="replay on every N-th tick")
-    horizon_windows: int = Field(default=1, ge=1, description="windows replayed: from the state N windows ago")
+    horizon_windows: int = Field(default=2, ge=1, description="windows replayed: from the state N windows ago")
     filter_margin_reward: float = Field(default=0.05, ge=0, le=1, description="filter: how far behind is clearly")
     budget_ms: float = Field(default=0.0, ge=0, description="wall ms a tick's replays may take (0: no limit)")
 
@@ -213,11 +213,12 @@ class WhatIf:
         return own is not None and own.reward is not None
 
     def learn(self, record: WhatIfRecord, report: ReplayReport, ktuner: KTuner, obs: Observation,
-              running: KValue | None, live_reward: float | None, live_credited: bool) -> WhatIfRecord:
+              running: KValue | None, live_reward: float | None) -> WhatIfRecord:
         """Keep the replay means per context; in ``prior`` mode credit the counterfactual rewards to the KTuner.
 
-        ``obs`` is the live window (its load context is the one credited); ``live_credited``: the running arm's
-        live reward went to the learner this tick (then its replay reward does not, too).
+        ``obs`` is the live window (its load context is the one credited). In ``prior`` mode the caller credits
+        the live reward only when :meth:`replaces_live` is false, i.e. when the running arm has no replay reward
+        here, so no arm is credited twice.
         """
         fidelity = None
         if running is not None and live_reward is not None:
@@ -236,7 +237,7 @@ class WhatIf:
             st = per.setdefault(arm_label(cf.arm), ArmStats())
             st.count += 1
             st.mean += (s.reward - st.mean) * max(1.0 / st.count, self.estimate_weight)
-            if self.params.mode == "prior" and not (cf.arm == running and live_credited):
+            if self.params.mode == "prior":
                 ktuner.update(cf.arm, s.reward, obs)
                 credited.append(arm_label(cf.arm))
         return record.model_copy(update={"credited": credited, "fidelity": fidelity})
