@@ -126,6 +126,11 @@ def test_constraint_mode_ranks_any_feasible_plan_above_any_infeasible_one() -> N
     assert obj.rank(dear_hit) < obj.rank(cheap_miss)  # ...the constraint does not
     soft = objective(space, "penalty")
     assert soft.rank(cheap_miss) < soft.rank(dear_hit)
+    # the lazy Metropolis test may skip a candidate only if no SLO figures could make it the best
+    assert obj.could_beat(100.0, cheap_miss)  # nothing feasible yet: any plan could be the first
+    assert obj.could_beat(13.5, dear_hit) and not obj.could_beat(13.6, dear_hit)
+    assert soft.could_beat(soft.energy(cheap_miss) - 0.01, cheap_miss)
+    assert not soft.could_beat(soft.energy(cheap_miss), cheap_miss)
 
 
 # -- the annealer -------------------------------------------------------------------------------------------------
