@@ -159,6 +159,22 @@ def test_anneal_finds_the_exhaustive_optimum_in_every_seeded_run_with_fewer_eval
         assert result.evaluations <= 200 < space.size() / 2
 
 
+def test_violation_adds_the_request_shortfall_and_the_token_gap_excess() -> None:
+    assert violation(SLO_99, 1.0, 0.0) == 0 and violation(SLO_99, 0.99, 0.01) == 0
+    assert violation(SLO_99, 0.97, 0.0) == pytest.approx(0.02)
+    assert violation(SLO_99, 1.0, 0.05) == pytest.approx(0.04)
+    assert violation(SLO_99, 0.97, 0.05) == pytest.approx(0.06)
+
+
+def test_runners_up_are_the_next_best_other_fleets() -> None:
+    space = stub_space()
+    result = anneal(space, StubScore(space, 25.0), objective(space), AnnealConfig(seed=0, runners_up=4))
+    fleets = [tuple(s.plan.replicas.items()) for s in (result.best, *result.runners_up)]
+    assert len(result.runners_up) == 4 and len(set(fleets)) == 5
+    ranks = [objective(space).rank(s) for s in (result.best, *result.runners_up)]
+    assert ranks == sorted(ranks)
+
+
 def test_infeasible_slo_is_reported_infeasible_with_the_closest_plan() -> None:
     space = stub_space({"h100-sxm": 1, "a100-80gb": 2, "l4": 2})
     score = StubScore(space, demand_rps=100.0)  # the whole space serves less than a third of it
