@@ -51,6 +51,9 @@ def test_an_impossible_slo_exits_1_and_reports_the_closest_plan() -> None:
     as_json = schedctl(*BASE, "--slo", "ttft_s=0.00001,tbt_s=0.02", "--json")
     report = json.loads(as_json.stdout)
     assert as_json.returncode == 1 and report["feasible"] is False and report["best"]["violation"] > 0
+    # the soft form has an answer even so: the least cost + λ × penalty, marked as missing the SLO
+    soft = schedctl(*BASE, "--slo", "ttft_s=0.00001,tbt_s=0.02", "--mode", "penalty", "--json")
+    assert soft.returncode == 0 and json.loads(soft.stdout)["feasible"] is False
 
 
 def test_bad_input_is_one_line_naming_the_field_and_exit_2() -> None:

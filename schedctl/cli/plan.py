@@ -166,8 +166,8 @@ def plan_cmd(
         common.print_json(report)
     else:
         _print(report, model_profile.name)
-    if not result.feasible:
-        raise typer.Exit(1)
+    if not result.feasible and objective.mode == "constraint":
+        raise typer.Exit(1)  # no plan meets the SLO (in penalty mode a plan that misses it may be the answer)
 
 
 def _search(space: PlanSpace, evaluator: FleetEvaluator, objective: Objective, config: AnnealConfig,
@@ -212,6 +212,8 @@ def _print(report: PlanReport, model_name: str) -> None:
     head = f"{model_name} · SLO: TTFT ≤ {s.ttft_s:g} s and TBT ≤ {s.tbt_s * 1e3:g} ms for {q:.1%}"
     if report.feasible:
         console.print(_table(f"Best plan · {head}", [report.best], q))
+    elif report.objective.mode == "penalty":
+        console.print(_table(f"Least cost + λ × penalty (misses the SLO) · {head}", [report.best], q))
     else:
         console.print(f"[bold red]INFEASIBLE:[/] no plan visited meets the SLO; the closest plan misses it by "
                       f"{report.best.violation:.4f} (share):", highlight=False)
