@@ -113,11 +113,13 @@ def adaptive_cmd(
         f"{settings.service.tick_interval_s:g} s · {wi} · targets: stationary ≤ {STATIONARY_TARGET:g}× best static, "
         f"non-stationary ≤ {NON_STATIONARY_TARGET:g}×, ≤ {BASELINE_TARGET:g}× FCFS and LPM",
         ["scenario", "kind", *adaptives, *statics, "best static", "÷ best",
-         *(["÷ best (what-if)"] if both else []), "÷ fcfs", "÷ lpm", "target"],
+         *(["÷ best (what-if)"] if both else []), "÷ fcfs", "÷ lpm", "target",
+         *(["target (what-if)"] if both else [])],
         [[n, known[n].kind, *[by[(n, a)].ttft_p99_s for a in adaptives], *[by[(n, p)].ttft_p99_s for p in statics],
           by[(n, ADAPTIVE)].best_static, by[(n, ADAPTIVE)].ratio_to_best_static,
           *([by[(n, ADAPTIVE_WHATIF)].ratio_to_best_static] if both else []), by[(n, ADAPTIVE)].ratio_to_fcfs,
-          by[(n, ADAPTIVE)].ratio_to_lpm, verdict(by[(n, ADAPTIVE)])] for n in names],
+          by[(n, ADAPTIVE)].ratio_to_lpm, verdict(by[(n, ADAPTIVE)]),
+          *([verdict(by[(n, ADAPTIVE_WHATIF)])] if both else [])] for n in names],
     )
     Console(width=max(160, Console().width)).print(table)
 

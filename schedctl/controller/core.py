@@ -34,7 +34,7 @@ from schedctl.controller.decision import Decision, LearnerSummary, Mode, Reason,
 from schedctl.controller.guard import Guard, GuardParams
 from schedctl.controller.ktuner import KTuner, KTunerParams, arm_label, k_of, spec_for
 from schedctl.controller.objective import ObjectiveParams, Score, evaluate
-from schedctl.controller.whatif import ReplayReport, WhatIf, WhatIfParams
+from schedctl.controller.whatif import ReplayReport, WhatIf, WhatIfParams, WhatIfRecord
 from schedctl.engine_adapter.base import Observation
 from schedctl.policies.slai import with_tbt_slack, with_theta
 from schedctl.policies.spec import KValue, PolicySpec, SLAISpec, parse_policy, policy_label
@@ -179,15 +179,7 @@ class Controller:
         g.note_fresh(fresh)
         if fresh:
             self.last_end_s = obs.end_s
-        replay = self.whatif.score(whatif) if whatif is not None else None
-        learn_replay = replay is not None and fresh and not self.deadline_mode
-        running_k = k_of(g.running)
-        if learn_replay and replay is not None and self.whatif.replaces_live(replay, running_k):
-            context, credited = None, None  # prior: the running arm's replay, comparable with the others', counts
-        else:
-            context, credited = self._learn(obs, score, t)
-        if learn_replay and replay is not None and whatif is not None:
-            replay = self.whatif.learn(replay, whatif, self.ktuner, obs, running_k, score.reward)
+        context, credited, replay = self._learn_all(obs, score, t, fresh, whatif)
         self._vetoed = None
         if fresh:
             g.record_tail(t, score.tail_s, self.ktuner.context_label(obs) if not self.deadline_mode else None)
@@ -267,6 +259,21 @@ class Controller:
         if not self.guard.settled(t):
             return None, None
         return self.ktuner.update(k, score.reward, obs), arm_label(k)
+
+    def _learn_all(self, obs: Observation, score: Score, t: int, fresh: bool, report: ReplayReport | None
+                   ) -> tuple[str | None, str | None, WhatIfRecord | None]:
+        """The window's evidence: the live reward (``_learn``) and, with a replay, the counterfactual rewards."""
+        if report is None:
+            return (*self._learn(obs, score, t), None)
+        record = self.whatif.score(report)
+        if not fresh or self.deadline_mode:
+            return (*self._learn(obs, score, t), record)
+        running = k_of(self.guard.running)
+        if self.whatif.replaces_live(record, running):
+            context, credited = None, None  # prior: the running arm's replay, comparable with the others', counts
+        else:
+            context, credited = self._learn(obs, score, t)
+        return context, credited, self.whatif.learn(record, report, self.ktuner, obs, running, score.reward)
 
     def _propose(self, obs: Observation, t: int, score: Score) -> tuple[PolicySpec, Reason, str, str]:
         g, kt = self.guard, self.ktuner
