@@ -36,7 +36,7 @@ def gsp_adapter(policy: str = "klpm:4", rate: float = 10.0, duration_s: float = 
 
 def test_replaying_the_running_arm_reproduces_the_live_window_exactly() -> None:
     ad = gsp_adapter()
-    rp = SimReplayer(ad)
+    rp = SimReplayer(ad, horizon_windows=1)
     busy = 0
     for i in range(10):
         if i == 5:
@@ -77,7 +77,7 @@ def alternating_burst(n: int = 80, prefix: int = 4096, spacing_s: float = 0.02) 
 def test_replay_ranks_the_clearly_better_arm_first() -> None:
     small = HW.model_copy(update={"kv_capacity_tokens": 7000})  # room for one of the two prefixes
     ad = SimAdapter(new_engine(small, parse_policy("fcfs")), alternating_burst(), 2.0)
-    rp = SimReplayer(ad)
+    rp = SimReplayer(ad, horizon_windows=1)
     rp.begin_window()
     ad.observe()
     rep = rp.replay([1, 2, 4, "inf"])
@@ -112,12 +112,12 @@ def test_replays_leave_the_live_run_untouched(trim_log: bool) -> None:
 
 def test_a_budget_stops_after_the_first_arm() -> None:
     ad = gsp_adapter()
-    rp = SimReplayer(ad)
+    rp = SimReplayer(ad, horizon_windows=1)
     rp.begin_window()
     ad.observe()
     rep = rp.replay([4, 2, 8], budget_ms=1e-9)
     assert [r.arm for r in rep.results] == [4] and rep.skipped == [2, 8]
-    assert SimReplayer(gsp_adapter()).replay([4]).error is not None  # no snapshot yet: an error, not an exception
+    assert SimReplayer(gsp_adapter(), 1).replay([4]).error is not None  # no snapshot yet: an error, not an exception
 
 
 def drive(params: ControllerParams, replayer: Any = None, log: DecisionLog | None = None,

@@ -284,8 +284,9 @@ def plot(rows: Sequence[OptimalityRow], path: Any) -> None:
     families = list(dict.fromkeys(r.family for r in rows))
     cells = list(dict.fromkeys((r.objective, r.cache) for r in rows))
     policies = list(dict.fromkeys(r.policy for r in rows))
-    fig, axes = plt.subplots(len(families), len(cells), figsize=(3.6 * len(cells), 2.8 * len(families)),
+    fig, axes = plt.subplots(len(families), len(cells), figsize=(3.6 * len(cells), 3.8 * len(families)),
                              squeeze=False, sharey=True)
+    fig.subplots_adjust(hspace=0.75)
     by = {(r.family, r.objective, r.cache, r.policy): r for r in rows}
     for i, fam in enumerate(families):
         for j, (obj, cache) in enumerate(cells):

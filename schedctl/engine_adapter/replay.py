@@ -113,7 +113,7 @@ def restore(data: bytes, shared: list[array[int]]) -> SimAdapter:
 class SimReplayer:
     """The Replayer (controller/whatif.py) of a SimAdapter. Attach it before the first tick."""
 
-    def __init__(self, adapter: SimAdapter, horizon_windows: int = 1) -> None:
+    def __init__(self, adapter: SimAdapter, horizon_windows: int) -> None:
         if horizon_windows < 1:
             raise ValueError(f"horizon_windows must be >= 1, got {horizon_windows}")
         self.adapter = adapter
