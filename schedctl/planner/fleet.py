@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Literal
 
 import numpy as np
@@ -145,11 +146,7 @@ class FleetEvaluator:
         """Throughput of one replica serving the probe requests all at once (its weight in a mixed fleet)."""
         key = (gpu_key, policy.model_dump_json())
         if key not in self._capacity:
-            probe = [
-                Request(r.request_id, 0.0, r.prompt, r.output_len, r.output_tokens, r.session_id, r.group_id,
-                        r.slo_class)
-                for r in self.requests[: self.problem.capacity_probe_requests]
-            ]
+            probe = [replace(r, arrival_s=0.0) for r in self.requests[: self.problem.capacity_probe_requests]]
             _engine, summary = simulate(probe, policy, self.hardware(gpu_key), self.problem.engine)
             self.simulations += 1
             self._capacity[key] = max(summary.throughput_rps, 1e-9)

@@ -7,8 +7,8 @@ replica in all, times the candidate policies. Every plan the planner builds come
 neighbour of a plan), so none exceeds an availability limit; :meth:`PlanSpace.check` refuses one that does.
 
 Neighbour moves (what simulated annealing proposes): add one replica of a type, remove one, swap one replica
-of a type for one of another type, change the policy. Each move is drawn uniformly among the moves the plan
-allows, then its arguments uniformly, from a seeded ``numpy.random.Generator``.
+of a type for one of another type, change the policy. A random neighbour is drawn in two steps from a seeded
+``numpy.random.Generator``: a kind of move uniformly among the kinds the plan allows, then a move of that kind.
 """
 
 from __future__ import annotations
