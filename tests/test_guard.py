@@ -8,9 +8,8 @@ import pytest
 
 from schedctl.controller.core import Controller, ControllerParams
 from schedctl.controller.guard import Guard, GuardParams
-from schedctl.controller.ktuner import spec_for
 from schedctl.engine_adapter.base import Observation
-from schedctl.policies.spec import PolicySpec, parse_policy
+from schedctl.policies.spec import PolicySpec, parse_policy, spec_for
 from schedctl.stats import LatencyDist
 
 K2, K4, K8 = parse_policy("klpm:2"), parse_policy("klpm:4"), parse_policy("klpm:8")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from schedctl.controller.ktuner import KTuner, KTunerParams, arm_label, k_of, spec_for
+from schedctl.controller.ktuner import KTuner, KTunerParams, arm_label, k_of
 from schedctl.engine_adapter.base import Observation
-from schedctl.policies.spec import FCFSSpec, KLPMSpec, LPMSpec, parse_policy
+from schedctl.policies.spec import FCFSSpec, KLPMSpec, LPMSpec, parse_policy, spec_for
 from schedctl.stats import LatencyDist
 
 

@@ -9,8 +9,8 @@ import pytest
 
 from schedctl.controller.core import Controller, ControllerParams
 from schedctl.controller.objective import ObjectiveParams
-from schedctl.controller.whatif import Counterfactual, ReplayReport, WhatIf, WhatIfParams
-from schedctl.engine_adapter.base import Observation
+from schedctl.controller.whatif import WhatIf, WhatIfParams
+from schedctl.engine_adapter.base import Counterfactual, Observation, ReplayReport
 from schedctl.files import InputFileError
 from schedctl.policies.spec import KValue, parse_policy
 from schedctl.settings import load_settings

@@ -14,7 +14,8 @@ from schedctl.controller.decision import Decision
 from schedctl.controller.decision_log import DecisionLog, read_decisions
 from schedctl.controller.objective import ObjectiveParams
 from schedctl.controller.service import Service
-from schedctl.controller.whatif import ReplayReport, WhatIf, WhatIfParams
+from schedctl.controller.whatif import WhatIf, WhatIfParams
+from schedctl.engine_adapter.base import ReplayReport
 from schedctl.engine_adapter.replay import SimReplayer
 from schedctl.engine_adapter.sim import SimAdapter
 from schedctl.policies.spec import KValue, parse_policy

@@ -28,11 +28,10 @@ from schedctl.bench.scenarios import Scenario, scenario_requests
 from schedctl.bench.sweep import pool_map
 from schedctl.controller.core import Controller, ControllerParams
 from schedctl.controller.decision import Decision
-from schedctl.controller.ktuner import spec_for
 from schedctl.controller.service import Service
 from schedctl.engine_adapter.replay import SimReplayer
 from schedctl.engine_adapter.sim import SimAdapter
-from schedctl.policies.spec import parse_policy, policy_label
+from schedctl.policies.spec import parse_policy, policy_label, spec_for
 from schedctl.sim.engine import EngineConfig
 from schedctl.sim.run import Hardware, new_engine
 

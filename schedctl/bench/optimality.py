@@ -57,8 +57,8 @@ from schedctl.bench.oracle import (
 from schedctl.bench.oracle import evaluate as oracle_value
 from schedctl.controller.ktuner import KTuner, KTunerParams, arm_label
 from schedctl.controller.objective import ObjectiveParams, evaluate
-from schedctl.controller.whatif import Counterfactual, ReplayReport, WhatIf, WhatIfParams
-from schedctl.engine_adapter.base import Observation
+from schedctl.controller.whatif import WhatIf, WhatIfParams
+from schedctl.engine_adapter.base import Counterfactual, Observation, ReplayReport
 from schedctl.policies.spec import KValue
 from schedctl.stats import LatencyDist
 

@@ -34,8 +34,7 @@ from schedctl.cli.common import UsageError
 from schedctl.controller.decision import Decision
 from schedctl.controller.decision_log import read_decisions
 from schedctl.controller.service import Service, open_sidecar, run_realtime, run_simulated
-from schedctl.controller.whatif import Replayer
-from schedctl.engine_adapter.base import EngineAdapter
+from schedctl.engine_adapter.base import EngineAdapter, Replayer
 from schedctl.engine_adapter.replay import SimReplayer
 from schedctl.engine_adapter.sim import SimAdapter
 from schedctl.files import InputFileError

@@ -32,12 +32,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from schedctl.controller.deadline import DeadlineTuner, DeadlineTunerParams
 from schedctl.controller.decision import Decision, LearnerSummary, Mode, Reason, WindowSummary
 from schedctl.controller.guard import Guard, GuardParams
-from schedctl.controller.ktuner import KTuner, KTunerParams, arm_label, k_of, spec_for
+from schedctl.controller.ktuner import KTuner, KTunerParams, arm_label, k_of
 from schedctl.controller.objective import ObjectiveParams, Score, evaluate
-from schedctl.controller.whatif import ReplayReport, WhatIf, WhatIfParams, WhatIfRecord
-from schedctl.engine_adapter.base import Observation
+from schedctl.controller.whatif import WhatIf, WhatIfParams, WhatIfRecord
+from schedctl.engine_adapter.base import Observation, ReplayReport
 from schedctl.policies.slai import with_tbt_slack, with_theta
-from schedctl.policies.spec import KValue, PolicySpec, SLAISpec, parse_policy, policy_label
+from schedctl.policies.spec import KValue, PolicySpec, SLAISpec, parse_policy, policy_label, spec_for
 
 
 class DeadlineParams(BaseModel):

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from schedctl.bandits import Arm, Bandit, LoadFeatures, make_bandit
 from schedctl.bandits.context import ContextualBandit
 from schedctl.engine_adapter.base import Observation
-from schedctl.policies.spec import FCFSSpec, KLPMSpec, KValue, LPMSpec, PolicySpec, queue_k
+from schedctl.policies.spec import KLPMSpec, KValue, PolicySpec, queue_k
 
 ProposalKind = Literal["explore", "exploit"]
 
@@ -76,15 +76,6 @@ class KTunerParams(BaseModel):
         if sorted(v, key=_k_sort_key) != v:
             raise ValueError('arms must be in increasing order of k ("inf" last)')
         return v
-
-
-def spec_for(k: KValue) -> PolicySpec:
-    """The PolicySpec of arm k: 1 is FCFS, "inf" is LPM, anything else k-LPM."""
-    if k == 1:
-        return FCFSSpec()
-    if k == "inf":
-        return LPMSpec()
-    return KLPMSpec(k=k)
 
 
 def k_of(spec: PolicySpec | None) -> KValue | None:

@@ -34,8 +34,15 @@ from schedctl.controller.core import Controller, unavailable
 from schedctl.controller.decision import REASONS, Decision
 from schedctl.controller.decision_log import DecisionLog
 from schedctl.controller.ktuner import k_of
-from schedctl.controller.whatif import Replayer, ReplayReport, failed_report
-from schedctl.engine_adapter.base import EngineAdapter, EngineError, EngineUnavailable, Observation
+from schedctl.engine_adapter.base import (
+    EngineAdapter,
+    EngineError,
+    EngineUnavailable,
+    Observation,
+    Replayer,
+    ReplayReport,
+    failed_report,
+)
 from schedctl.policies.spec import PolicySpec
 
 logger = logging.getLogger("schedctl.service")

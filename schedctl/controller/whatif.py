@@ -41,13 +41,13 @@ the span replayed and its start state, the wall time, and any error.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schedctl.controller.ktuner import ArmStats, KTuner, arm_label
 from schedctl.controller.objective import ObjectiveParams, Score, evaluate
-from schedctl.engine_adapter.base import Observation
+from schedctl.engine_adapter.base import Counterfactual, Observation, ReplayReport
 from schedctl.policies.spec import KLPMSpec, KValue
 
 WhatIfMode = Literal["prior", "filter"]
@@ -74,46 +74,6 @@ class WhatIfParams(BaseModel):
         if isinstance(v, list):
             return [KLPMSpec(k=a).k for a in v]
         return v
-
-
-# -- what the shell hands the core --------------------------------------------------------------------------------
-class Counterfactual(BaseModel):
-    """One arm's replay: the window the engine would have produced under it (or why there is none)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    arm: KValue
-    observation: Observation | None = None
-    error: str | None = None
-    wall_ms: float = 0.0
-
-
-class ReplayReport(BaseModel):
-    """What a replayer returns for one tick."""
-
-    model_config = ConfigDict(frozen=True, ser_json_inf_nan="null")
-
-    start_s: float | None = None  # the span replayed (engine clock)
-    end_s: float | None = None
-    windows: int = 0
-    state: dict[str, float] = Field(default_factory=dict)  # the start state: waiting, running, cached tokens, ...
-    results: list[Counterfactual] = Field(default_factory=list)
-    skipped: list[KValue] = Field(default_factory=list)  # not replayed: the time budget ran out
-    error: str | None = None  # the replayer failed as a whole (no counterfactuals)
-    wall_ms: float = 0.0
-
-
-@runtime_checkable
-class Replayer(Protocol):
-    """Runs counterfactual windows. Provided by the shell (it needs an engine); the core never calls it."""
-
-    def begin_window(self) -> None:
-        """Keep the engine's state now: the start of the window the next ``observe()`` returns."""
-        ...
-
-    def replay(self, arms: Sequence[KValue], budget_ms: float | None = None) -> ReplayReport:
-        """Re-run the recent window(s) from their start state under each arm, in order, within the budget."""
-        ...
 
 
 # -- what the decision log records --------------------------------------------------------------------------------
@@ -258,8 +218,3 @@ class WhatIf:
 
     def summary(self, label: str) -> dict[str, dict[str, float]]:
         return {a: {"n": s.count, "mean": round(s.mean, 4)} for a, s in self.stats.get(label, {}).items()}
-
-
-def failed_report(error: str, wall_ms: float = 0.0) -> ReplayReport:
-    """The report the shell hands the core when the replayer raised."""
-    return ReplayReport(error=error, wall_ms=wall_ms)

@@ -7,11 +7,12 @@ embedded simulator, SGLang) live beside it and are built by the CLI.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schedctl.policies.spec import PolicySpec
+from schedctl.policies.spec import KValue, PolicySpec
 from schedctl.stats import LatencyDist
 
 
@@ -82,3 +83,48 @@ class EngineAdapter(Protocol):
     def apply(self, spec: PolicySpec) -> None:
         """Make ``spec`` the engine's policy (raises UnsupportedPolicy or EngineUnavailable)."""
         ...
+
+
+# -- what-if replay: what a replaying adapter hands the controller --------------------------------------------------
+class Counterfactual(BaseModel):
+    """One arm's replay: the window the engine would have produced under it (or why there is none)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    arm: KValue
+    observation: Observation | None = None
+    error: str | None = None
+    wall_ms: float = 0.0
+
+
+class ReplayReport(BaseModel):
+    """What a replayer returns for one tick."""
+
+    model_config = ConfigDict(frozen=True, ser_json_inf_nan="null")
+
+    start_s: float | None = None  # the span replayed (engine clock)
+    end_s: float | None = None
+    windows: int = 0
+    state: dict[str, float] = Field(default_factory=dict)  # the start state: waiting, running, cached tokens, ...
+    results: list[Counterfactual] = Field(default_factory=list)
+    skipped: list[KValue] = Field(default_factory=list)  # not replayed: the time budget ran out
+    error: str | None = None  # the replayer failed as a whole (no counterfactuals)
+    wall_ms: float = 0.0
+
+
+@runtime_checkable
+class Replayer(Protocol):
+    """Runs counterfactual windows. Provided by the shell (it needs an engine); the core never calls it."""
+
+    def begin_window(self) -> None:
+        """Keep the engine's state now: the start of the window the next ``observe()`` returns."""
+        ...
+
+    def replay(self, arms: Sequence[KValue], budget_ms: float | None = None) -> ReplayReport:
+        """Re-run the recent window(s) from their start state under each arm, in order, within the budget."""
+        ...
+
+
+def failed_report(error: str, wall_ms: float = 0.0) -> ReplayReport:
+    """The report the shell hands the core when the replayer raised."""
+    return ReplayReport(error=error, wall_ms=wall_ms)

@@ -40,10 +40,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from schedctl.controller.ktuner import spec_for
-from schedctl.controller.whatif import Counterfactual, ReplayReport
+from schedctl.engine_adapter.base import Counterfactual, ReplayReport
 from schedctl.engine_adapter.sim import SimAdapter
-from schedctl.policies.spec import KValue
+from schedctl.policies.spec import KValue, spec_for
 from schedctl.workloads.types import Request
 
 _CUT_GENERATOR = "generator"

@@ -246,6 +246,15 @@ def is_token_budget(spec: PolicySpec) -> bool:
     return isinstance(spec, SarathiSpec | SLAISpec | RADSpec)
 
 
+def spec_for(k: KValue) -> PolicySpec:
+    """The PolicySpec of a k-LPM arm: 1 is FCFS, "inf" is LPM, anything else k-LPM (the inverse of queue_k)."""
+    if k == 1:
+        return FCFSSpec()
+    if k == "inf":
+        return LPMSpec()
+    return KLPMSpec(k=k)
+
+
 def queue_k(spec: PolicySpec) -> int | None:
     """The k of the shared k-LPM queue for a queue-ordering spec; None means k=inf (pure LPM)."""
     if isinstance(spec, FCFSSpec):
