@@ -29,11 +29,24 @@ actions = st.lists(
 )
 
 
+class AlwaysIndexed(KLPMQueue[int]):
+    INDEX_ABOVE, INDEX_BELOW = -1, -1
+
+
+class NeverIndexed(KLPMQueue[int]):
+    INDEX_ABOVE, INDEX_BELOW = 10**9, 10**9
+
+
+class FlappingIndex(KLPMQueue[int]):  # builds and drops its index often, as the default does on a busy engine
+    INDEX_ABOVE, INDEX_BELOW = 3, 2
+
+
 @settings(max_examples=300, deadline=None)
-@given(actions, st.sampled_from([1, 2, 3, 5, None]))
-def test_queue_pops_exactly_what_the_definition_picks(steps, k):
+@given(actions, st.sampled_from([1, 2, 3, 5, None]),
+       st.sampled_from([KLPMQueue, AlwaysIndexed, NeverIndexed, FlappingIndex]))
+def test_queue_pops_exactly_what_the_definition_picks(steps, k, queue_type):
     cache = RadixKVCache(10_000)
-    q: KLPMQueue[int] = KLPMQueue(k, oracle=cache)
+    q: KLPMQueue[int] = queue_type(k, oracle=cache)
     cache.add_insert_listener(q.on_cache_insert)
     waiting: dict[int, list[int]] = {}
     seq = 0
@@ -136,3 +149,18 @@ def test_pop_takes_what_peek_offered_even_after_admitting_it_raised_its_key():
     cache.insert([1, 2, 3])  # and another insert that makes the older one tie (both fully cached)
     assert q.pop() == "newer-longer-match"
     assert q.pop() == "older-same-prompt"
+
+
+def test_keys_stay_right_across_building_and_dropping_the_index():
+    cache = RadixKVCache(1000)
+    q: KLPMQueue[int] = KLPMQueue(None, oracle=cache)
+    cache.add_insert_listener(q.on_cache_insert)
+    q.push(0, 0, tokens=[2, 2, 2, 2, 2])  # the oldest, sharing nothing yet
+    for i in range(1, KLPMQueue.INDEX_ABOVE + 2):  # enough to build the index from the requests already waiting
+        q.push(i, i, tokens=[1, 1, 1, 100 + i])
+    cache.insert([1, 1, 1])  # every request but the oldest now shares 3 tokens
+    assert q.pop() == 1
+    while len(q) >= KLPMQueue.INDEX_BELOW:  # drain below the drop threshold: back to direct comparison
+        assert q.pop() != 0
+    cache.insert([2, 2, 2, 2, 2])  # now the oldest shares 5 tokens, more than any other waiting request
+    assert q.peek() == 0

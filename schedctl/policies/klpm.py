@@ -64,7 +64,15 @@ class _WaitNode(RadixNode):
 
 
 class KLPMQueue(Generic[T]):
-    """Waiting queue ordered by k-LPM. ``k`` is an int >= 1, or None for k=inf."""
+    """Waiting queue ordered by k-LPM. ``k`` is an int >= 1, or None for k=inf.
+
+    The index of waiting prompts pays for itself only when many wait: it is built when more than ``INDEX_ABOVE``
+    requests wait and dropped when fewer than ``INDEX_BELOW`` do (the gap stops it flapping); without it, a cache
+    insert compares the new path with each waiting prompt directly. Both ways raise exactly the same keys.
+    """
+
+    INDEX_ABOVE = 8
+    INDEX_BELOW = 4
 
     def __init__(self, k: int | None, oracle: PrefixOracle | None = None) -> None:
         self._oracle = oracle
@@ -99,14 +107,27 @@ class KLPMQueue(Generic[T]):
         return self.k != 1
 
     def _rebuild_prefix_tracking(self) -> None:
-        self._index = RadixTree(_WaitNode) if self._oracle is not None else None
+        self._index = None
         self._lpm = []
         for e in self._entries.values():
             if self._oracle is not None and e.tokens is not None:
                 e.key = self._oracle.match_len(e.tokens)
-                self._index_add(e)
             self._lpm.append((-e.key, e.seq, e.uid, e))
         heapq.heapify(self._lpm)
+        self._resize_index()
+
+    def _resize_index(self) -> None:
+        """Build the waiting-prompt index when many wait; drop it when few do."""
+        n = len(self._entries)
+        if self._index is None and n > self.INDEX_ABOVE and self._oracle is not None and self._tracks_prefixes:
+            self._index = RadixTree(_WaitNode)
+            for e in self._entries.values():
+                if e.tokens is not None:
+                    self._index_add(e)
+        elif self._index is not None and n < self.INDEX_BELOW:
+            self._index = None
+            for e in self._entries.values():
+                e.node = None
 
     # -- membership ----------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -144,6 +165,8 @@ class KLPMQueue(Generic[T]):
             heapq.heappush(self._lpm, (-key, seq, uid, e))
             if self._index is not None:
                 self._index_add(e)
+            elif len(self._entries) > self.INDEX_ABOVE:
+                self._resize_index()
         self._peeked = None
 
     def remove(self, seq: int) -> T:
@@ -182,8 +205,8 @@ class KLPMQueue(Generic[T]):
         return self.k is not None and self.picks % self.k == 0
 
     def _select(self) -> _Entry[T] | None:
-        if not self._entries:
-            return None
+        if len(self._entries) <= 1:  # nothing to compare: no heap work, no re-check against the cache
+            return next(iter(self._entries.values()), None)
         if self._oldest_turn():
             fifo = self._fifo
             while not fifo[0][2].alive:
@@ -209,6 +232,8 @@ class KLPMQueue(Generic[T]):
         del self._entries[e.seq]
         if e.node is not None:
             self._index_remove(e)
+        if self._index is not None and len(self._entries) < self.INDEX_BELOW:
+            self._resize_index()
         self._peeked = self._offered = None
         # Taken entries stay in the heaps until they surface; rebuild when they dominate.
         live = len(self._entries)
@@ -225,11 +250,20 @@ class KLPMQueue(Generic[T]):
 
         Raises the LPM key of every waiting request that shares more than ``start`` tokens with the new path.
         """
-        index = self._index
-        if index is None or end <= start:
+        if end <= start or self._oracle is None or not self._tracks_prefixes:
             return
         tokens = as_tokens(tokens)
         path = tokens if end == len(tokens) else tokens[:end]
+        index = self._index
+        if index is None:  # few waiting: compare the new path with each of them
+            for e in self._entries.values():
+                if e.tokens is not None and e.key < end:
+                    lcp = common_prefix_len(e.tokens, 0, path)
+                    if lcp > e.key:
+                        e.key = lcp
+                        heapq.heappush(self._lpm, (-lcp, e.seq, e.uid, e))
+                        self._peeked = None
+            return
         node: RadixNode = index.root
         pos = 0
         while True:
