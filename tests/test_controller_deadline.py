@@ -100,3 +100,17 @@ def test_end_to_end_on_the_embedded_engine_the_engine_runs_the_tuned_theta() -> 
 
     tight, loose = run(0.001), run(10.0)
     assert tight[-1] > SLAI.theta_low and loose[-1] < SLAI.theta_low
+
+
+def test_the_sidecar_refuses_deadline_tuning_on_sglang_naming_the_file_and_field(tmp_path: Any) -> None:
+    from schedctl.cli.sidecar import run_cmd
+    from schedctl.files import InputFileError
+
+    cfg = tmp_path / "sg.toml"
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "config" / "sidecar.slai.toml").read_text()
+    cfg.write_text(text.replace('adapter = "sim"', 'adapter = "sglang"'))
+    with pytest.raises(InputFileError) as err:
+        run_cmd(config=cfg, fast=True, ticks=1, plot=None, compare=False)
+    assert str(cfg) in str(err.value) and "deadline" in str(err.value) and "prefill order" in str(err.value)

@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -26,7 +25,7 @@ from schedctl.engine_adapter.base import EngineAdapter, EngineUnavailable, Unsup
 from schedctl.engine_adapter.sglang import channel, metrics
 from schedctl.engine_adapter.sglang.adapter import SGLangAdapter
 from schedctl.engine_adapter.sglang.export import RequestExportFollower
-from schedctl.policies.spec import FCFSSpec, KLPMSpec, LPMSpec
+from schedctl.policies.spec import FCFSSpec, KLPMSpec, LPMSpec, SarathiSpec, SLAISpec
 
 TTFT_BUCKETS_S = [0.1, 0.2, 0.4, 0.6, 0.8, 1, 2, 4, 6, 8, 10, 20, 40, 60, 80, 100, 200, 400]  # SGLang's defaults
 ITL_BUCKETS_S = [0.002, 0.004, 0.006, 0.008, 0.010, 0.015, 0.020, 0.025, 0.030, 0.035, 0.040, 0.060, 0.080, 0.100,
@@ -290,7 +289,7 @@ def test_apply_pushes_through_set_internal_state(engine: tuple[FakeSGLang, str])
     fake, url = engine
     adapter, _ = make_adapter(url)
     caps = adapter.capabilities()
-    assert caps.engine == "sglang" and caps.policy_kinds == {"fcfs", "lpm", "klpm"} and caps.version == "0.5.23"
+    assert caps.engine == "sglang" and caps.policy_kinds == {"fcfs", "lpm", "klpm", "slai"} and caps.version == "0.5.23"
     adapter.apply(KLPMSpec(k=3))
     adapter.apply(LPMSpec())
     assert fake.pushes == [
@@ -310,13 +309,16 @@ def test_apply_pushes_through_set_internal_state(engine: tuple[FakeSGLang, str])
 def test_apply_refusals_are_unsupported_policy(engine: tuple[FakeSGLang, str]) -> None:
     fake, url = engine
     adapter, _ = make_adapter(url)
-    later_kind: Any = SimpleNamespace(kind="slai")
-    with pytest.raises(UnsupportedPolicy, match="slai"):
-        adapter.apply(later_kind)
+    with pytest.raises(UnsupportedPolicy, match="sarathi"):
+        adapter.apply(SarathiSpec())
+    with pytest.raises(UnsupportedPolicy, match="theta_low"):  # SGLang forms its own decode batches
+        adapter.apply(SLAISpec(theta_low=2.0))
     assert fake.pushes == []  # refused before any I/O
     fake.accept_push = False
     with pytest.raises(UnsupportedPolicy, match="refused klpm:2"):
         adapter.apply(KLPMSpec(k=2))
+    fake.schedule_policy = "fcfs"  # no radix matching: only the orders that need none
+    assert adapter.capabilities().policy_kinds == {"fcfs", "slai"}
     fake.plugin = False
     assert adapter.capabilities().policy_kinds == frozenset()
     with pytest.raises(UnsupportedPolicy):
@@ -324,11 +326,40 @@ def test_apply_refusals_are_unsupported_policy(engine: tuple[FakeSGLang, str]) -
 
 
 def test_channel_round_trip() -> None:
-    for spec in (FCFSSpec(), LPMSpec(), KLPMSpec(k=1), KLPMSpec(k=7), KLPMSpec(k="inf"), None):
+    specs = [FCFSSpec(), LPMSpec(), KLPMSpec(k=1), KLPMSpec(k=7), KLPMSpec(k="inf"), None]
+    specs += [SLAISpec(strict_first=s, prefill_order=o) for s in (False, True) for o in ("spf", "fcfs")]
+    for spec in specs:
         args = channel.encode_policy(spec, 5)
         assert channel.decode_policy(args[channel.KEY_KIND], args[channel.KEY_K]) == spec
-    with pytest.raises(ValueError):
-        channel.decode_policy(4, 0)
+    for kind, k in ((5, 0), (channel.KIND_SLAI, 4)):
+        with pytest.raises(ValueError):
+            channel.decode_policy(kind, k)
+
+
+def test_push_and_show_commands_over_the_socket(
+    engine: tuple[FakeSGLang, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    from schedctl.cli import app
+    from schedctl.cli.common import fail_cleanly
+
+    fake, url = engine
+
+    def cli(*args: str) -> int:
+        monkeypatch.setattr(sys, "argv", ["schedctl", "sglang", *args, "--url", url])
+        return fail_cleanly(app)
+
+    assert cli("push", "slai:strict_first=true") == 0
+    assert fake.pushes[-1] == {channel.KEY_KIND: channel.KIND_SLAI, channel.KEY_K: channel.SLAI_STRICT_FIRST,
+                               channel.KEY_VERSION: 1}  # fmt: skip
+    assert "schedctl policy slai:strict_first=true" in capsys.readouterr().out
+    assert cli("push", "slai:theta_low=2") == 2  # refused before any I/O, naming the knob
+    assert "theta_low" in capsys.readouterr().err and len(fake.pushes) == 1
+    assert cli("push", "off") == 0 and fake.plugin_state[channel.KEY_KIND] == channel.KIND_OFF
+    assert cli("show") == 0 and "schedctl policy off" in capsys.readouterr().out
+    fake.status = 503
+    assert cli("show") == 1 and "503" in capsys.readouterr().err
 
 
 # -- the per-request stream -----------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from schedctl.engine_adapter.sglang import channel, metrics, plugin
 from schedctl.engine_adapter.sglang.adapter import SGLangAdapter
 from schedctl.engine_adapter.sglang.launcher import build_command
 from schedctl.policies.klpm import klpm_order
-from schedctl.policies.spec import FCFSSpec, KLPMSpec, LPMSpec
+from schedctl.policies.spec import FCFSSpec, KLPMSpec, LPMSpec, SLAISpec, policy_label
 
 pytestmark = pytest.mark.sglang
 
@@ -179,6 +179,44 @@ def test_in_batch_deprioritisation_is_kept(sg: SimpleNamespace, state: plugin.Pl
     assert rids(queue) == [*rids(klpm_order(head, [0, 100, 0], 2)), "r2"]  # r2 waits for r0's prefix
 
 
+def test_slai_prefill_order_shortest_prompt_first_and_strict_class(
+    sg: SimpleNamespace, state: plugin.PluginState
+) -> None:
+    # Prompt lengths 30, 10, 50, 20, 10; the cache holds A, which the 50-token prompt starts with: SLAI orders by the
+    # whole prompt (the paper's known prompt length), not by what the cache leaves, so the match does not move it.
+    prompts = [cold(0, 30), cold(1, 10), A[:40] + cold(2, 10), cold(3, 20), cold(4, 10)]
+    reqs = make_reqs(sg, prompts)
+    reqs[2].priority, reqs[3].priority = 5, 5  # SGLang's per-request priority: above the default marks "strict"
+    policy = sg.SchedulePolicy("fcfs", make_cache(sg, A), False, False, False)  # no radix matching needed
+    ctl = controller_for(sg, policy)
+    assert push(sg, ctl, channel.encode_policy(FCFSSpec(), 1))
+    queue = list(reqs)
+    policy.calc_priority(queue)  # the plugin ranks arrivals in the order it first sees them
+    assert push(sg, ctl, channel.encode_policy(SLAISpec(), 1))
+    queue.reverse()
+    policy.calc_priority(queue)
+    assert rids(queue) == ["r1", "r4", "r3", "r0", "r2"]  # shortest first, ties to the oldest
+
+    assert push(sg, ctl, channel.encode_policy(SLAISpec(strict_first=True), 2))
+    policy.calc_priority(queue)
+    assert rids(queue) == ["r3", "r2", "r1", "r4", "r0"]  # the strict class first, shortest first within each
+
+    assert push(sg, ctl, channel.encode_policy(SLAISpec(strict_first=True, prefill_order="fcfs"), 3))
+    policy.calc_priority(queue)
+    assert rids(queue) == ["r2", "r3", "r0", "r1", "r4"]
+    shown = plugin._get_internal_state_hook(sg.StateOut(internal_state={}), ctl).internal_state
+    assert shown[channel.SERVER_INFO_KEY]["policy"] == policy_label(SLAISpec(strict_first=True,
+                                                                             prefill_order="fcfs"))
+
+    # Under --schedule-low-priority-values-first, a priority below the default is the one SGLang serves first.
+    low_first = sg.SchedulePolicy("fcfs", make_cache(sg, A), False, False, True)
+    assert push(sg, controller_for(sg, low_first), channel.encode_policy(SLAISpec(strict_first=True), 4))
+    reqs[2].priority, reqs[3].priority, reqs[0].priority = None, 5, -1
+    queue = list(reqs)
+    low_first.calc_priority(queue)
+    assert rids(queue) == ["r0", "r1", "r4", "r3", "r2"]
+
+
 def test_set_internal_state_changes_the_next_pass(sg: SimpleNamespace, state: plugin.PluginState) -> None:
     cache = make_cache(sg, A, B, C)
     reqs = make_reqs(sg, PROMPTS)
@@ -207,7 +245,8 @@ def test_bad_pushes_are_rejected_whole(sg: SimpleNamespace, state: plugin.Plugin
     ctl = controller_for(sg, policy)
     assert push(sg, ctl, channel.encode_policy(KLPMSpec(k=4), 1))
     bad = [
-        {channel.KEY_KIND: 4, channel.KEY_K: 0, channel.KEY_VERSION: 2},  # a later kind (slai): not in this plugin
+        {channel.KEY_KIND: 5, channel.KEY_K: 0, channel.KEY_VERSION: 2},  # a later kind: not in this plugin
+        {channel.KEY_KIND: 4, channel.KEY_K: 4, channel.KEY_VERSION: 2},  # slai with flags it does not know
         {channel.KEY_KIND: 3, channel.KEY_K: 2.5, channel.KEY_VERSION: 2},
         {channel.KEY_KIND: 1, channel.KEY_K: 1, channel.KEY_VERSION: 2, "schedule_policy": 1},  # not a known key
     ]

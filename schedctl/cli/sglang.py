@@ -1,4 +1,9 @@
-"""`schedctl sglang serve -- <SGLang server args>`: SGLang's own launcher with the schedctl plugin enabled."""
+"""`schedctl sglang serve|show|push`: SGLang's own launcher with the schedctl plugin, and the plugin's policy.
+
+``serve`` starts SGLang with the plugin enabled; ``show`` prints what the plugin runs; ``push`` sets it by hand,
+for an engine no sidecar tunes (a sidecar in active mode would push its own choice back: pin it through the
+sidecar's API instead).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,11 @@ from pathlib import Path
 
 import typer
 
+from schedctl.cli.common import UsageError, parse_or_usage, report_error
+from schedctl.engine_adapter.base import EngineError, UnsupportedPolicy
+from schedctl.engine_adapter.sglang.adapter import SGLangAdapter
 from schedctl.engine_adapter.sglang.launcher import DEFAULT_REQUEST_METRICS_DIR, build_command, serve
+from schedctl.policies.spec import parse_policy, policy_label
 
 sglang_app = typer.Typer(no_args_is_help=True, help="Run SGLang with the schedctl plugin (see docs/sglang.md).")
 
@@ -33,6 +42,53 @@ def serve_cmd(
         print(f"SGLANG_PLUGINS={shlex.quote(env['SGLANG_PLUGINS'])} {shlex.join(argv)}")
         return
     raise typer.Exit(serve(ctx.args, request_metrics_dir=request_metrics_dir))
+
+
+URL_OPTION = typer.Option("http://127.0.0.1:30000", "--url", help="the SGLang server's base URL")
+
+
+def _show(adapter: SGLangAdapter) -> None:
+    caps = adapter.capabilities()
+    active = adapter.observe().active_policy
+    print(f"SGLang {caps.version or '?'}: schedctl policy {'off' if active is None else policy_label(active)}; "
+          f"accepts {', '.join(sorted(caps.policy_kinds)) or 'nothing (is the plugin loaded?)'}")
+
+
+@sglang_app.command("show")
+def show_cmd(url: str = URL_OPTION) -> None:
+    """Print the policy the plugin runs and the kinds this server accepts."""
+    adapter = SGLangAdapter(url)
+    try:
+        _show(adapter)
+    except EngineError as exc:
+        report_error(f"{url}: {exc}")
+        raise typer.Exit(1) from None
+    finally:
+        adapter.close()
+
+
+@sglang_app.command("push")
+def push_cmd(
+    policy: str = typer.Argument(..., help="fcfs, lpm, klpm:K, slai[:prefill_order=fcfs,strict_first=true], or off"),
+    url: str = URL_OPTION,
+) -> None:
+    """Make POLICY the plugin's order on every rank ("off": SGLang's own --schedule-policy order).
+
+    On SGLang, slai is its prefill order only: shortest prompt first, or FCFS, optionally the strict class first
+    (requests sent with an SGLang priority above the default); its decode knobs cannot be applied and are refused.
+    """
+    spec = None if policy.strip().lower() == "off" else parse_or_usage(parse_policy, policy, "POLICY")
+    adapter = SGLangAdapter(url)
+    try:
+        adapter.apply(spec)
+        _show(adapter)
+    except UnsupportedPolicy as exc:
+        raise UsageError(f"{url}: {exc}") from None
+    except EngineError as exc:
+        report_error(f"{url}: {exc}")
+        raise typer.Exit(1) from None
+    finally:
+        adapter.close()
 
 
 def register(app: typer.Typer) -> None:

@@ -245,6 +245,10 @@ def run_cmd(
         raise InputFileError(config, "whatif.enabled", "the what-if replay needs the embedded engine: SGLang's "
                              "request export has no token ids, waiting queue or cache contents to replay from "
                              "(engine_adapter/replay.py)")
+    if settings.deadline is not None and settings.engine.adapter != "sim":
+        raise InputFileError(config, "deadline", "SLAI deadline tuning needs the embedded engine: on SGLang, slai is "
+                             "its prefill order only (SGLang forms its own decode batches, so Θ and TBT slack "
+                             "cannot be applied)")
     console = Console()
     if settings.engine.adapter == "sim":
         _run_sim(settings, fast, ticks, plot, compare, console)

@@ -141,8 +141,8 @@ class SGLangAdapter:
             kinds: frozenset[str] = frozenset()
         elif base == "lpm":
             kinds = channel.SUPPORTED_KINDS
-        else:
-            kinds = frozenset({"fcfs"})
+        else:  # no radix-cache matching to order by: the orders that need no prefix match
+            kinds = frozenset({"fcfs", "slai"})
         version = info.get("version")
         return Capabilities(engine="sglang", policy_kinds=kinds, version=version if isinstance(version, str) else None)
 

@@ -5,15 +5,22 @@ SGLang's ``POST /set_internal_state {"server_args": {...}}`` accepts numbers onl
 plugin adds three keys to SGLang's handler table; the sidecar always sends all three in one request:
 
 =========================  ==============================================================================
-``schedctl_policy_kind``   0 = off (SGLang's own ``--schedule-policy`` order), 1 = fcfs, 2 = lpm, 3 = klpm
-``schedctl_k``             the k of klpm: an integer >= 1, or 0 meaning k = inf (ignored by other kinds)
+``schedctl_policy_kind``   0 = off (SGLang's own ``--schedule-policy`` order), 1 = fcfs, 2 = lpm, 3 = klpm,
+                           4 = slai (SLAI's prefill order, the part of SLAI SGLang's scheduler allows)
+``schedctl_k``             klpm: k, an integer >= 1, or 0 meaning k = inf; slai: flags, +1 strict class
+                           first, +2 FCFS instead of shortest prompt first; ignored by the other kinds
 ``schedctl_policy_version`` a positive integer the sidecar increments at every push (0 = nothing pushed)
 =========================  ==============================================================================
 
+SLAI on SGLang is its prefill order only: new prefills shortest prompt first (``policies/slai.prefill_key``,
+the same rule the simulator applies), optionally strict-class requests first. SGLang forms its own decode
+batches, so SLAI's decode criticality, Θ, TBT slack, token budget and caps cannot be applied: a spec that sets
+any of them away from its default is refused (UnsupportedPolicy) rather than half-applied.
+
 The plugin echoes them in ``GET /server_info`` under ``internal_states[i]["schedctl"]`` (one entry per DP rank),
 so the sidecar sees what is active; a restarted engine answers version 0 and is noticed. Kind codes 4 and up are
-reserved for later PolicySpec kinds (slai, ...): this plugin version rejects them, and :func:`encode_policy`
-raises :class:`UnsupportedPolicy` for any kind it has no code for.
+reserved for later PolicySpec kinds: this plugin version rejects them, and :func:`encode_policy` raises
+:class:`UnsupportedPolicy` for any kind it has no code for (sarathi, rad: hybrid batch formation).
 
 This module imports nothing of SGLang: the adapter (outside the engine) and the plugin (inside) share it.
 """
@@ -23,7 +30,7 @@ from __future__ import annotations
 from typing import Any
 
 from schedctl.engine_adapter.base import UnsupportedPolicy
-from schedctl.policies.spec import FCFSSpec, KLPMSpec, LPMSpec, PolicySpec
+from schedctl.policies.spec import FCFSSpec, KLPMSpec, LPMSpec, PolicySpec, SLAISpec
 
 KEY_KIND = "schedctl_policy_kind"
 KEY_K = "schedctl_k"
@@ -35,9 +42,14 @@ KIND_OFF = 0
 KIND_FCFS = 1
 KIND_LPM = 2
 KIND_KLPM = 3
-KIND_CODES = {KIND_OFF: "off", KIND_FCFS: "fcfs", KIND_LPM: "lpm", KIND_KLPM: "klpm"}
+KIND_SLAI = 4
+KIND_CODES = {KIND_OFF: "off", KIND_FCFS: "fcfs", KIND_LPM: "lpm", KIND_KLPM: "klpm", KIND_SLAI: "slai"}
 K_INF = 0
-SUPPORTED_KINDS = frozenset({"fcfs", "lpm", "klpm"})  # PolicySpec kinds the plugin orders the queue by
+SLAI_STRICT_FIRST = 1  # flags of kind slai, carried in schedctl_k
+SLAI_FCFS_ORDER = 2
+SUPPORTED_KINDS = frozenset({"fcfs", "lpm", "klpm", "slai"})  # PolicySpec kinds the plugin orders the queue by
+# SLAI knobs SGLang's scheduler cannot apply (it forms its own decode batches): they must stay at their defaults
+SLAI_PREFILL_ONLY_FIELDS = frozenset({"prefill_order", "strict_first", "version", "kind"})
 
 
 def as_int(value: Any, name: str, minimum: int = 0) -> int:
@@ -64,7 +76,18 @@ def encode_policy(spec: PolicySpec | None, version: int) -> dict[str, int]:
         kind, k = KIND_LPM, K_INF
     elif isinstance(spec, KLPMSpec):
         kind, k = KIND_KLPM, K_INF if spec.k == "inf" else spec.k
-    else:  # later kinds (slai, sarathi, ...): no code in this channel yet
+    elif isinstance(spec, SLAISpec):
+        default = SLAISpec()
+        unusable = sorted(f for f in SLAISpec.model_fields
+                          if f not in SLAI_PREFILL_ONLY_FIELDS and getattr(spec, f) != getattr(default, f))
+        if unusable:
+            raise UnsupportedPolicy(
+                f"on SGLang, slai is its prefill order only (prefill_order, strict_first); SGLang forms its own "
+                f"decode batches, so {', '.join(unusable)} cannot be applied"
+            )
+        kind = KIND_SLAI
+        k = (SLAI_STRICT_FIRST if spec.strict_first else 0) + (SLAI_FCFS_ORDER if spec.prefill_order == "fcfs" else 0)
+    else:  # sarathi, rad: hybrid batch formation, no code in this channel
         kind_name = getattr(spec, "kind", type(spec).__name__)
         raise UnsupportedPolicy(
             f"the SGLang plugin orders the waiting queue by {sorted(SUPPORTED_KINDS)} only, not {kind_name!r}"
@@ -82,6 +105,11 @@ def decode_policy(kind: int, k: int) -> PolicySpec | None:
         return LPMSpec()
     if kind == KIND_KLPM:
         return KLPMSpec(k="inf" if k == K_INF else k)
+    if kind == KIND_SLAI:
+        if k > SLAI_STRICT_FIRST + SLAI_FCFS_ORDER:
+            raise ValueError(f"slai flags must be 0..3, got {k}")
+        order = "fcfs" if k & SLAI_FCFS_ORDER else "spf"
+        return SLAISpec(strict_first=bool(k & SLAI_STRICT_FIRST), prefill_order=order)
     raise ValueError(f"unknown {KEY_KIND} {kind}: this plugin knows {KIND_CODES}")
 
 

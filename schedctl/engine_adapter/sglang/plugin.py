@@ -43,8 +43,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from schedctl.engine_adapter.sglang import channel
+from schedctl.policies import slai
 from schedctl.policies.klpm import klpm_order
-from schedctl.policies.spec import policy_label
+from schedctl.policies.spec import SLAISpec, policy_label
 
 logger = logging.getLogger("schedctl.sglang.plugin")
 
@@ -67,6 +68,19 @@ def _seq(req: Any) -> int:
     return int(getattr(req, _SEQ))
 
 
+def slo_class_of(req: Any, low_values_first: bool) -> str:
+    """SLAI's TBT class of an SGLang request: "strict" when it was sent with a priority above the default.
+
+    SGLang's ``priority`` request field (None by default) is the one per-request class SGLang carries; a value that
+    SGLang itself would schedule ahead of a request without one (above 0, or below 0 when the server runs with
+    low priority values first) marks the strict class.
+    """
+    p = getattr(req, "priority", None)
+    if p is None:
+        return "default"
+    return "strict" if (p < 0 if low_values_first else p > 0) else "default"
+
+
 class PluginState:
     """Everything the plugin keeps in one scheduler process (one per rank)."""
 
@@ -84,13 +98,16 @@ class PluginState:
         self._logged: set[tuple[str, str]] = set()
         self.in_pass = False
         self.pass_mode = "idle"  # within a pass: pending -> ordered | fallback
+        self.low_values_first = False  # the server's priority direction, read at each pass
+        self._pending: dict[str, int] = {}  # values validated in the push SGLang is validating
 
     @property
     def active(self) -> bool:
         return self.kind != channel.KIND_OFF
 
     def queue_k(self) -> int | None:
-        return channel.queue_k_of(self.kind, self.k)
+        """The k-LPM k of the pushed policy (slai: 1, it matches no prefixes)."""
+        return 1 if self.kind == channel.KIND_SLAI else channel.queue_k_of(self.kind, self.k)
 
     def label(self) -> str:
         spec = channel.decode_policy(self.kind, self.k)
@@ -98,21 +115,30 @@ class PluginState:
 
     # -- control channel ------------------------------------------------------------------------------------
     def check(self, key: str, value: Any, base_policy: str | None) -> None:
-        """Raise ValueError if ``key=value`` cannot be applied on this scheduler."""
-        if key == channel.KEY_KIND:
-            kind = channel.as_int(value, key)
-            channel.decode_policy(kind, channel.K_INF)  # unknown codes (slai, ...) raise here
-            if kind in (channel.KIND_LPM, channel.KIND_KLPM) and base_policy != "lpm":
+        """Raise ValueError if ``key=value`` cannot be applied on this scheduler.
+
+        SGLang validates every key of a push before it applies any, so kind and k are checked together: each
+        check sees the values validated so far in this push (the current ones for keys not in it yet; a kind
+        not yet followed by its k is checked with k = inf, valid for every kind).
+        """
+        if key not in channel.KEYS:
+            raise ValueError(f"not a schedctl key: {key}")
+        try:
+            self._pending[key] = channel.as_int(value, key)
+            kind = self._pending.get(channel.KEY_KIND, self.kind)
+            k = self._pending.get(channel.KEY_K, channel.K_INF if key == channel.KEY_KIND else self.k)
+            channel.decode_policy(kind, k)  # unknown codes and flags raise here
+            if key == channel.KEY_KIND and kind in (channel.KIND_LPM, channel.KIND_KLPM) and base_policy != "lpm":
                 raise ValueError(
                     f"lpm/klpm need SGLang started with --schedule-policy lpm and the radix cache on "
                     f"(this scheduler runs {base_policy!r})"
                 )
-        elif key in (channel.KEY_K, channel.KEY_VERSION):
-            channel.as_int(value, key)
-        else:
-            raise ValueError(f"not a schedctl key: {key}")
+        except ValueError:
+            self._pending.clear()  # SGLang stops at the first rejection: the next push starts afresh
+            raise
 
     def set_field(self, key: str, value: Any) -> None:
+        self._pending.clear()  # every key of this push is validated by now
         n = channel.as_int(value, key)
         if key == channel.KEY_KIND and n != self.kind:
             self.kind = n
@@ -162,8 +188,20 @@ class PluginState:
         self.last_rids = {req.rid for req in waiting_queue}
 
     def order(self, reqs: Iterable[Any], deprioritized: set[str] | frozenset[str]) -> list[Any]:
-        """k-LPM order from each request's ``num_matched_prefix_tokens``; deprioritised ones last, by age."""
+        """The pushed policy's order; SGLang's deprioritised requests (in-batch prefix sharing) last, by age.
+
+        k-LPM orders by each request's ``num_matched_prefix_tokens`` (SGLang's match); slai by SLAI's prefill key
+        (the whole prompt's length, shortest first; the strict class first if asked).
+        """
         by_age = sorted(reqs, key=_seq)
+        if self.kind == channel.KIND_SLAI:
+            spec = channel.decode_policy(self.kind, self.k)
+            assert isinstance(spec, SLAISpec)
+            head = [r for r in by_age if r.rid not in deprioritized]
+            tail = [r for r in by_age if r.rid in deprioritized]
+            head.sort(key=lambda r: slai.prefill_key(spec.prefill_order, spec.strict_first, len(r.origin_input_ids),
+                                                     slo_class_of(r, self.low_values_first), _seq(r), False))
+            return head + tail
         k = self.queue_k()
         if k == 1:
             return by_age
@@ -191,6 +229,8 @@ def _calc_priority_hook(original: Callable[..., Any], policy: Any, waiting_queue
         return original(policy, waiting_queue, *a, **kw)
     try:
         STATE.begin_pass(waiting_queue)
+        # SGLang's --schedule-low-priority-values-first: which way a request's priority points
+        STATE.low_values_first = bool(getattr(policy, "schedule_low_priority_values_first", False))
     except Exception as exc:
         STATE.fail("begin_pass", exc)
         return original(policy, waiting_queue, *a, **kw)
