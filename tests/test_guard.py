@@ -113,6 +113,24 @@ def test_a_baseline_from_another_load_context_never_triggers_a_rollback() -> Non
     assert not g.rollback_due() and g.last_good == K8
 
 
+def test_a_baseline_of_one_window_in_a_new_context_is_not_yet_a_reference() -> None:
+    # The window that shows the new load may have straddled the change: an exploration right after it is judged
+    # only against a baseline of baseline_min_windows windows (measured: scenarios switching workloads under load).
+    def explore_after(baseline_windows: int) -> bool:
+        g = Guard(GuardParams(rollback_ticks=2, baseline_min_windows=2))
+        g.set_running(K4, 0)
+        g.record_tail(1, 1.0, "low")
+        for t in range(2, 2 + baseline_windows):
+            g.record_tail(t, 4.0, "high")  # the load rose under K4
+        g.set_running(K8, 1 + baseline_windows)
+        for t in range(2 + baseline_windows, 4 + baseline_windows):
+            g.record_tail(t, 9.0, "high")  # the backlog keeps growing
+        return g.rollback_due()
+
+    assert not explore_after(1)
+    assert explore_after(2)
+
+
 def test_controller_rolls_back_a_regressing_policy() -> None:
     c = make(min_dwell_ticks=3, rollback_ticks=2, rollback_margin_fraction=0.5, explore_when_slo_met=True)
     tails = {"klpm:4": 3.0}
