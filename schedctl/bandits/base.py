@@ -150,6 +150,17 @@ def rng_state(rng: np.random.Generator) -> dict[str, Any]:
     return dict(rng.bit_generator.state)
 
 
+def state_header(name: str, params: BaseModel, arms: Iterable[Arm], rng: np.random.Generator) -> dict[str, Any]:
+    """The part every learner's JSON state shares: algorithm, state version, parameters, arms and generator."""
+    return {
+        "algorithm": name,
+        "version": STATE_VERSION,
+        "params": params.model_dump(mode="json"),
+        "arms": [encode_arm(a) for a in arms],
+        "rng": rng_state(rng),
+    }
+
+
 def rng_from_state(state: dict[str, Any]) -> np.random.Generator:
     bit_generator = getattr(np.random, state["bit_generator"])()
     bit_generator.state = state
@@ -228,12 +239,8 @@ class DiscreteBandit:
 
     def state(self) -> dict[str, Any]:
         return {
-            "algorithm": self.name,
-            "version": STATE_VERSION,
-            "params": self.params.model_dump(mode="json"),
-            "arms": [encode_arm(a) for a in self._arms],
+            **state_header(self.name, self.params, self._arms, self._rng),
             "steps": self.steps,
-            "rng": rng_state(self._rng),
             "arm_stats": {stat: [getattr(self, stat)[a] for a in self._arms] for stat in self._arm_stats},
             "extra": self._extra_state(),
         }
@@ -270,6 +277,14 @@ class DiscreteBandit:
 
     def _new_arm_stats(self, arm: Arm) -> dict[str, Any]:
         return {stat: 0.0 for stat in self._arm_stats}
+
+    def _discount_stats(self, factor: float) -> None:
+        """Fade every arm's statistics by ``factor`` (the discounted learners' forgetting; 1 = keep all)."""
+        if factor < 1.0:
+            for stat in self._arm_stats:
+                values = getattr(self, stat)
+                for a in self._arms:
+                    values[a] *= factor
 
     def _forget_arm(self, arm: Arm) -> None:
         """Drop whatever else the subclass keeps about ``arm``."""

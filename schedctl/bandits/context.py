@@ -34,11 +34,10 @@ from schedctl.bandits.base import (
     LearnerParams,
     Seed,
     decode_arm,
-    encode_arm,
     make_rng,
     normalize_arm,
     rng_from_state,
-    rng_state,
+    state_header,
     validate_params,
 )
 from schedctl.bandits.factory import bandit_from_state, make_bandit, params_model
@@ -225,11 +224,7 @@ class ContextualBandit:
 
     def state(self) -> dict[str, Any]:
         return {
-            "algorithm": self.name,
-            "version": STATE_VERSION,
-            "params": self.params.model_dump(mode="json"),
-            "arms": [encode_arm(a) for a in self._arms],
-            "rng": rng_state(self._rng),
+            **state_header(self.name, self.params, self._arms, self._rng),
             "bucketer": self.bucketer.state(),
             "last_bucket": self.last_bucket,
             "learners": {bucket: learner.state() for bucket, learner in self.learners.items()},

@@ -62,11 +62,7 @@ class ThompsonBeta(DiscreteBandit):
         return self._argmax(draws)
 
     def _update(self, arm: Arm, reward: float) -> None:
-        g = self.params.discount
-        if g < 1.0:
-            for a in self._arms:
-                self._successes[a] *= g
-                self._failures[a] *= g
+        self._discount_stats(self.params.discount)
         self._successes[arm] += reward
         self._failures[arm] += 1.0 - reward
 
@@ -102,11 +98,7 @@ class ThompsonGaussian(DiscreteBandit):
         return self._argmax(draws)
 
     def _update(self, arm: Arm, reward: float) -> None:
-        g = self.params.discount
-        if g < 1.0:
-            for a in self._arms:
-                self._n[a] *= g
-                self._sum[a] *= g
+        self._discount_stats(self.params.discount)
         self._n[arm] += 1.0
         self._sum[arm] += reward
 

@@ -86,10 +86,7 @@ class DiscountedUCB(UCB1):
     params: DiscountedUCBParams  # type: ignore[assignment]
 
     def _update(self, arm: Arm, reward: float) -> None:
-        g = self.params.discount
-        for a in self._arms:
-            self._n[a] *= g
-            self._sum[a] *= g
+        self._discount_stats(self.params.discount)
         super()._update(arm, reward)
 
 
