@@ -357,6 +357,7 @@ def test_push_and_show_commands_over_the_socket(
     assert cli("push", "slai:theta_low=2") == 2  # refused before any I/O, naming the knob
     assert "theta_low" in capsys.readouterr().err and len(fake.pushes) == 1
     assert cli("push", "off") == 0 and fake.plugin_state[channel.KEY_KIND] == channel.KIND_OFF
+    fake.metrics_text = ""  # a server started without --enable-metrics: show reads /server_info only
     assert cli("show") == 0 and "schedctl policy off" in capsys.readouterr().out
     fake.status = 503
     assert cli("show") == 1 and "503" in capsys.readouterr().err

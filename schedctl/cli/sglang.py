@@ -8,6 +8,8 @@ sidecar's API instead).
 from __future__ import annotations
 
 import shlex
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -47,9 +49,23 @@ def serve_cmd(
 URL_OPTION = typer.Option("http://127.0.0.1:30000", "--url", help="the SGLang server's base URL")
 
 
+@contextmanager
+def _server(url: str) -> Iterator[SGLangAdapter]:
+    """An adapter for ``url``; a refused policy is a usage error (exit 2), an unreachable server exit 1."""
+    adapter = SGLangAdapter(url)
+    try:
+        yield adapter
+    except UnsupportedPolicy as exc:
+        raise UsageError(f"{url}: {exc}") from None
+    except EngineError as exc:
+        report_error(f"{url}: {exc}")
+        raise typer.Exit(1) from None
+    finally:
+        adapter.close()
+
+
 def _show(adapter: SGLangAdapter) -> None:
-    caps = adapter.capabilities()
-    active = adapter.observe().active_policy
+    caps, active = adapter.status()  # server_info only: works without --enable-metrics
     print(f"SGLang {caps.version or '?'}: schedctl policy {'off' if active is None else policy_label(active)}; "
           f"accepts {', '.join(sorted(caps.policy_kinds)) or 'nothing (is the plugin loaded?)'}")
 
@@ -57,14 +73,8 @@ def _show(adapter: SGLangAdapter) -> None:
 @sglang_app.command("show")
 def show_cmd(url: str = URL_OPTION) -> None:
     """Print the policy the plugin runs and the kinds this server accepts."""
-    adapter = SGLangAdapter(url)
-    try:
+    with _server(url) as adapter:
         _show(adapter)
-    except EngineError as exc:
-        report_error(f"{url}: {exc}")
-        raise typer.Exit(1) from None
-    finally:
-        adapter.close()
 
 
 @sglang_app.command("push")
@@ -78,17 +88,9 @@ def push_cmd(
     (requests sent with an SGLang priority above the default); its decode knobs cannot be applied and are refused.
     """
     spec = None if policy.strip().lower() == "off" else parse_or_usage(parse_policy, policy, "POLICY")
-    adapter = SGLangAdapter(url)
-    try:
+    with _server(url) as adapter:
         adapter.apply(spec)
         _show(adapter)
-    except UnsupportedPolicy as exc:
-        raise UsageError(f"{url}: {exc}") from None
-    except EngineError as exc:
-        report_error(f"{url}: {exc}")
-        raise typer.Exit(1) from None
-    finally:
-        adapter.close()
 
 
 def register(app: typer.Typer) -> None:

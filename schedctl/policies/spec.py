@@ -220,14 +220,18 @@ def policy_label(spec: PolicySpec) -> str:
     if isinstance(spec, KLPMSpec):
         return f"klpm:{spec.k}"
     if isinstance(spec, SarathiSpec | SLAISpec | RADSpec):
-        defaults = type(spec)()
-        knobs = [
-            f"{name}={_knob_text(getattr(spec, name))}"
-            for name in type(spec).model_fields
-            if name not in ("kind", "version") and getattr(spec, name) != getattr(defaults, name)
-        ]
+        knobs = [f"{name}={_knob_text(getattr(spec, name))}" for name in changed_knobs(spec)]
         return spec.kind + (":" + ",".join(knobs) if knobs else "")
     return spec.kind
+
+
+def changed_knobs(spec: SarathiSpec | SLAISpec | RADSpec) -> list[str]:
+    """The knobs of ``spec`` away from their defaults, in declaration order."""
+    defaults = type(spec)()
+    return [
+        name for name in type(spec).model_fields
+        if name not in ("kind", "version") and getattr(spec, name) != getattr(defaults, name)
+    ]
 
 
 def _knob_text(value: object) -> str:

@@ -134,6 +134,10 @@ class SGLangAdapter:
 
     # -- EngineAdapter ------------------------------------------------------------------------------------------
     def capabilities(self) -> Capabilities:
+        return self.status()[0]
+
+    def status(self) -> tuple[Capabilities, PolicySpec | None]:
+        """What this server accepts and the policy the plugin runs, from one ``GET /server_info``."""
         info = self._server_info()
         plugin = bool(self._plugin_states(info))
         base = info.get("schedule_policy")
@@ -142,9 +146,10 @@ class SGLangAdapter:
         elif base == "lpm":
             kinds = channel.SUPPORTED_KINDS
         else:  # no radix-cache matching to order by: the orders that need no prefix match
-            kinds = frozenset({"fcfs", "slai"})
+            kinds = channel.SUPPORTED_KINDS - channel.PREFIX_MATCH_KINDS
         version = info.get("version")
-        return Capabilities(engine="sglang", policy_kinds=kinds, version=version if isinstance(version, str) else None)
+        caps = Capabilities(engine="sglang", policy_kinds=kinds, version=version if isinstance(version, str) else None)
+        return caps, self._active_from(info)[0]
 
     def observe(self) -> Observation:
         resp = self._request("GET", "/metrics")

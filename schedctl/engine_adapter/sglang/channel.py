@@ -30,7 +30,7 @@ from __future__ import annotations
 from typing import Any
 
 from schedctl.engine_adapter.base import UnsupportedPolicy
-from schedctl.policies.spec import FCFSSpec, KLPMSpec, LPMSpec, PolicySpec, SLAISpec
+from schedctl.policies.spec import FCFSSpec, KLPMSpec, LPMSpec, PolicySpec, SLAISpec, changed_knobs
 
 KEY_KIND = "schedctl_policy_kind"
 KEY_K = "schedctl_k"
@@ -48,8 +48,10 @@ K_INF = 0
 SLAI_STRICT_FIRST = 1  # flags of kind slai, carried in schedctl_k
 SLAI_FCFS_ORDER = 2
 SUPPORTED_KINDS = frozenset({"fcfs", "lpm", "klpm", "slai"})  # PolicySpec kinds the plugin orders the queue by
-# SLAI knobs SGLang's scheduler cannot apply (it forms its own decode batches): they must stay at their defaults
-SLAI_PREFILL_ONLY_FIELDS = frozenset({"prefill_order", "strict_first", "version", "kind"})
+# kinds that order by SGLang's prefix matches: they need the server started with --schedule-policy lpm
+PREFIX_MATCH_KINDS = frozenset({"lpm", "klpm"})
+# the SLAI knobs SGLang's scheduler can apply; the others (decode batches are SGLang's own) must stay at defaults
+SLAI_PREFILL_KNOBS = frozenset({"prefill_order", "strict_first"})
 
 
 def as_int(value: Any, name: str, minimum: int = 0) -> int:
@@ -77,9 +79,7 @@ def encode_policy(spec: PolicySpec | None, version: int) -> dict[str, int]:
     elif isinstance(spec, KLPMSpec):
         kind, k = KIND_KLPM, K_INF if spec.k == "inf" else spec.k
     elif isinstance(spec, SLAISpec):
-        default = SLAISpec()
-        unusable = sorted(f for f in SLAISpec.model_fields
-                          if f not in SLAI_PREFILL_ONLY_FIELDS and getattr(spec, f) != getattr(default, f))
+        unusable = sorted(set(changed_knobs(spec)) - SLAI_PREFILL_KNOBS)
         if unusable:
             raise UnsupportedPolicy(
                 f"on SGLang, slai is its prefill order only (prefill_order, strict_first); SGLang forms its own "

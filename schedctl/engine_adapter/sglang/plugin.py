@@ -106,8 +106,12 @@ class PluginState:
         return self.kind != channel.KIND_OFF
 
     def queue_k(self) -> int | None:
-        """The k-LPM k of the pushed policy (slai: 1, it matches no prefixes)."""
-        return 1 if self.kind == channel.KIND_SLAI else channel.queue_k_of(self.kind, self.k)
+        """The k-LPM k of the pushed policy (fcfs, lpm, klpm only)."""
+        return channel.queue_k_of(self.kind, self.k)
+
+    def matches_prefixes(self) -> bool:
+        """Whether the pushed policy orders by SGLang's prefix matches (lpm, klpm with k > 1)."""
+        return channel.KIND_CODES[self.kind] in channel.PREFIX_MATCH_KINDS and self.queue_k() != 1
 
     def label(self) -> str:
         spec = channel.decode_policy(self.kind, self.k)
@@ -128,7 +132,8 @@ class PluginState:
             kind = self._pending.get(channel.KEY_KIND, self.kind)
             k = self._pending.get(channel.KEY_K, channel.K_INF if key == channel.KEY_KIND else self.k)
             channel.decode_policy(kind, k)  # unknown codes and flags raise here
-            if key == channel.KEY_KIND and kind in (channel.KIND_LPM, channel.KIND_KLPM) and base_policy != "lpm":
+            needs_match = channel.KIND_CODES[kind] in channel.PREFIX_MATCH_KINDS
+            if key == channel.KEY_KIND and needs_match and base_policy != "lpm":
                 raise ValueError(
                     f"lpm/klpm need SGLang started with --schedule-policy lpm and the radix cache on "
                     f"(this scheduler runs {base_policy!r})"
@@ -194,21 +199,18 @@ class PluginState:
         (the whole prompt's length, shortest first; the strict class first if asked).
         """
         by_age = sorted(reqs, key=_seq)
+        if self.kind != channel.KIND_SLAI and not self.matches_prefixes():
+            return by_age  # fcfs, klpm:1
+        head = [r for r in by_age if r.rid not in deprioritized]
+        tail = [r for r in by_age if r.rid in deprioritized]
         if self.kind == channel.KIND_SLAI:
             spec = channel.decode_policy(self.kind, self.k)
             assert isinstance(spec, SLAISpec)
-            head = [r for r in by_age if r.rid not in deprioritized]
-            tail = [r for r in by_age if r.rid in deprioritized]
             head.sort(key=lambda r: slai.prefill_key(spec.prefill_order, spec.strict_first, len(r.origin_input_ids),
                                                      slo_class_of(r, self.low_values_first), _seq(r), False))
             return head + tail
-        k = self.queue_k()
-        if k == 1:
-            return by_age
-        head = [r for r in by_age if r.rid not in deprioritized]
-        tail = [r for r in by_age if r.rid in deprioritized]
         matches = [int(r.num_matched_prefix_tokens) for r in head]
-        return klpm_order(head, matches, k, picks=self.picks) + tail
+        return klpm_order(head, matches, self.queue_k(), picks=self.picks) + tail
 
     def fail(self, where: str, exc: BaseException) -> None:
         """Count a fallback; log it with its traceback the first time (per place and exception type)."""
@@ -274,7 +276,7 @@ def _sort_by_longest_prefix_hook(
 
 def _order_long_queue(policy: Any, waiting_queue: list[Any]) -> None:
     """k-LPM when SGLang skipped prefix matching: re-match a bounded number of requests, then order all."""
-    if STATE.queue_k() != 1:
+    if STATE.matches_prefixes():
         from sglang.srt.mem_cache.common import match_kv_cache
 
         stalest = sorted(waiting_queue, key=lambda r: (getattr(r, _MATCHED_AT, -1), _seq(r)))
