@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Creates .venv-sglang: SGLang's real scheduler code importable on a CPU-only machine, with schedctl installed
-# editable beside it so SGLang's plugin entry point (group sglang.srt.plugins) finds our plugin.
+# Creates .venv-sglang: a real SGLang 0.5.23 server that runs on a CPU-only machine (and its scheduler code for
+# the plugin tests), with schedctl installed editable beside it so SGLang's plugin entry point (group
+# sglang.srt.plugins) finds our plugin.
 #
-# Recipe (shared/SGLANG.md): the CPU build of torch 2.13.0, sglang 0.5.23 without its dependencies (they pull
-# CUDA), then the few packages its scheduler imports. torchvision is NOT installed (it would upgrade torch and
-# pull CUDA); tests/sglang_stubs/ holds a stand-in that tests/test_sglang_plugin.py puts on sys.path.
+# Recipe (docs/sglang-cpu.md): the CPU build of torch 2.13.0, sglang 0.5.23 without its dependencies (they pull
+# CUDA), the packages its scheduler imports, then those its HTTP server imports. torchvision and sgl_kernel are
+# NOT installed (no CPU wheels that match): schedctl/engine_adapter/sglang/cpu_shims/ holds their stand-ins, put
+# on PYTHONPATH by `schedctl sglang serve --cpu` and by the tests.
 #
 # Idempotent: a stamp records the versions and the hash of this script and pyproject.toml; when they match,
 # nothing is installed again.
@@ -43,6 +45,9 @@ pip_install "torch==$TORCH_VERSION" numpy orjson psutil pybase64 requests triton
   msgspec pydantic pyzmq tqdm IPython aiohttp dill "transformers==5.19.0" "tokenizers==0.23.2" \
   "apache-tvm-ffi==0.1.11" "sentencepiece==0.2.1" "compressed-tensors==0.18.0" gguf "openai==2.8.0" \
   partial_json_parser setproctitle einops "uvicorn>=0.51" fastapi "prometheus-client>=0.20" pytest pytest-timeout
+# What the HTTP server (sglang.launch_server) imports beyond the scheduler: uvloop (srt/entrypoints/http_server.py),
+# python-multipart, jsonschema, xgrammar (srt/function_call/inkling_detector.py; 0.2.7 worked), soundfile.
+pip_install "torch==$TORCH_VERSION" uvloop python-multipart jsonschema "xgrammar==0.2.7" soundfile
 # schedctl itself, editable, with its own dependencies: this registers the
 # [project.entry-points."sglang.srt.plugins"] entry that SGLang's load_plugins() finds.
 pip_install "torch==$TORCH_VERSION" -e .

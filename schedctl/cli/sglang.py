@@ -17,7 +17,13 @@ import typer
 from schedctl.cli.common import UsageError, parse_or_usage, report_error
 from schedctl.engine_adapter.base import EngineError, UnsupportedPolicy
 from schedctl.engine_adapter.sglang.adapter import SGLangAdapter
-from schedctl.engine_adapter.sglang.launcher import DEFAULT_REQUEST_METRICS_DIR, build_command, serve
+from schedctl.engine_adapter.sglang.launcher import (
+    DEFAULT_REQUEST_METRICS_DIR,
+    ServerStartError,
+    build_command,
+    serve,
+)
+from schedctl.engine_adapter.sglang.tiny_model import TinyLlama, write_tiny_model
 from schedctl.policies.spec import parse_policy, policy_label
 
 sglang_app = typer.Typer(no_args_is_help=True, help="Run SGLang with the schedctl plugin (see docs/sglang.md).")
@@ -32,18 +38,63 @@ def serve_cmd(
         Path(DEFAULT_REQUEST_METRICS_DIR), "--request-metrics-dir",
         help="where SGLang writes its per-request metrics (the sidecar follows them)",
     ),
+    cpu: bool = typer.Option(
+        False, "--cpu", help="add what a CPU-only machine needs (device, torch-native attention, one OpenMP "
+        "thread, a KV size, offline Hugging Face, shims for sgl_kernel/torchvision where missing)",
+    ),
+    start_timeout_s: float = typer.Option(600.0, "--start-timeout-s", min=1.0, max=3600.0,
+                                          help="give up if the server does not answer /health by then"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the command and environment, start nothing"),
 ) -> None:
     """Start `python -m sglang.launch_server ARGS` with the plugin, metrics and request export switched on.
 
     Everything after `--` goes to SGLang unchanged, e.g.
-    `schedctl sglang serve -- --model-path meta-llama/Llama-3.1-8B-Instruct --port 30000`.
+    `schedctl sglang serve -- --model-path meta-llama/Llama-3.1-8B-Instruct --port 30000`, or on a CPU
+    `schedctl sglang serve --cpu -- --model-path DIR --load-format dummy` (DIR from `schedctl sglang tiny-model`).
+    Prints the server's URL once it answers; Ctrl-C or SIGTERM stops its whole process group.
     """
-    argv, env = build_command(ctx.args, request_metrics_dir=request_metrics_dir)
+    argv, env = build_command(ctx.args, request_metrics_dir=request_metrics_dir, cpu=cpu)
     if dry_run:
-        print(f"SGLANG_PLUGINS={shlex.quote(env['SGLANG_PLUGINS'])} {shlex.join(argv)}")
+        changed = {k: v for k, v in env.items() if k == "SGLANG_PLUGINS" or (cpu and k in _CPU_ENV_SHOWN)}
+        print(" ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(changed.items())), shlex.join(argv))
         return
-    raise typer.Exit(serve(ctx.args, request_metrics_dir=request_metrics_dir))
+    try:
+        code = serve(ctx.args, request_metrics_dir=request_metrics_dir, cpu=cpu, start_timeout_s=start_timeout_s)
+    except ServerStartError as exc:
+        report_error(f"sglang serve: {exc}")
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
+
+
+_CPU_ENV_SHOWN = ("SGLANG_USE_CPU_ENGINE", "OMP_NUM_THREADS", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "PYTHONPATH")
+
+
+@sglang_app.command("tiny-model")
+def tiny_model_cmd(
+    directory: Path = typer.Argument(..., help="where to write config.json and the tokenizer"),
+    layers: int = typer.Option(2, "--layers", min=1, max=64),
+    hidden: int = typer.Option(256, "--hidden", min=16, max=8192),
+    intermediate: int = typer.Option(512, "--intermediate", min=16, max=32768),
+    heads: int = typer.Option(4, "--heads", min=1, max=128),
+    kv_heads: int = typer.Option(2, "--kv-heads", min=1, max=128),
+    vocab: int = typer.Option(32000, "--vocab", min=16, max=1_000_000),
+    max_context_tokens: int = typer.Option(8192, "--max-context-tokens", min=64, max=1_048_576),
+) -> None:
+    """Write a tiny random-weight Llama for `--load-format dummy` with a one-word-per-token offline tokenizer."""
+    try:
+        shape = TinyLlama(layers=layers, hidden=hidden, intermediate=intermediate, heads=heads, kv_heads=kv_heads,
+                          vocab=vocab, max_context_tokens=max_context_tokens)
+        shape.head_dim()
+    except ValueError as exc:
+        raise UsageError(f"tiny-model: {exc}") from None
+    try:
+        write_tiny_model(directory, shape)
+    except ModuleNotFoundError as exc:
+        raise UsageError(f"tiny-model: needs the `{exc.name}` package (it comes with SGLang's environment: "
+                         f"bash scripts/setup-sglang-cpu.sh)") from None
+    except OSError as exc:
+        raise UsageError(f"tiny-model: {directory}: {exc.strerror or exc}") from None
+    print(directory)
 
 
 URL_OPTION = typer.Option("http://127.0.0.1:30000", "--url", help="the SGLang server's base URL")

@@ -1,6 +1,8 @@
+"""Stand-in for torchvision.transforms (see cpu_shims/README.md): InterpolationMode, and functions that raise."""
+
 from enum import Enum
 
-from torchvision import _unavailable
+from schedctl.engine_adapter.sglang.cpu_shims import unavailable
 
 
 class InterpolationMode(Enum):
@@ -14,4 +16,6 @@ class InterpolationMode(Enum):
 
 
 def __getattr__(name: str) -> object:  # Compose, Resize, ToTensor, ...: usable only to fail
-    return _unavailable
+    if name.startswith("__"):
+        raise AttributeError(name)
+    return unavailable("torchvision.transforms", name)
