@@ -212,3 +212,30 @@ def serve(
     finally:
         server.stop()
         signal.signal(signal.SIGTERM, previous)
+
+
+def free_port(host: str = DEFAULT_HOST) -> int:
+    """A TCP port nothing listens on right now (the OS picks it)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def tiny_cpu_server(
+    directory: Path, *, port: int | None = None, sglang_args: Sequence[str] = (),
+    environ: Mapping[str, str] | None = None, python: str = sys.executable,
+) -> ServerProcess:
+    """A real SGLang server on this CPU with a tiny random-weight Llama (not started yet; ``start()`` it).
+
+    ``directory`` receives the model (``tiny-model``), the request export and ``server.log``. Used by the live
+    tests and ``benchmarks/live_sglang.py``; ``sglang_args`` adds or overrides SGLang flags.
+    """
+    from schedctl.engine_adapter.sglang.tiny_model import write_tiny_model
+
+    model = write_tiny_model(directory / "tiny-llama")
+    args = ["--model-path", str(model), "--load-format", "dummy", "--port", str(port or free_port()), *sglang_args]
+    argv, env = build_command(args, request_metrics_dir=directory / "request-metrics", python=python,
+                              environ=environ, cpu=True)
+    return ServerProcess(argv, env, log_path=directory / "server.log")

@@ -29,7 +29,10 @@ every rank); the pick counter advances by the number of requests that left the q
 counts too: rare, and the same on every rank). A policy change restarts the pick counter.
 
 Safety: any exception in our code leaves SGLang's own order in force for that pass (logged once per place and
-exception type, counted in ``/server_info``); the plugin never raises into SGLang. On an SGLang version other
+exception type, counted in ``/server_info``); the plugin never raises into SGLang. The live tests check this on a
+real server with a test-only switch: a server started with ``SCHEDCTL_PLUGIN_TEST_FAULTS=1`` also accepts the key
+``schedctl_test_fault`` (1: the next orderings raise, 0: they work again). Without that variable the key does not
+exist, so no production server can be made to fail this way. On an SGLang version other
 than ``SUPPORTED_SGLANG_VERSIONS`` it registers nothing and warns (``SCHEDCTL_SGLANG_ALLOW_UNTESTED=1``
 overrides). This module imports SGLang only inside functions, so it imports (and type-checks) without it.
 """
@@ -51,6 +54,8 @@ logger = logging.getLogger("schedctl.sglang.plugin")
 
 SUPPORTED_SGLANG_VERSIONS = frozenset({"0.5.23"})
 ALLOW_UNTESTED_ENV = "SCHEDCTL_SGLANG_ALLOW_UNTESTED"
+TEST_FAULTS_ENV = "SCHEDCTL_PLUGIN_TEST_FAULTS"  # "1": register the test-only key below (live tests only)
+KEY_TEST_FAULT = "schedctl_test_fault"  # 1: every ordering raises (an injected fault), 0: normal
 LONG_QUEUE_MATCH_BUDGET = 128  # prefix matches per pass when SGLang itself skips matching (> 128 waiting)
 
 _POLICY = "sglang.srt.managers.schedule_policy.SchedulePolicy"
@@ -99,6 +104,7 @@ class PluginState:
         self.in_pass = False
         self.pass_mode = "idle"  # within a pass: pending -> ordered | fallback
         self.low_values_first = False  # the server's priority direction, read at each pass
+        self.inject_fault = False  # test-only (KEY_TEST_FAULT): order() raises, as a bug in our code would
         self._pending: dict[str, int] = {}  # values validated in the push SGLang is validating
 
     @property
@@ -125,6 +131,9 @@ class PluginState:
         check sees the values validated so far in this push (the current ones for keys not in it yet; a kind
         not yet followed by its k is checked with k = inf, valid for every kind).
         """
+        if key == KEY_TEST_FAULT:
+            channel.as_int(value, key)
+            return
         if key not in channel.KEYS:
             raise ValueError(f"not a schedctl key: {key}")
         try:
@@ -145,7 +154,10 @@ class PluginState:
     def set_field(self, key: str, value: Any) -> None:
         self._pending.clear()  # every key of this push is validated by now
         n = channel.as_int(value, key)
-        if key == channel.KEY_KIND and n != self.kind:
+        if key == KEY_TEST_FAULT:
+            self.inject_fault = n != 0
+            logger.warning("schedctl plugin: injected ordering fault %s (test switch)", "on" if n else "off")
+        elif key == channel.KEY_KIND and n != self.kind:
             self.kind = n
             self._restart_cycle()
         elif key == channel.KEY_K and n != self.k:
@@ -174,6 +186,7 @@ class PluginState:
             "admitted": self.admitted,
             "long_queue_passes": self.long_queue_passes,
             "fallbacks": dict(self.fallbacks),
+            **({KEY_TEST_FAULT: int(self.inject_fault)} if os.environ.get(TEST_FAULTS_ENV) == "1" else {}),
         }
 
     # -- one scheduling pass --------------------------------------------------------------------------------
@@ -198,6 +211,8 @@ class PluginState:
         k-LPM orders by each request's ``num_matched_prefix_tokens`` (SGLang's match); slai by SLAI's prefill key
         (the whole prompt's length, shortest first; the strict class first if asked).
         """
+        if self.inject_fault:
+            raise RuntimeError("injected ordering fault (schedctl_test_fault)")
         by_age = sorted(reqs, key=_seq)
         if self.kind != channel.KIND_SLAI and not self.matches_prefixes():
             return by_age  # fcfs, klpm:1
@@ -319,7 +334,8 @@ def _base_policy(controller: Any) -> str | None:
 
 def _update_handlers_hook(result: Any, controller: Any, *a: Any, **kw: Any) -> Any:
     try:
-        for key in channel.KEYS:
+        keys = [*channel.KEYS, *([KEY_TEST_FAULT] if os.environ.get(TEST_FAULTS_ENV) == "1" else [])]
+        for key in keys:
             result[key] = _ChannelHandler(controller)
     except Exception as exc:
         STATE.fail("update_handlers", exc)

@@ -1,0 +1,138 @@
+"""The plugin inside a real SGLang 0.5.23 server on this CPU (marker `live`; scripts/test-sglang.sh runs it).
+
+One server for the module (tests/live_support.py): a tiny random-weight Llama, SGLang started as `schedctl sglang
+serve --cpu` starts it, with a KV cache of 4,096 tokens and at most 4 running requests, so that a burst over
+shared prefixes forms a queue and the prefixes do not all fit in the cache (the regime where the order decides
+the cache hit rate). The load is `schedctl load`'s engine (schedctl.loadgen) over 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from schedctl import __version__
+from schedctl.engine_adapter.base import UnsupportedPolicy
+from schedctl.engine_adapter.sglang import channel, metrics, plugin
+from schedctl.engine_adapter.sglang.adapter import SGLangAdapter
+from schedctl.engine_adapter.sglang.launcher import ServerProcess
+from schedctl.loadgen.runner import LoadConfig, LoadResult, run_load
+from schedctl.policies.spec import PolicySpec, parse_policy, policy_label
+from schedctl.workloads.registry import make_requests
+from live_support import live_server, plugin_state, set_internal_state
+
+pytestmark = pytest.mark.live
+
+KV_TOKENS = 4096
+MAX_RUNNING = 4
+VOCAB = 32000  # the tiny model's (tiny_model.TinyLlama)
+# 8 system prompts of 1,024 tokens (8,192 > the 4,096-token KV cache), 8 questions each, shuffled, all within
+# 64 ms: 64 requests wait behind 4 running ones.
+BURST = "gsp:num_groups=8,prompts_per_group=8,system_prompt_len=1024,question_len=64,output_len=8"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    args = ["--max-total-tokens", str(KV_TOKENS), "--max-running-requests", str(MAX_RUNNING)]
+    with live_server(tmp_path_factory.mktemp("live-engine"), args, {plugin.TEST_FAULTS_ENV: "1"}) as srv:
+        yield srv
+
+
+@pytest.fixture()
+def adapter(server: ServerProcess) -> Iterator[SGLangAdapter]:
+    a = SGLangAdapter(server.url, timeout_s=10.0)
+    yield a
+    a.close()
+
+
+def _counters(url: str) -> tuple[float, float]:
+    scrape = metrics.parse_scrape(httpx.get(f"{url}/metrics", timeout=10.0).text)
+    return (sum(scrape.counters.get(metrics.CACHED_TOKENS, {}).values()),
+            sum(scrape.counters.get(metrics.PROMPT_TOKENS, {}).values()))
+
+
+def _burst(url: str, workload: str = BURST, num_requests: int = 64, seed: int = 1) -> tuple[LoadResult, float]:
+    """Send a shuffled burst from a cold cache; the run's result and SGLang's own cache hit rate for it."""
+    assert httpx.post(f"{url}/flush_cache", timeout=30.0).status_code == 200
+    cached0, prompt0 = _counters(url)
+    reqs = make_requests(workload, 1000.0, "regular", num_requests=num_requests, seed=seed)
+    result = run_load(reqs, LoadConfig(url=url, vocab_size=VOCAB, request_timeout_s=120.0))
+    cached1, prompt1 = _counters(url)
+    return result, (cached1 - cached0) / (prompt1 - prompt0)
+
+
+def test_plugin_is_loaded_through_its_entry_point(server: ServerProcess) -> None:
+    state = plugin_state(server.url)
+    assert state["plugin_version"] == __version__
+    assert {channel.KEY_KIND, channel.KEY_K, channel.KEY_VERSION} <= set(state)
+
+
+@pytest.mark.parametrize("policy", ["fcfs", "lpm", "klpm:4", "klpm:2", "slai:strict_first=true", "off"])
+def test_each_policy_kind_is_applied_and_read_back(adapter: SGLangAdapter, server: ServerProcess,
+                                                   policy: str) -> None:
+    spec: PolicySpec | None = None if policy == "off" else parse_policy(policy)
+    adapter.apply(spec)
+    _, active = adapter.status()
+    assert (None if active is None else policy_label(active)) == (None if spec is None else policy_label(spec))
+    assert plugin_state(server.url)["policy"] == ("off" if spec is None else policy_label(spec))
+
+
+@pytest.mark.parametrize("values", [
+    {channel.KEY_KIND: 9, channel.KEY_K: 0},  # a kind this plugin does not know
+    {channel.KEY_KIND: channel.KIND_SLAI, channel.KEY_K: 7},  # slai flags out of range
+    {channel.KEY_KIND: channel.KIND_KLPM, channel.KEY_K: 2.5},  # k not an integer
+])
+def test_an_invalid_push_answers_false_and_changes_nothing(adapter: SGLangAdapter, server: ServerProcess,
+                                                           values: dict[str, float]) -> None:
+    adapter.apply(parse_policy("klpm:3"))
+    before = plugin_state(server.url)
+    answer = set_internal_state(server.url, {**values, channel.KEY_VERSION: before[channel.KEY_VERSION] + 1})
+    assert answer == [False]
+    after = plugin_state(server.url)
+    assert {k: after[k] for k in channel.KEYS} == {k: before[k] for k in channel.KEYS}
+    assert after["policy"] == "klpm:3"
+
+
+def test_sarathi_is_refused_before_anything_is_sent(adapter: SGLangAdapter, server: ServerProcess) -> None:
+    version = plugin_state(server.url)[channel.KEY_VERSION]
+    with pytest.raises(UnsupportedPolicy):
+        adapter.apply(parse_policy("sarathi"))
+    assert plugin_state(server.url)[channel.KEY_VERSION] == version
+
+
+def test_order_decides_cache_hits_and_tail_latency_in_the_real_scheduler(adapter: SGLangAdapter,
+                                                                         server: ServerProcess) -> None:
+    runs: dict[str, tuple[LoadResult, float]] = {}
+    for policy in ["fcfs", "lpm", "klpm:4", "off"]:  # off: SGLang's own --schedule-policy lpm
+        adapter.apply(None if policy == "off" else parse_policy(policy))
+        runs[policy] = _burst(server.url)
+    for result, _ in runs.values():
+        assert result.summary.requests == 64 and result.summary.errors == 0
+    hit = {p: h for p, (_, h) in runs.items()}
+    p99 = {p: r.summary.ttft_p99_s for p, (r, _) in runs.items()}
+    for policy in ["lpm", "klpm:4"]:
+        assert hit[policy] > hit["fcfs"] + 0.1, hit
+        assert p99[policy] < p99["fcfs"], p99
+    # below 128 waiting the plugin's lpm keeps SGLang's in-batch deprioritisation: never fewer cache hits
+    assert hit["lpm"] >= hit["off"] - 0.01, hit
+
+
+def test_a_fault_in_the_plugins_ordering_leaves_sglang_serving(adapter: SGLangAdapter, server: ServerProcess) -> None:
+    adapter.apply(parse_policy("lpm"))
+    before = plugin_state(server.url)["fallbacks"].get("order", 0)
+    assert set_internal_state(server.url, {plugin.KEY_TEST_FAULT: 1}) == [True]
+    try:
+        result, _ = _burst(server.url, num_requests=24, seed=2)
+        state = plugin_state(server.url)
+    finally:
+        set_internal_state(server.url, {plugin.KEY_TEST_FAULT: 0})
+    assert result.summary.requests == 24 and result.summary.errors == 0 and result.summary.timeouts == 0
+    assert state["fallbacks"].get("order", 0) > before  # SGLang's own order stood for those passes
+    assert state["policy"] == "lpm"
+    healthy_before = plugin_state(server.url)["fallbacks"].get("order", 0)
+    result, _ = _burst(server.url, num_requests=16, seed=3)
+    assert result.summary.errors == 0
+    assert plugin_state(server.url)["fallbacks"].get("order", 0) == healthy_before  # ordering works again
