@@ -56,6 +56,7 @@ class FakeStreamServer:
     behave: Behaviour | Callable[[int], Behaviour] = field(default_factory=Behaviour)
     seen: list[Seen] = field(default_factory=list)
     max_concurrent: int = 0
+    finished: int = 0  # streams that ran to their end
     _active: int = 0
     _prompts: list[list[int]] = field(default_factory=list)
 
@@ -130,6 +131,7 @@ class FakeStreamServer:
                 yield b"data: " + json.dumps(chunk(prompt, cached, done, done == max_tokens)).encode() + b"\n\n"
             if b.mode != "no_done":
                 yield b"data: [DONE]\n\n"
+            self.finished += 1
         finally:
             self._active -= 1
 
