@@ -107,7 +107,8 @@ def test_cache_hit_rate_is_cached_over_prompt_tokens_as_the_server_reports_them(
 
 
 def test_the_openai_completions_api_is_measured_the_same_way():
-    with FakeStreamServer(Behaviour(first_token_delay_s=0.1, token_interval_s=0.02)) as srv:
+    # two tokens in the first chunk: only the cumulative usage.completion_tokens tells
+    with FakeStreamServer(Behaviour(first_token_delay_s=0.1, token_interval_s=0.02, tokens_per_chunk=2)) as srv:
         res = run_load(reqs([0.0, 0.0], output_len=3), LoadConfig(url=srv.url, api=Api.OPENAI))
         assert all(s.body["prompt"] == list(s.body["prompt"]) and s.body["max_tokens"] == 3 for s in srv.seen)
     assert res.summary.requests == 2
