@@ -16,6 +16,7 @@ ALLOWED: dict[str, set[str]] = {
     "workloads": set(),
     "sim": {"policies", "workloads"},
     "engine_adapter": {"policies", "sim", "workloads"},
+    "loadgen": {"workloads", "sim.records"},  # sim.records: the record and summary formats shared with simulate
     "controller": {"policies", "bandits", "engine_adapter.base"},
     "planner": {"policies", "sim", "workloads", "bench.sweep"},
     "settings": {"policies", "bandits", "controller", "engine_adapter", "sim", "workloads"},

@@ -20,7 +20,7 @@ app = typer.Typer(
 )
 
 # command modules, in --help order
-COMMAND_MODULES = ("sim", "sidecar", "bench", "capacity", "plan", "calibrate", "sglang")
+COMMAND_MODULES = ("sim", "sidecar", "bench", "capacity", "plan", "calibrate", "sglang", "load")
 
 
 @app.callback()

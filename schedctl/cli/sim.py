@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,9 +14,9 @@ from schedctl.bench import plots
 from schedctl.bench.sweep import auto_rates, best_policy_per_rate, default_jobs, sweep
 from schedctl.cli import common
 from schedctl.cli.common import UsageError, parse_or_usage
-from schedctl.files import AtomicWriter
 from schedctl.policies.spec import parse_policy, policy_label
 from schedctl.sim.engine import SimEngine
+from schedctl.sim.records import write_request_records
 from schedctl.sim.run import simulate
 from schedctl.workloads.registry import (
     describe_workloads,
@@ -90,13 +89,7 @@ def simulate_cmd(
 
         engine, summary = simulate(reqs, spec, hw, cfg, on_event=tick if show else None, rate=rate_rps, seed=seed)
     if requests_out is not None:
-        with AtomicWriter(requests_out) as fh:
-            for row in engine.completed.rows():
-                rec = {k: getattr(row, k) for k in ("request_id", "arrival_s", "first_token_s", "finish_s",
-                                                     "prompt_tokens", "cached_tokens", "output_tokens",
-                                                     "retractions", "slo_class")}
-                rec["ttft_s"] = row.ttft_s
-                fh.write(json.dumps(rec) + "\n")
+        write_request_records(requests_out, (row.record() for row in engine.completed.rows()))
     if plot is not None:
         plots.run_timeline(engine.completed.column("arrival_s"), engine.completed.ttft_s(), plot,
                            f"{policy_label(spec)} on {hw.model.name} / {hw.gpu.name}")

@@ -1,4 +1,6 @@
-"""What a simulation run records: per-request rows (columnar) and the time-between-tokens distribution.
+"""What a serving run records: per-request rows (columnar), the time-between-tokens distribution, and the
+record and summary formats that the simulator (`schedctl simulate`) and the live load generator (`schedctl load`)
+share, so a simulated and a live run of one trace compare column by column.
 
 Per-request rows go into typed arrays (8 bytes a field), not objects, so a million-request run stays small and
 summaries are one numpy call. Time between tokens (TBT) is too many samples to keep one by one — every decode
@@ -11,11 +13,16 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
+from pydantic import BaseModel
 
+from schedctl.files import AtomicWriter
 from schedctl.sim.step_time import DecodeRun
 from schedctl.stats import LatencyDist, histogram_quantile
 
@@ -124,6 +131,71 @@ class RequestRow:
         """Gaps between consecutive tokens (needs token_times_s)."""
         t = self.token_times_s or []
         return [b - a for a, b in itertools.pairwise(t)]
+
+    def record(self) -> RequestRecord:
+        return RequestRecord(
+            request_id=self.request_id, arrival_s=self.arrival_s, first_token_s=self.first_token_s,
+            finish_s=self.finish_s, prompt_tokens=self.prompt_tokens, cached_tokens=self.cached_tokens,
+            output_tokens=self.output_tokens, retractions=self.retractions, slo_class=self.slo_class,
+            ttft_s=self.ttft_s,
+        )
+
+
+class RequestRecord(BaseModel):
+    """One line of ``--requests-out`` (JSONL), from `schedctl simulate` and `schedctl load` alike.
+
+    Times are seconds on the run's clock; ``arrival_s`` is when the request reached the engine (for a live run:
+    when it was sent) and ``ttft_s = first_token_s - arrival_s``. The simulator fills the first ten fields. A live
+    run leaves out what it cannot know (``retractions``; ``cached_tokens`` when the server does not report it;
+    the times a failed request never reached) and adds ``status``, ``error`` and ``scheduled_s`` (the arrival
+    offset the trace asked for; ``arrival_s - scheduled_s`` is the client's own lag). Fields that are None are
+    not written.
+    """
+
+    request_id: int
+    arrival_s: float
+    first_token_s: float | None = None
+    finish_s: float | None = None
+    prompt_tokens: int
+    cached_tokens: int | None = None
+    output_tokens: int
+    retractions: int | None = None
+    slo_class: str = "default"
+    ttft_s: float | None = None
+    status: Literal["ok", "error", "timeout", "cancelled"] | None = None  # live runs only
+    error: str | None = None
+    scheduled_s: float | None = None
+
+
+def write_request_records(path: str | os.PathLike[str], records: Iterable[RequestRecord]) -> int:
+    """Write records as JSONL atomically (no file on failure); returns the number written."""
+    n = 0
+    with AtomicWriter(path) as fh:
+        for rec in records:
+            fh.write(rec.model_dump_json(exclude_none=True) + "\n")
+            n += 1
+    return n
+
+
+class ServingSummary(BaseModel):
+    """The figures every serving run reports, simulated (SimSummary) or live (LoadSummary): same names, same units.
+
+    ``requests`` counts finished requests; TTFT quantiles are over them, TBT quantiles over every gap between two
+    consecutive output tokens; throughput is finished requests over the span from the first arrival to the last
+    finish; ``cache_hit_rate`` is prompt tokens served from the prefix cache over all prompt tokens.
+    """
+
+    requests: int
+    ttft_mean_s: float
+    ttft_p50_s: float
+    ttft_p90_s: float
+    ttft_p99_s: float
+    ttft_max_s: float
+    tbt_p50_s: float
+    tbt_p99_s: float
+    throughput_rps: float
+    output_tokens_per_s: float
+    cache_hit_rate: float
 
 
 class RequestLog:

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict
 from schedctl.policies.spec import PolicySpec, policy_label
 from schedctl.sim.engine import EngineConfig, SimEngine
 from schedctl.sim.profiles import GPUProfile, ModelProfile, kv_capacity_tokens
+from schedctl.sim.records import ServingSummary
 from schedctl.sim.step_time import StepTimeModel, StepTimeProfile
 from schedctl.workloads.types import Request
 
@@ -32,26 +33,16 @@ class Hardware(BaseModel):
         return self.kv_capacity_tokens or kv_capacity_tokens(self.gpu, self.model)
 
 
-class SimSummary(BaseModel):
-    """The figures of one run; field names are the JSON that `schedctl simulate --json` prints."""
+class SimSummary(ServingSummary):
+    """The figures of one run; field names are the JSON that `schedctl simulate --json` prints (the latency and
+    throughput fields are ServingSummary's, shared with `schedctl load`)."""
 
     policy: str
     rate: float | None = None
     seed: int | None = None
-    requests: int  # finished
     aborted: int
     unfinished: int
     sim_duration_s: float
-    ttft_mean_s: float
-    ttft_p50_s: float
-    ttft_p90_s: float
-    ttft_p99_s: float
-    ttft_max_s: float
-    tbt_p50_s: float
-    tbt_p99_s: float
-    throughput_rps: float
-    output_tokens_per_s: float
-    cache_hit_rate: float
     retractions: int
     prefill_steps: int
     decode_steps: int
