@@ -11,6 +11,7 @@ import pytest
 from fake_stream_server import Behaviour, FakeStreamServer, dead_port
 
 from schedctl.loadgen import Api, LoadConfig, RemoteRefused, check_url, retime, run_load
+from schedctl.loadgen.protocol import fit_vocab
 from schedctl.workloads import Request, make_requests, write_trace
 from schedctl.workloads.trace import read_trace
 
@@ -121,6 +122,23 @@ def test_the_body_carries_the_token_ids_and_asks_for_exactly_output_len_tokens()
         (seen,) = srv.seen
     assert seen.body["input_ids"] == [5, 6, 7] and seen.body["stream"] is True
     assert seen.body["sampling_params"] == {"max_new_tokens": 2, "ignore_eos": True, "temperature": 0.0}
+
+
+def test_fit_vocab_keeps_ids_below_the_vocabulary_and_hashes_the_others_into_it():
+    vocab = 1000
+    ids = [5, 999, 1000, 1 << 24, (1 << 24) + 1, 1 << 24, 7]
+    out = fit_vocab(ids, vocab)
+    assert out[0] == 5 and out[1] == 999 and out[6] == 7  # already in range: unchanged
+    assert all(0 <= t < vocab for t in out) and out[3] == out[5]  # equal ids stay equal
+    assert len(set(fit_vocab(list(range(10**6, 10**6 + 50)), 32000))) >= 45  # different ids mostly stay apart
+    assert fit_vocab(ids, None) == ids and fit_vocab(ids, vocab) == out  # no mapping; the same mapping every time
+
+
+def test_a_run_with_vocab_size_sends_only_ids_the_model_has():
+    with FakeStreamServer() as srv:
+        run_load([Request(0, 0.0, [3, 1 << 24, 40000], 1)], LoadConfig(url=srv.url, vocab_size=32000))
+        (seen,) = srv.seen
+    assert seen.body["input_ids"][0] == 3 and all(0 <= t < 32000 for t in seen.body["input_ids"])
 
 
 def test_a_bad_line_in_a_lazily_read_trace_stops_sending_and_keeps_what_was_measured(tmp_path):

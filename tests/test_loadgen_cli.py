@@ -46,7 +46,9 @@ def test_json_summary_has_the_simulators_field_names_and_records_its_columns(cap
     with FakeStreamServer(lambda i: Behaviour(mode="http_500" if i == 2 else "ok")) as srv:
         rc, stdout, _ = cli(capsys, monkeypatch, "load", "--url", srv.url, *SMALL, "--num-requests", "6",
                             "--json", "--requests-out", str(out))
+        ids = [t for s in srv.seen for t in s.body["input_ids"]]
     assert rc == 0
+    assert max(ids) < 32000  # a workload's synthetic ids are fitted into a vocabulary every common model has
     summary = json.loads(stdout)
     shared = {"requests", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "ttft_max_s", "tbt_p50_s", "tbt_p99_s",
               "throughput_rps", "cache_hit_rate"}
@@ -95,6 +97,13 @@ def test_a_malformed_trace_line_names_file_and_line_and_nothing_is_sent(capsys, 
     assert rc == 2
     line = error_line(err)
     assert str(trace) in line and "line 3" in line and "output_len" in line and "nothing was sent" in line
+
+
+def test_a_trace_of_synthetic_ids_needs_vocab_size(capsys, monkeypatch, tmp_path):
+    trace = tmp_path / "t.jsonl"
+    write_trace(trace, [Request(0, 0.0, [1, 1 << 24], 2)])
+    rc, _, err = cli(capsys, monkeypatch, "load", "--url", f"http://127.0.0.1:{dead_port()}", "--trace", str(trace))
+    assert rc == 2 and "--vocab-size" in error_line(err)
 
 
 @pytest.mark.parametrize("args, words", [

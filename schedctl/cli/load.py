@@ -20,15 +20,18 @@ from schedctl.loadgen import DEFAULT_URL, Api, LoadConfig, LoadResult, check_url
 from schedctl.sim.records import write_request_records
 from schedctl.workloads.registry import make_requests, parse_rate, parse_workload
 from schedctl.workloads.trace import read_trace
-from schedctl.workloads.types import Request
+from schedctl.workloads.types import SYNTHETIC_TOKEN_BASE, Request
 
 DEFAULT_NUM_REQUESTS = 200
+WORKLOAD_VOCAB_SIZE = 32000  # a workload's synthetic ids are hashed into this many unless --vocab-size says otherwise
 EXIT_INTERRUPTED = 130
 
 
 def _stream(workload: str | None, trace: Path | None, rate: str | None, num_requests: int | None,
-            duration_s: float | None, seed: int | None, time_scale: float) -> tuple[Iterable[Request], float | None]:
-    """The requests with their send offsets, and the nominal rate; every conflict between options is an error."""
+            duration_s: float | None, seed: int | None, time_scale: float,
+            vocab_size: int | None) -> tuple[Iterable[Request], float | None, int | None]:
+    """The requests with their send offsets, the nominal rate and the vocabulary to fit token ids into; every
+    conflict between options is an error."""
     if workload is not None and trace is not None:
         raise UsageError("--workload and --trace: give one (a trace already says which requests to send)")
     if rate is not None and time_scale != 1.0:
@@ -48,12 +51,16 @@ def _stream(workload: str | None, trace: Path | None, rate: str | None, num_requ
         except InputFileError as exc:
             raise InputFileError(exc.path, exc.where, f"{exc.reason} (the trace is checked whole before sending: "
                                  "nothing was sent)") from None
-        return retime(requests, sched, seed or 0, time_scale), nominal
+        if vocab_size is None and any(r.prompt and max(r.prompt) >= SYNTHETIC_TOKEN_BASE for r in requests):
+            raise UsageError(f"--trace {trace}: it has synthetic token ids (>= 2**24, from a schedctl workload), "
+                             "which no model's vocabulary holds: pass --vocab-size N (the model's vocabulary)")
+        return retime(requests, sched, seed or 0, time_scale), nominal, vocab_size
     spec = parse_or_usage(parse_workload, workload or "gsp", "--workload")
     if num_requests is None and duration_s is None:
         num_requests = DEFAULT_NUM_REQUESTS
     reqs = make_requests(spec, sched if sched is not None else 10.0, None, num_requests, duration_s, seed or 0)
-    return retime(reqs, None, 0, time_scale), nominal if sched is not None else 10.0
+    return (retime(reqs, None, 0, time_scale), nominal if sched is not None else 10.0,
+            vocab_size or WORKLOAD_VOCAB_SIZE)
 
 
 def load_cmd(
@@ -76,12 +83,16 @@ def load_cmd(
     requests_out: Path | None = typer.Option(None, "--requests-out", help="write per-request records (JSONL, the "
                                              "format of `schedctl simulate --requests-out`)"),
     allow_remote: bool = typer.Option(False, "--allow-remote", help="allow a URL whose host is not loopback"),
+    vocab_size: int | None = typer.Option(None, "--vocab-size", help="the model's vocabulary: token ids at or above "
+                                          "it are hashed into it, equal ids staying equal (default for a workload: "
+                                          f"{WORKLOAD_VOCAB_SIZE}; a trace's ids go as they are)"),
     as_json: bool = common.JSON,
 ) -> None:
     """Send a workload or trace to a live engine, open loop, and report TTFT, TBT and throughput as `simulate` does."""
     try:
         cfg = LoadConfig(url=url, api=api, duration_s=duration_s, warmup_s=warmup_s,
-                         request_timeout_s=request_timeout_s, max_inflight=max_inflight, allow_remote=allow_remote)
+                         request_timeout_s=request_timeout_s, max_inflight=max_inflight, allow_remote=allow_remote,
+                         vocab_size=vocab_size)
     except ValidationError as exc:
         field, reason = validation_message(exc)
         raise UsageError(f"--{field.replace('_', '-')}: {reason}") from None
@@ -91,7 +102,9 @@ def load_cmd(
         check_url(url, allow_remote)
     except ValueError as exc:
         raise UsageError(f"--url {url}: {exc}") from None
-    requests, nominal_rate = _stream(workload, trace, rate, num_requests, duration_s, seed, time_scale)
+    requests, nominal_rate, vocab = _stream(workload, trace, rate, num_requests, duration_s, seed, time_scale,
+                                            vocab_size)
+    cfg = cfg.model_copy(update={"vocab_size": vocab})
     show = not as_json and sys.stderr.isatty()
     with Progress(TextColumn("load"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
                   TimeElapsedColumn(), console=Console(stderr=True), disable=not show, transient=True) as progress:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 
@@ -70,12 +70,12 @@ class RequestResult:
 
 async def send_one(
     client: httpx.AsyncClient, api: Api, req: Request, rid: str, result: RequestResult,
-    clock: Callable[[], float], timeout_s: float,
+    clock: Callable[[], float], timeout_s: float, vocab_size: int | None = None,
 ) -> None:
     """Send ``req``, stream the answer into ``result``; never raises except CancelledError (result says why)."""
     try:
         async with asyncio.timeout(timeout_s):
-            await _stream(client, api, req, rid, result, clock)
+            await _stream(client, api, request_body(api, req, rid, vocab_size), result, clock)
     except (TimeoutError, httpx.TimeoutException):
         result.fail("timeout", f"no complete answer within {timeout_s:g} s ({result.output_tokens} tokens received)")
     except StreamError as exc:
@@ -91,12 +91,12 @@ async def send_one(
 
 
 async def _stream(
-    client: httpx.AsyncClient, api: Api, req: Request, rid: str, result: RequestResult, clock: Callable[[], float],
+    client: httpx.AsyncClient, api: Api, body: dict[str, Any], result: RequestResult, clock: Callable[[], float],
 ) -> None:
-    async with client.stream("POST", path_of(api), json=request_body(api, req, rid)) as resp:
+    async with client.stream("POST", path_of(api), json=body) as resp:
         if resp.status_code != 200:
-            body = (await resp.aread())[:_BODY_SNIPPET_CHARS].decode("utf-8", errors="replace").strip()
-            result.fail("error", f"HTTP {resp.status_code}: {body or resp.reason_phrase}")
+            answer = (await resp.aread())[:_BODY_SNIPPET_CHARS].decode("utf-8", errors="replace").strip()
+            result.fail("error", f"HTTP {resp.status_code}: {answer or resp.reason_phrase}")
             return
         seen = 0
         async for line in resp.aiter_lines():

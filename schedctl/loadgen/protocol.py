@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from array import array
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
+import numpy as np
+
+from schedctl.tokens import TokenArray
 from schedctl.workloads.types import Request
 
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
@@ -66,8 +70,27 @@ def path_of(api: Api) -> str:
     return "/generate" if api is Api.SGLANG else "/v1/completions"
 
 
-def request_body(api: Api, req: Request, rid: str) -> dict[str, Any]:
-    ids = [int(t) for t in req.prompt]
+def fit_vocab(ids: TokenArray | list[int], vocab_size: int | None) -> list[int]:
+    """Token ids a model with ``vocab_size`` tokens accepts: ids below it stay, larger ones are hashed into it.
+
+    Synthetic workloads use ids up to 2**24 and beyond, and SGLang 0.5.23 does not check ``input_ids`` against
+    the vocabulary: one id out of range kills the server (IndexError in the embedding). The hash (splitmix64's
+    finaliser) is fixed, so equal ids stay equal and prefix sharing survives; two different ids meet with
+    probability 1 / vocab_size, so a shared prefix the workload does not have needs several such accidents in a
+    row. ``None``: the ids as they are.
+    """
+    arr = np.frombuffer(ids, dtype=np.int64) if isinstance(ids, array) else np.asarray(ids, dtype=np.int64)
+    if vocab_size is None or arr.size == 0 or int(arr.max()) < vocab_size:
+        return [int(t) for t in arr.tolist()]
+    z = arr.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z ^= z >> np.uint64(31)
+    return [int(t) for t in np.where(arr < vocab_size, arr, (z % np.uint64(vocab_size)).astype(np.int64)).tolist()]
+
+
+def request_body(api: Api, req: Request, rid: str, vocab_size: int | None = None) -> dict[str, Any]:
+    ids = fit_vocab(req.prompt, vocab_size)
     if api is Api.SGLANG:
         return {
             "rid": rid, "input_ids": ids, "stream": True,

@@ -38,6 +38,7 @@ class LoadConfig(BaseModel):
     warmup_s: float = Field(0.0, ge=0, description="leave requests scheduled before this out of the summary")
     request_timeout_s: float = Field(60.0, gt=0, description="a request not finished by then is a timeout")
     max_inflight: int = Field(256, ge=1, description="requests in flight at once")
+    vocab_size: int | None = Field(None, ge=2, description="hash token ids at or above this into it (fit_vocab)")
     allow_remote: bool = False
 
 
@@ -110,7 +111,7 @@ async def _drive(
     async def one(req: Request, result: RequestResult) -> None:
         try:
             await send_one(client, cfg.api, req, f"schedctl-load-{tag}-{req.request_id}", result, clock,
-                           cfg.request_timeout_s)
+                           cfg.request_timeout_s, cfg.vocab_size)
         finally:
             slots.release()
         if on_result is not None:
