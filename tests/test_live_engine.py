@@ -9,10 +9,10 @@ the cache hit rate). The load is `schedctl load`'s engine (schedctl.loadgen) ove
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
+from live_support import live_server, plugin_state, set_internal_state
 
 from schedctl import __version__
 from schedctl.engine_adapter.base import UnsupportedPolicy
@@ -22,7 +22,6 @@ from schedctl.engine_adapter.sglang.launcher import ServerProcess
 from schedctl.loadgen.runner import LoadConfig, LoadResult, run_load
 from schedctl.policies.spec import PolicySpec, parse_policy, policy_label
 from schedctl.workloads.registry import make_requests
-from live_support import live_server, plugin_state, set_internal_state
 
 pytestmark = pytest.mark.live
 
