@@ -34,6 +34,8 @@ from schedctl.controller.decision import Decision, LearnerSummary, Mode, Reason,
 from schedctl.controller.guard import Guard, GuardParams
 from schedctl.controller.ktuner import KTuner, KTunerParams, arm_label, k_of
 from schedctl.controller.objective import ObjectiveParams, Score, evaluate
+from schedctl.controller.reconcile import ReconcileParams, Reconciler
+from schedctl.controller.sanity import SanityParams, gate
 from schedctl.controller.whatif import WhatIf, WhatIfParams, WhatIfRecord
 from schedctl.engine_adapter.base import Observation, ReplayReport
 from schedctl.policies.slai import with_tbt_slack, with_theta
@@ -61,6 +63,8 @@ class ControllerParams(BaseModel):
     guard: GuardParams = Field(default_factory=GuardParams)
     deadline: DeadlineParams | None = None
     whatif: WhatIfParams = Field(default_factory=WhatIfParams)
+    sanity: SanityParams = Field(default_factory=SanityParams)
+    reconcile: ReconcileParams = Field(default_factory=ReconcileParams)
 
     @field_validator("initial_policy", mode="before")
     @classmethod
@@ -83,9 +87,9 @@ class ControllerParams(BaseModel):
 
 
 def unavailable(start_s: float, end_s: float, reason: str, active: PolicySpec | None = None) -> Observation:
-    """The observation the shell records for a tick whose ``observe()`` failed: stale, with the reason."""
+    """The observation the shell records for a tick whose ``observe()`` failed: stale, unreachable, the reason."""
     return Observation(start_s=start_s, end_s=end_s, arrivals=0, completions=0, stale=True, stale_reason=reason,
-                       active_policy=active)
+                       active_policy=active, reachable=False)
 
 
 def _knob_of(spec: PolicySpec, knob: str) -> float | None:
@@ -132,7 +136,7 @@ class Controller:
         self.deadline_mode = k_of(p.initial_policy) is None
         self.target: PolicySpec = p.initial_policy  # what the controller wants the engine to run
         self.guard.last_good = p.initial_policy
-        self.force_push = True  # nothing pushed yet
+        self.reconciler = Reconciler(p.reconcile)  # what the engine runs vs what we want; failed pushes
         self.last_end_s: float | None = None
         self.whatif = WhatIf(p.whatif, p.objective, p.tuner.estimate_weight)
         self._vetoed: str | None = None  # filter mode: the exploration the replay refused this tick
@@ -148,7 +152,7 @@ class Controller:
 
     def set_mode(self, mode: Mode) -> None:
         if mode == "active" and self.mode != "active":
-            self.force_push = True  # the engine may run anything: push the decision at the next tick
+            self.reconciler.pending = "switched to active mode"  # the engine may run anything: push at the next tick
         self.mode = mode
 
     # -- what-if replay (the shell runs the replayer, see whatif.py) ------------------------------------------------
@@ -167,15 +171,17 @@ class Controller:
     def step(self, obs: Observation, whatif: ReplayReport | None = None) -> Decision:
         """One tick. ``whatif``: the shell's replay of this window under candidate arms (None: no replay)."""
         self.tick += 1
-        t, g = self.tick, self.guard
+        t, g, rec = self.tick, self.guard, self.reconciler
+        obs = gate(obs, self.params.sanity, self.last_end_s)  # implausible values: a stale window, never data
         score = evaluate(obs, self.params.objective)
         fresh = not obs.stale
         if self.last_end_s is not None and obs.end_s <= self.last_end_s and fresh:
             fresh, score = False, Score(reward=None, why_none="window does not move time forward")
-        if fresh and obs.active_policy is not None and obs.active_policy != g.running:
-            if g.running is not None and self.mode == "active":
-                self.force_push = True  # the engine runs something else than what we pushed (a restart?)
-            g.set_running(obs.active_policy, t - 1)
+        restarted = rec.note(obs)
+        known, reported = rec.engine_report(obs)
+        if fresh and ((known and reported != g.running) or (restarted and not known)):
+            # the engine ran something else than we thought (a restart, a lost policy): nothing to credit to ours
+            g.set_running(reported, t - 1)
         g.note_fresh(fresh)
         if fresh:
             self.last_end_s = obs.end_s
@@ -226,7 +232,7 @@ class Controller:
         self.target = chosen
         if context is None:
             context = self.ktuner.context_label(obs) if fresh and not self.deadline_mode else None
-        push = self.mode == "active" and (chosen != g.running or self.force_push)
+        push, sync = rec.plan(chosen, obs, g.running, t, self.mode == "active")
         if replay is not None and self._vetoed is not None:
             replay = replay.model_copy(update={"vetoed": self._vetoed})
         return Decision(
@@ -237,18 +243,25 @@ class Controller:
                 proposal=proposal, arms=self.ktuner.summary(context) if context else {},
             ),
             previous=previous, policy=chosen, policy_label=policy_label(chosen), changed=chosen != previous,
-            reason=reason, detail=detail, mode=self.mode, push=push, guard=g.summary(t), deadline=deadline_info,
-            whatif=replay,
+            reason=reason, detail=detail, mode=self.mode, push=push, reconcile=sync, conditions=rec.summary(),
+            guard=g.summary(t), deadline=deadline_info, whatif=replay,
         )
 
-    def record_apply(self, decision: Decision, ok: bool, error: str | None = None) -> Decision:
-        """The shell's report on pushing ``decision.policy``; returns the decision with the outcome filled in."""
+    def record_apply(self, decision: Decision, ok: bool, error: str | None = None, *, unsupported: bool = False,
+                     supported_kinds: frozenset[str] | None = None) -> Decision:
+        """The shell's report on pushing ``decision.policy``; returns the decision with the outcome filled in.
+
+        ``unsupported``: the engine refused the policy (UnsupportedPolicy), with the kinds its ``capabilities()``
+        lists when the shell could ask: a condition with backoff instead of a retry every tick (reconcile.py).
+        """
         if ok:
             self.guard.set_running(decision.policy, decision.tick_id)
-            self.force_push = False
+            self.reconciler.applied(decision.policy)
         else:
-            self.force_push = True
-        return decision.model_copy(update={"applied": ok, "apply_error": error})
+            self.reconciler.failed(decision.policy, decision.tick_id, error or "apply failed", unsupported,
+                                   supported_kinds)
+        return decision.model_copy(update={"applied": ok, "apply_error": error,
+                                           "conditions": self.reconciler.summary()})
 
     # -- pieces ------------------------------------------------------------------------------------------------------
     def _learn(self, obs: Observation, score: Score, t: int) -> tuple[str | None, str | None]:

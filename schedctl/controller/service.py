@@ -6,7 +6,7 @@ One tick, whatever drives it::
     observation = adapter.observe()       # EngineUnavailable (or any adapter failure) -> a stale observation
     report = replayer.replay(arms)        # only on a replay tick; a failure becomes a report with an error
     decision = controller.step(observation, report)
-    if decision.push: adapter.apply(decision.policy)   # failures are recorded, retried next tick, never raised
+    if decision.push: adapter.apply(decision.policy)   # failures become conditions (reconcile.py), never raised
     decision log <- one line (fsynced);  metrics, recent decisions <- updated
 
 Drivers: :func:`run_simulated` calls ``tick`` back to back (the embedded engine's ``observe`` advances simulated
@@ -41,6 +41,7 @@ from schedctl.engine_adapter.base import (
     Observation,
     Replayer,
     ReplayReport,
+    UnsupportedPolicy,
     failed_report,
 )
 from schedctl.policies.spec import PolicySpec
@@ -138,9 +139,18 @@ class Service:
         now = self.clock()
         return unavailable(start if start is not None and start < now else now - 1e-9, now, reason)
 
+    def _supported_kinds(self) -> frozenset[str] | None:
+        try:
+            return self.adapter.capabilities().policy_kinds
+        except Exception:  # the engine went away, or an adapter bug: the condition just says less
+            return None
+
     def _apply(self, decision: Decision) -> Decision:
         try:
             self.adapter.apply(decision.policy)
+        except UnsupportedPolicy as exc:  # retrying at once cannot heal it: a condition with backoff
+            return self.controller.record_apply(decision, False, f"UnsupportedPolicy: {exc}", unsupported=True,
+                                                supported_kinds=self._supported_kinds())
         except EngineError as exc:
             return self.controller.record_apply(decision, False, f"{type(exc).__name__}: {exc}")
         except Exception as exc:
