@@ -125,9 +125,10 @@ def _read(name: str) -> bool:
 
 def _add_sample(scrape: Scrape, name: str, labels: dict[str, str], value: float) -> None:
     if not isinstance(value, int | float) or not math.isfinite(value):
-        logger.warning("skipping metric %s with value %r", name, value)
         if _read(name):
-            scrape.problems.append(f"{name}={value!r}")
+            scrape.problems.append(f"{name}={value!r}")  # the adapter says so once, for the whole scrape
+        else:
+            logger.warning("skipping metric %s with value %r", name, value)
         return
     if name in COUNTS and (value < 0 or value > MAX_COUNT):
         scrape.problems.append(f"{name}={value:.3g}")
