@@ -41,7 +41,8 @@ class SLOSettings(BaseModel):
     model_config = _STRICT
 
     ttft_p99_target_ms: float = Field(2000.0, gt=0, le=3_600_000, description="P99 time to first token to hold")
-    tbt_p99_target_ms: float = Field(200.0, gt=0, le=3_600_000, description="P99 time between tokens (the SLAI DeadlineTuner)")
+    tbt_p99_target_ms: float = Field(200.0, gt=0, le=3_600_000,
+                                     description="P99 time between tokens (the SLAI DeadlineTuner)")
 
 
 class ObjectiveSettings(BaseModel):
@@ -50,7 +51,8 @@ class ObjectiveSettings(BaseModel):
     min_samples: int = Field(20, ge=1, le=1_000_000, description="first tokens a window needs to earn a reward")
     attainment_weight: float = Field(0.3, ge=0, le=1)
     tail_ratio_zero: float = Field(100.0, gt=1, le=1e6, description="tail / target ratio that scores 0")
-    idle_queue_len: int = Field(0, ge=-1, le=1_000_000, description="waiting requests at or below which a window within the SLO "
+    idle_queue_len: int = Field(0, ge=-1, le=1_000_000,
+                                description="waiting requests at or below which a window within the SLO "
                                 "is idle (no reward); -1: never idle")
 
 
@@ -112,7 +114,8 @@ class SimEngineSettings(BaseModel):
     seed: int = Field(0, ge=0, le=2**63 - 1)
     chunked_prefill_tokens: int = Field(8192, ge=1, le=10_000_000)
     max_running_requests: int = Field(1024, ge=1, le=10_000_000)
-    demo_seconds: float = Field(60.0, ge=0, le=7 * 86400, description="wall seconds the paced demo takes for the whole scenario")
+    demo_seconds: float = Field(60.0, ge=0, le=7 * 86400,
+                                description="wall seconds the paced demo takes for the whole scenario")
 
 
 class SGLangEngineSettings(BaseModel):

@@ -51,23 +51,31 @@ from schedctl.policies.spec import PolicySpec, parse_policy, policy_label
 class GuardParams(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    min_dwell_ticks: int = Field(default=4, ge=1, le=1_000_000, description="windows a policy runs before the learner may change it")
-    settle_ticks: int = Field(default=0, ge=0, le=1_000_000, description="first full windows after a change not credited")
-    hysteresis_reward: float = Field(default=0.02, ge=0, le=1, description="mean-reward lead a proposal needs to switch")
-    explore_min_samples: int = Field(default=1, ge=0, le=1_000_000, description="an arm with fewer rewards here may be explored")
+    min_dwell_ticks: int = Field(default=4, ge=1, le=1_000_000,
+                                 description="windows a policy runs before the learner may change it")
+    settle_ticks: int = Field(default=0, ge=0, le=1_000_000,
+                              description="first full windows after a change not credited")
+    hysteresis_reward: float = Field(default=0.02, ge=0, le=1,
+                                     description="mean-reward lead a proposal needs to switch")
+    explore_min_samples: int = Field(default=1, ge=0, le=1_000_000,
+                                     description="an arm with fewer rewards here may be explored")
     max_step_arms: int = Field(default=1, ge=1, le=1000, description="most arm positions moved in one tick")
     explore_when_slo_met: bool = Field(
         default=False, description="explore also when the window did not miss the SLO (or had too few samples to say)"
     )
     local_exploration: bool = Field(default=True, description="move only to the best arm or its neighbours")
     rollback_margin_fraction: float = Field(default=0.5, gt=0, le=1000, description="tail regression that counts")
-    rollback_ticks: int = Field(default=2, ge=1, le=1_000_000, description="regressed windows in a row that trigger a rollback")
-    rollback_cooldown_ticks: int = Field(default=10, ge=0, le=1_000_000, description="ticks a rolled-back policy is not explored")
+    rollback_ticks: int = Field(default=2, ge=1, le=1_000_000,
+                                description="regressed windows in a row that trigger a rollback")
+    rollback_cooldown_ticks: int = Field(default=10, ge=0, le=1_000_000,
+                                         description="ticks a rolled-back policy is not explored")
     baseline_min_windows: int = Field(
-        default=2, ge=1, le=1000, description="windows the last good policy needs in this load context before a tail is "
+        default=2, ge=1, le=1000,
+        description="windows the last good policy needs in this load context before a tail is "
         "compared with its baseline (one window may straddle the load change)"
     )
-    stale_hold_ticks: int = Field(default=2, ge=0, le=1_000_000, description="stale ticks in a row that hold before the fallback")
+    stale_hold_ticks: int = Field(default=2, ge=0, le=1_000_000,
+                                  description="stale ticks in a row that hold before the fallback")
     safe_policy: PolicySpec = Field(default_factory=lambda: parse_policy("klpm:4"), description="fallback policy")
 
     @field_validator("safe_policy", mode="before")
