@@ -105,6 +105,8 @@ def _stop_on_signals(stop: threading.Event) -> None:
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+    if hasattr(signal, "SIGXFSZ"):  # a file-size limit makes a log write fail (EFBIG, counted), not kill us
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
 def _open(settings: Settings, adapter: EngineAdapter, run_id: str, clock: Any,

@@ -64,7 +64,7 @@ def make_app(service: Service, token: str, stale_after_s: float | None = None) -
         late = stale_after_s is not None and age is not None and age > stale_after_s
         status = "ok" if service.log_healthy and not late else "degraded"
         return {"status": status, "tick_id": service.controller.tick, "seconds_since_tick": age,
-                "log_healthy": service.log_healthy}
+                "log_healthy": service.log_healthy, "log_write_errors": service.log_errors}
 
     @app.get("/status")
     def status() -> dict[str, Any]:

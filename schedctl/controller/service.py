@@ -118,6 +118,7 @@ class Service:
         self.lock = threading.RLock()
         self.last_end_s: float | None = None
         self.log_healthy = True
+        self.log_errors = 0  # decisions the log could not take (full disk, file-size limit)
         self.last_tick_wall_s: float | None = None
         self._replay_error: str | None = None
 
@@ -199,9 +200,10 @@ class Service:
                 try:
                     self.log.write(decision)
                     self.log_healthy = True
-                except OSError as exc:
+                except OSError as exc:  # the log cut the partial line back: it still ends on a whole line
                     self.log_healthy = False
-                    logger.error("decision log write failed: %s", exc)
+                    self.log_errors += 1
+                    logger.error("decision log write failed (tick %d not logged): %s", decision.tick_id, exc)
                     if self.metrics is not None:
                         self.metrics.log_errors.inc()
             self.recent.append(decision)
@@ -233,6 +235,7 @@ class Service:
             return {
                 **self.controller.status(),
                 "log_healthy": self.log_healthy,
+                "log_write_errors": self.log_errors,
                 "last_decision": last.model_dump(mode="json") if last is not None else None,
             }
 
