@@ -240,3 +240,24 @@ def test_a_new_load_context_starts_from_the_initial_policy() -> None:
 @pytest.mark.parametrize("k", [1, 2, 8, "inf"])
 def test_safe_policy_must_be_of_the_tuned_family(k: Any) -> None:
     ControllerParams(guard=GuardParams(safe_policy=spec_for(k)))  # any k-LPM safe policy is fine
+
+
+def test_the_decision_names_the_rule_that_acted() -> None:
+    c = make(stale_hold_ticks=1, safe_policy="fcfs", min_dwell_ticks=4)
+    eng = Engine(lambda p, t: 3.0)
+    rules = [eng.tick(c, eng.window()).rule for _ in range(3)]
+    assert rules[1:] == ["dwell", "dwell"]
+    assert [eng.tick(c, eng.stale()).rule for _ in range(2)] == ["stale", "stale"]
+    assert eng.tick(c, eng.window()).rule == "restore"
+    c.pin(K2)
+    d = eng.tick(c, eng.window())
+    assert (d.rule, d.reason, d.policy) == ("pin", "pinned", K2)
+
+
+def test_asking_whether_a_policy_is_blocked_changes_nothing() -> None:
+    g = Guard(GuardParams(rollback_cooldown_ticks=5))
+    g.block(K8, 10)
+    assert g.is_blocked(K8, 12) and not g.is_blocked(K8, 15) and not g.is_blocked(K8, 16)
+    assert g.blocked == {"klpm:8": 15}  # asked past the end: still there until the tick expires it
+    g.expire(15)
+    assert g.blocked == {}

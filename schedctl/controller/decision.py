@@ -83,6 +83,7 @@ class Decision(BaseModel):
     policy_label: str
     changed: bool
     reason: Reason
+    rule: str = ""  # the guard rule that acted (guard.py): pin, stale, restore, dwell, ..., step_limit
     detail: str = ""
     mode: Mode
     push: bool = False  # the shell must push ``policy`` to the engine (active mode only)
