@@ -117,8 +117,12 @@ class KTuner:
         if p.learner == "linucb":
             learner_params.setdefault("n_features", 3)
         self.learner: Bandit = make_bandit(p.learner, self.arms, p.seed, **learner_params)
-        self._bucketer = self.learner.bucketer if isinstance(self.learner, ContextualBandit) else None
+        self.rebind()
         self.stats: dict[str, dict[str, ArmStats]] = {}  # context label -> arm label -> stats
+
+    def rebind(self) -> None:
+        """Take the learner's context bucketer (after the learner was built, or replaced by a restored one)."""
+        self._bucketer = self.learner.bucketer if isinstance(self.learner, ContextualBandit) else None
 
     # -- context ----------------------------------------------------------------------------------------------
     def _features(self, obs: Observation) -> LoadFeatures:
