@@ -34,23 +34,25 @@ from schedctl.files import InputFileError, read_toml, validation_message
 from schedctl.policies.spec import KValue, PolicySpec, parse_policy
 
 ENV_PREFIX = "SCHEDCTL_"
-_STRICT = ConfigDict(extra="forbid", frozen=True)
+_STRICT = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # every number finite
 
 
 class SLOSettings(BaseModel):
     model_config = _STRICT
 
-    ttft_p99_target_ms: float = Field(2000.0, gt=0, description="P99 time to first token to hold")
-    tbt_p99_target_ms: float = Field(200.0, gt=0, description="P99 time between tokens (the SLAI DeadlineTuner)")
+    ttft_p99_target_ms: float = Field(2000.0, gt=0, le=3_600_000, description="P99 time to first token to hold")
+    tbt_p99_target_ms: float = Field(200.0, gt=0, le=3_600_000,
+                                     description="P99 time between tokens (the SLAI DeadlineTuner)")
 
 
 class ObjectiveSettings(BaseModel):
     model_config = _STRICT
 
-    min_samples: int = Field(20, ge=1, description="first tokens a window needs to earn a reward")
+    min_samples: int = Field(20, ge=1, le=1_000_000, description="first tokens a window needs to earn a reward")
     attainment_weight: float = Field(0.3, ge=0, le=1)
-    tail_ratio_zero: float = Field(100.0, gt=1, description="tail / target ratio that scores 0")
-    idle_queue_len: int = Field(0, ge=-1, description="waiting requests at or below which a window within the SLO "
+    tail_ratio_zero: float = Field(100.0, gt=1, le=1e6, description="tail / target ratio that scores 0")
+    idle_queue_len: int = Field(0, ge=-1, le=1_000_000,
+                                description="waiting requests at or below which a window within the SLO "
                                 "is idle (no reward); -1: never idle")
 
 
@@ -61,7 +63,7 @@ class TunerSettings(BaseModel):
     arms: list[KValue] = Field(default=[1, 2, 4, 8, "inf"], description='k values in increasing order')
     learner: str = Field("contextual", description="a schedctl.bandits learner name")
     learner_params: dict[str, Any] = Field(default_factory=lambda: KTunerParams().learner_params)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**63 - 1)
     estimate_weight: float = Field(0.25, gt=0, le=1)
 
     @field_validator("initial_policy")
@@ -90,14 +92,14 @@ class DeadlineSettings(BaseModel):
 
     knob: Literal["theta", "tbt_slack_s"] = "theta"
     margin_fraction: float = Field(0.0, ge=0, lt=0.5)
-    knob_initial: float = 5.0
-    knob_min: float = 0.0
-    knob_max: float = 20.0
-    kp: float = Field(4.0, ge=0)
-    ki_per_s: float = Field(2.0, ge=0)
-    kd_s: float = Field(0.0, ge=0)
+    knob_initial: float = Field(5.0, ge=-1e6, le=1e6)
+    knob_min: float = Field(0.0, ge=-1e6, le=1e6)
+    knob_max: float = Field(20.0, ge=-1e6, le=1e6)
+    kp: float = Field(4.0, ge=0, le=1e6)
+    ki_per_s: float = Field(2.0, ge=0, le=1e6)
+    kd_s: float = Field(0.0, ge=0, le=1e6)
     dead_band_fraction: float = Field(0.02, ge=0, lt=1)
-    max_change_per_tick: float = Field(1.0, gt=0)
+    max_change_per_tick: float = Field(1.0, gt=0, le=1e6)
 
 
 class SimEngineSettings(BaseModel):
@@ -109,10 +111,11 @@ class SimEngineSettings(BaseModel):
     model: str = "llama-3.1-8b"
     scenario: str = Field("prefix-shift", description="a scenario name (config/scenarios.toml or scenarios_file)")
     scenarios_file: Path | None = None
-    seed: int = 0
-    chunked_prefill_tokens: int = Field(8192, ge=1)
-    max_running_requests: int = Field(1024, ge=1)
-    demo_seconds: float = Field(60.0, ge=0, description="wall seconds the paced demo takes for the whole scenario")
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+    chunked_prefill_tokens: int = Field(8192, ge=1, le=10_000_000)
+    max_running_requests: int = Field(1024, ge=1, le=10_000_000)
+    demo_seconds: float = Field(60.0, ge=0, le=7 * 86400,
+                                description="wall seconds the paced demo takes for the whole scenario")
 
 
 class SGLangEngineSettings(BaseModel):
@@ -120,8 +123,8 @@ class SGLangEngineSettings(BaseModel):
 
     base_url: str = Field("http://127.0.0.1:30000", description="the SGLang server's HTTP address")
     request_metrics_dir: Path | None = Field(None, description="SGLang's --export-metrics-to-file directory")
-    timeout_s: float = Field(2.0, gt=0)
-    retries: int = Field(2, ge=0)
+    timeout_s: float = Field(2.0, gt=0, le=3600)
+    retries: int = Field(2, ge=0, le=100)
 
 
 class EngineSettings(BaseModel):
@@ -135,17 +138,17 @@ class EngineSettings(BaseModel):
 class ServiceSettings(BaseModel):
     model_config = _STRICT
 
-    tick_interval_s: float = Field(10.0, gt=0, description="seconds of engine time per tick")
+    tick_interval_s: float = Field(10.0, gt=0, le=86400, description="seconds of engine time per tick")
     mode: Literal["advisory", "active"] = Field("active", description="advisory: decide and log, push nothing")
-    keep_decisions: int = Field(1000, ge=1, description="decisions /decisions can return")
+    keep_decisions: int = Field(1000, ge=1, le=10_000_000, description="decisions /decisions can return")
 
 
 class LogSettings(BaseModel):
     model_config = _STRICT
 
     path: Path = Field(Path("schedctl-decisions.jsonl"), description="decision log (JSON lines)")
-    max_bytes: int = Field(10_000_000, ge=0, description="rotate when the log reaches this size (0: never)")
-    backup_count: int = Field(5, ge=0, description="rotated files kept")
+    max_bytes: int = Field(10_000_000, ge=0, le=2**40, description="rotate when the log reaches this size (0: never)")
+    backup_count: int = Field(5, ge=0, le=1000, description="rotated files kept")
     fsync: bool = Field(True, description="fsync every line (off only for benchmarks)")
 
 

@@ -103,3 +103,17 @@ def test_no_configured_token_means_no_writes() -> None:
         assert svc.controller.guard.pinned is None
     finally:
         server.stop()
+
+
+@pytest.mark.timeout(30)
+def test_a_huge_k_pin_is_refused_with_one_clear_error_and_changes_nothing(api: tuple[Service, httpx.Client]) -> None:
+    svc, client = api
+    svc.tick()
+    huge = "9" * 400
+    for body in ({"policy": f"klpm:{huge}"}, {"policy": {"kind": "klpm", "k": int(huge)}}):
+        r = client.post("/pin", json=body, headers=auth())
+        assert r.status_code == 422 and "k must be <= 1000000" in r.json()["detail"]
+        assert huge not in r.text
+    assert svc.controller.guard.pinned is None
+    d = svc.tick()  # the loop goes on, with nothing huge anywhere
+    assert d.reason != "pinned" and "9999999" not in d.model_dump_json()

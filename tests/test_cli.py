@@ -136,3 +136,13 @@ def test_sglang_serve_dry_run_enables_the_plugin_metrics_and_request_export(tmp_
     for flag in ("--model-path some/model", "--port 30001", "--enable-metrics", "--export-metrics-to-file",
                  f"--export-metrics-to-file-dir {tmp_path / 'm'}", "--schedule-policy lpm"):
         assert flag in line
+
+
+def test_a_huge_k_is_one_short_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from schedctl.cli.common import UsageError, parse_or_usage
+    from schedctl.policies.spec import parse_policy
+
+    for digits in (400, 5000):  # 5000: past Python's int-from-string limit
+        with pytest.raises(UsageError) as err:
+            parse_or_usage(parse_policy, "klpm:" + "9" * digits, "POLICY")
+        assert "k must be <= 1000000" in str(err.value) and len(str(err.value)) < 200

@@ -209,3 +209,27 @@ def test_decision_is_strict_json() -> None:
     text = d.model_dump_json()
     assert "NaN" not in text and "Infinity" not in text
     assert Decision.model_validate_json(text) == d
+
+
+def test_implausible_windows_are_stale_with_a_reason_and_never_reach_the_learner() -> None:
+    c, clk = controller(min_dwell_ticks=1, settle_ticks=0, stale_hold_ticks=1, safe_policy="fcfs"), Clock()
+    drive(c, clk.window(active=K4))
+    spy: SpyLearner = c.ktuner.learner  # type: ignore[assignment]
+    before = len(spy.updates)
+    huge = 10**300
+    bad = [
+        clk.window(tail_s=1e300, active=K4),  # a latency no engine measures
+        clk.window(queue=huge, active=K4),  # a queue no engine holds
+        clk.window(active=K4).model_copy(update={"completions": huge}),
+        clk.window(active=K4).model_copy(update={"ttft": LatencyDist(samples_s=[0.5] * 40 + [-1.0])}),
+        clk.window(active=K4).model_copy(update={"oldest_wait_s": math.inf}),
+    ]
+    ds = [drive(c, o) for o in bad]
+    assert all(d.window.stale and "implausible" in (d.window.stale_reason or "") for d in ds)
+    assert all(d.learner.reward is None and d.learner.credited is None for d in ds)
+    assert len(spy.updates) == before
+    assert [d.reason for d in ds] == ["guard", "fallback", "fallback", "fallback", "fallback"]  # as an outage
+    assert all(len(d.model_dump_json()) < 4000 for d in ds)  # no 301-digit numbers in the decision
+    assert ds[-1].window.queue_len == 0
+    d = drive(c, clk.window(active=parse_policy("fcfs")))
+    assert not d.window.stale and d.policy == K4 and d.push  # fresh again: the learned policy, pushed at once

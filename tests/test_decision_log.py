@@ -159,3 +159,60 @@ def test_sigkill_mid_run_leaves_exactly_one_well_formed_line_per_logged_tick(tmp
     assert torn <= 1
     for raw in log.read_bytes().split(b"\n")[:-1]:
         json.loads(raw)  # every complete line parses
+
+
+FULL_DISK_SCRIPT = """
+import json, resource, signal, sys
+from schedctl.controller.service import Service
+from schedctl.controller.core import Controller
+from schedctl.controller.decision_log import DecisionLog
+from schedctl.engine_adapter.base import Observation
+from schedctl.stats import LatencyDist
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit a write fails with EFBIG instead of killing us
+path, limit = sys.argv[1], int(sys.argv[2])
+t = [0.0]
+
+class Engine:
+    def capabilities(self): raise NotImplementedError
+    def apply(self, spec): pass
+    def observe(self):
+        t[0] += 10.0
+        return Observation(start_s=t[0] - 10, end_s=t[0], arrivals=40, completions=40, queue_len=3,
+                           ttft=LatencyDist(samples_s=[0.2 + 0.01 * j for j in range(40)]))
+
+svc = Service(Controller(run_id="fs"), Engine(), DecisionLog(path, fsync=True), clock=lambda: t[0])
+hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))  # the disk is full at `limit` bytes
+full = [svc.tick().tick_id for _ in range(8)]
+errors_while_full = svc.log_errors
+resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))  # space returns
+after = [svc.tick().tick_id for _ in range(3)]
+print(json.dumps({"errors": errors_while_full, "cut_bytes": svc.log.cut_bytes, "after": after,
+                  "healthy": svc.status()["log_healthy"], "status_errors": svc.status()["log_write_errors"]}))
+"""
+
+
+def test_a_full_disk_leaves_whole_lines_counts_the_errors_and_logging_resumes(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    log = DecisionLog(tmp_path / "probe.jsonl", fsync=False)
+    log.write(decisions(1)[0])
+    log.close()
+    one_line = (tmp_path / "probe.jsonl").stat().st_size
+    limit = int(2.5 * one_line)  # room for two whole lines and half of a third
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    out = subprocess.run([sys.executable, "-c", FULL_DISK_SCRIPT, str(path), str(limit)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["errors"] >= 6 and report["cut_bytes"] > 0  # a third line was started, failed, and was cut
+    assert "Traceback" not in out.stderr and "decision log write failed" in out.stderr
+    assert report["healthy"] and report["status_errors"] == report["errors"]  # healthy again once lines go in
+    raw = path.read_bytes()
+    assert raw.endswith(b"\n") and all(json.loads(line) for line in raw.splitlines())
+    back, torn = read_decisions(path)
+    assert torn == 0 and [d.tick_id for d in back] == [1, 2, *report["after"]]  # no torn line mid-file
+    cli = subprocess.run([sys.executable, "-c", "from schedctl.cli import main; main()", "decisions", str(path),
+                          "--json"], capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    assert [d["tick_id"] for d in json.loads(cli.stdout)] == [1, 2, *report["after"]]

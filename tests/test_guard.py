@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from schedctl.controller.core import Controller, ControllerParams
+from schedctl.controller.core import Controller, ControllerParams, unavailable
 from schedctl.controller.guard import Guard, GuardParams
 from schedctl.engine_adapter.base import Observation
 from schedctl.policies.spec import PolicySpec, parse_policy, spec_for
@@ -77,11 +77,20 @@ def test_an_unreachable_engine_gets_the_learned_policy_as_soon_as_it_answers() -
     for _ in range(6):
         eng.tick(c, eng.window())
     learned = c.target
-    for _ in range(4):  # unreachable: observe fails, and so does every push
-        eng.tick(c, eng.stale(), reachable=False)
+    outage = [eng.tick(c, unavailable(eng.t, eng.t + 10.0, "engine unavailable: refused")) for _ in range(4)]
+    eng.t += 40.0
+    assert [d.reason for d in outage] == ["guard", "fallback", "fallback", "fallback"]
+    assert not any(d.push for d in outage)  # a push to an engine that does not answer would not land: deferred
+    assert all("deferred" in (d.reconcile or "") for d in outage[1:])
     assert eng.running == learned  # never reached
+    d = eng.tick(c, eng.window())  # back, still running the learned policy: nothing to push
+    assert d.policy == learned and not d.push and eng.running == learned
+    eng.tick(c, unavailable(eng.t, eng.t + 10.0, "engine unavailable: refused"))
+    eng.t += 10.0
+    eng.running = FCFS  # back after a restart, on its own order
     d = eng.tick(c, eng.window())
-    assert d.policy == learned and d.push and d.applied
+    assert d.policy == learned and d.push and d.applied and eng.running == learned
+    assert "engine runs fcfs" in (d.reconcile or "")
 
 
 def test_rollback_when_the_tail_regresses_for_m_windows_and_no_exploration_of_it_for_a_while() -> None:
@@ -231,3 +240,24 @@ def test_a_new_load_context_starts_from_the_initial_policy() -> None:
 @pytest.mark.parametrize("k", [1, 2, 8, "inf"])
 def test_safe_policy_must_be_of_the_tuned_family(k: Any) -> None:
     ControllerParams(guard=GuardParams(safe_policy=spec_for(k)))  # any k-LPM safe policy is fine
+
+
+def test_the_decision_names_the_rule_that_acted() -> None:
+    c = make(stale_hold_ticks=1, safe_policy="fcfs", min_dwell_ticks=4)
+    eng = Engine(lambda p, t: 3.0)
+    rules = [eng.tick(c, eng.window()).rule for _ in range(3)]
+    assert rules[1:] == ["dwell", "dwell"]
+    assert [eng.tick(c, eng.stale()).rule for _ in range(2)] == ["stale", "stale"]
+    assert eng.tick(c, eng.window()).rule == "restore"
+    c.pin(K2)
+    d = eng.tick(c, eng.window())
+    assert (d.rule, d.reason, d.policy) == ("pin", "pinned", K2)
+
+
+def test_asking_whether_a_policy_is_blocked_changes_nothing() -> None:
+    g = Guard(GuardParams(rollback_cooldown_ticks=5))
+    g.block(K8, 10)
+    assert g.is_blocked(K8, 12) and not g.is_blocked(K8, 15) and not g.is_blocked(K8, 16)
+    assert g.blocked == {"klpm:8": 15}  # asked past the end: still there until the tick expires it
+    g.expire(15)
+    assert g.blocked == {}

@@ -34,7 +34,12 @@ def imported_modules(path: Path) -> set[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"))
     out = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("schedctl."):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            out.add(f"<relative import: from {'.' * node.level}{node.module or ''}>")
+        elif isinstance(node, ast.ImportFrom) and node.module == "schedctl":
+            # `from schedctl import X`: the module schedctl.X (dunders such as __version__ are the package root)
+            out |= {a.name for a in node.names if not a.name.startswith("__")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("schedctl."):
             out.add(node.module.removeprefix("schedctl."))
         elif isinstance(node, ast.Import):
             out |= {a.name.removeprefix("schedctl.") for a in node.names if a.name.startswith("schedctl.")}
@@ -42,6 +47,8 @@ def imported_modules(path: Path) -> set[str]:
 
 
 def allowed(pkg: str, target: str) -> bool:
+    if target.startswith("<relative import"):
+        return False  # absolute imports only: the table above is checked on absolute names
     top = target.split(".")[0]
     if top == pkg or top in BOTTOM or "*" in ALLOWED[pkg]:
         return True
@@ -63,7 +70,8 @@ def test_every_package_imports_only_downward():
 
 def test_the_controller_core_imports_no_io_library():
     shell = {"service.py", "decision_log.py", "api.py"}
-    io_libraries = {"httpx", "fastapi", "uvicorn", "apscheduler", "structlog", "socket", "requests", "time"}
+    io_libraries = {"httpx", "fastapi", "uvicorn", "apscheduler", "structlog", "socket", "requests", "time", "os",
+                    "datetime", "random", "pathlib", "shutil", "tempfile", "subprocess", "io"}
     for path in sorted((ROOT / "controller").glob("*.py")):
         if path.name in shell:
             continue
@@ -71,3 +79,14 @@ def test_the_controller_core_imports_no_io_library():
         names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         assert not names & io_libraries, f"{path.name} imports {names & io_libraries}"
+        calls = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+        assert not calls & {"open", "print", "input"}, f"{path.name} calls {calls & {'open', 'print', 'input'}}"
+
+
+def test_the_import_checks_see_relative_and_package_imports(tmp_path: Path) -> None:
+    f = tmp_path / "m.py"
+    f.write_text("from . import x\nfrom .core import y\nfrom schedctl import sim, __version__\n")
+    found = imported_modules(f)
+    assert "sim" in found and "__version__" not in found
+    assert sum(t.startswith("<relative import") for t in found) == 2
+    assert not allowed("policies", "sim") and not allowed("cli", "<relative import: from .core>")

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import typing
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from schedctl.files import InputFileError
 from schedctl.policies.spec import parse_policy
-from schedctl.settings import load_settings
+from schedctl.settings import Settings, load_settings
 from schedctl.sim.profiles import config_dir
 
 SHIPPED = ["sidecar.sim.toml", "sidecar.sglang.toml", "sidecar.slai.toml"]
@@ -90,3 +94,45 @@ def test_run_with_a_bad_file_stops_with_one_line_and_exit_2(tmp_path: Path) -> N
     lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and str(f) in out.stderr.replace("\n", "")
     assert "guard.min_dwell_ticks" in lines[0] and "greater than or equal to 1" in lines[0]
+
+
+def _numeric_fields(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for name, info in model.model_fields.items():
+        ann = info.annotation
+        for t in (ann, *typing.get_args(ann)):
+            if isinstance(t, type) and issubclass(t, BaseModel):
+                yield from _numeric_fields(t, f"{prefix}{name}.")
+        if ann in (int, float, int | None, float | None):
+            yield prefix + name, info
+
+
+def test_every_numeric_setting_has_a_finite_range() -> None:
+    unbounded = []
+    for name, info in _numeric_fields(Settings):
+        kinds = {type(m).__name__ for m in info.metadata}
+        if not ({"Ge", "Gt"} & kinds and {"Le", "Lt"} & kinds):
+            unbounded.append(name)
+    assert not unbounded, f"numeric settings without a lower and an upper bound: {unbounded}"
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf", "1e999"])
+def test_an_infinite_tick_interval_is_refused_with_file_field_and_reason(tmp_path: Path, value: str) -> None:
+    f = tmp_path / "s.toml"
+    f.write_text(f"[service]\ntick_interval_s = {value}\n")
+    with pytest.raises(InputFileError) as err:
+        load_settings(f)
+    assert err.value.where == "service.tick_interval_s" and str(f) in str(err.value)
+    assert "finite" in err.value.reason or "less than" in err.value.reason or "greater than" in err.value.reason
+
+
+def test_a_huge_k_is_refused_in_one_line_wherever_it_enters(tmp_path: Path) -> None:
+    huge = "9" * 400
+    for text, field in [(f'[tuner]\ninitial_policy = "klpm:{huge}"\n', "tuner.initial_policy"),
+                        (f'[guard]\nsafe_policy = "klpm:{huge}"\n', "guard.safe_policy"),
+                        (f"[tuner]\narms = [1, 2, {huge}]\n", "tuner.arms")]:
+        f = tmp_path / "s.toml"
+        f.write_text(text)
+        with pytest.raises(InputFileError) as err:
+            load_settings(f)
+        assert err.value.where.startswith(field) and "k must be <= 1000000" in err.value.reason
+        assert huge not in str(err.value)  # named by its length, not written out

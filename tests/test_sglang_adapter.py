@@ -1,8 +1,8 @@
 """The SGLang adapter over a real socket on 127.0.0.1, against a server that speaks SGLang's formats.
 
-The server is http.server in a thread, serving Prometheus text written by prometheus-client with SGLang's
-metric names, labels and default buckets, plus /server_info and /set_internal_state answers shaped as SGLang's
-(the plugin's readback included). It stops when each test ends. Needs no SGLang (core test suite).
+The server is the stand-in of tests/sglang_standin.py (http.server in a thread, SGLang's metric names, labels
+and default buckets, /server_info and /set_internal_state answers shaped as SGLang's, the plugin's readback
+included). It stops when each test ends. Needs no SGLang (core test suite).
 """
 
 from __future__ import annotations
@@ -10,16 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import threading
-import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from sglang_standin import ITL_BUCKETS_S, TTFT_BUCKETS_S, FakeSGLang, FakeSGLangMetrics, running_standin
 
 from schedctl.engine_adapter.base import EngineAdapter, EngineUnavailable, UnsupportedPolicy
 from schedctl.engine_adapter.sglang import channel, metrics
@@ -27,119 +24,11 @@ from schedctl.engine_adapter.sglang.adapter import SGLangAdapter
 from schedctl.engine_adapter.sglang.export import RequestExportFollower
 from schedctl.policies.spec import FCFSSpec, KLPMSpec, LPMSpec, SarathiSpec, SLAISpec
 
-TTFT_BUCKETS_S = [0.1, 0.2, 0.4, 0.6, 0.8, 1, 2, 4, 6, 8, 10, 20, 40, 60, 80, 100, 200, 400]  # SGLang's defaults
-ITL_BUCKETS_S = [0.002, 0.004, 0.006, 0.008, 0.010, 0.015, 0.020, 0.025, 0.030, 0.035, 0.040, 0.060, 0.080, 0.100,
-                 0.200, 0.400, 0.600, 0.800, 1.000, 2.000, 4.000, 6.000, 8.000]  # fmt: skip
-
-
-class FakeSGLangMetrics:
-    """SGLang's tokenizer and scheduler metrics in a registry of their own (one engine 'life')."""
-
-    def __init__(self, ranks: list[dict[str, str]] | None = None) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.ttft = Histogram(metrics.TTFT, "ttft", ["model_name", "is_streaming"], buckets=TTFT_BUCKETS_S, registry=r)
-        self.itl = Histogram(metrics.ITL, "itl", ["model_name"], buckets=ITL_BUCKETS_S, registry=r)
-        self.requests = Counter(metrics.REQUESTS, "n", ["model_name", "is_streaming"], registry=r)
-        self.aborted = Counter(metrics.ABORTED, "n", ["model_name"], registry=r)
-        self.prompt = Counter(metrics.PROMPT_TOKENS, "n", ["model_name", "is_streaming"], registry=r)
-        self.cached = Counter(metrics.CACHED_TOKENS, "n", ["model_name", "cache_source"], registry=r)
-        rank_labels = ["model_name", "engine_type", "tp_rank", "pp_rank", "moe_ep_rank", "dp_rank", "priority"]
-        self.gauges = {name: Gauge(name, "g", rank_labels, registry=r) for name in metrics.GAUGES}
-        self.ranks = ranks or [{"tp_rank": "0", "dp_rank": "0"}]
-
-    def finish(self, ttft_s: float, prompt: int, cached: int, stream: bool = False) -> None:
-        s = "true" if stream else "false"
-        self.ttft.labels("m", s).observe(ttft_s)
-        self.requests.labels("m", s).inc()
-        self.prompt.labels("m", s).inc(prompt)
-        self.cached.labels("m", "device").inc(cached)
-
-    def set_gauges(self, **values: float) -> None:
-        for rank in self.ranks:
-            for name, value in values.items():
-                labels = {"model_name": "m", "engine_type": "unified", "pp_rank": "0", "moe_ep_rank": "0",
-                          "priority": "", **rank}  # fmt: skip
-                self.gauges[f"sglang:{name}"].labels(**labels).set(value)
-
-    def text(self) -> str:
-        return generate_latest(self.registry).decode()
-
-
-class FakeSGLang:
-    """What the adapter talks to: /metrics, /server_info and /set_internal_state, as SGLang answers them."""
-
-    def __init__(self) -> None:
-        self.metrics = FakeSGLangMetrics()
-        self.metrics_text: str | None = None  # overrides the registry when set (garbage tests)
-        self.delay_s = 0.0
-        self.status = 200
-        self.plugin = True
-        self.accept_push = True
-        self.schedule_policy = "lpm"
-        self.startup_time = 1000.0
-        self.plugin_state = {channel.KEY_KIND: 0, channel.KEY_K: 0, channel.KEY_VERSION: 0}
-        self.pushes: list[dict[str, Any]] = []
-        self.hits = 0
-
-    def server_info(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"startup_time": self.startup_time}
-        if self.plugin:
-            state[channel.SERVER_INFO_KEY] = dict(self.plugin_state)
-        return {"schedule_policy": self.schedule_policy, "version": "0.5.23", "startup_time": self.startup_time,
-                "internal_states": [state]}  # fmt: skip
-
-    def handle(self, method: str, path: str, body: bytes) -> tuple[int, str]:
-        self.hits += 1
-        if self.delay_s:
-            time.sleep(self.delay_s)
-        if self.status != 200:
-            return self.status, "error"
-        if method == "GET" and path == "/metrics":
-            return 200, self.metrics_text if self.metrics_text is not None else self.metrics.text()
-        if method == "GET" and path == "/server_info":
-            return 200, json.dumps(self.server_info())
-        if method == "POST" and path == "/set_internal_state":
-            args = json.loads(body)["server_args"]
-            self.pushes.append(args)
-            ok = self.plugin and self.accept_push and set(args) <= set(channel.KEYS)
-            if ok:
-                self.plugin_state.update(args)
-            return 200, json.dumps([ok])
-        return 404, "not found"
-
 
 @pytest.fixture()
 def engine() -> Iterator[tuple[FakeSGLang, str]]:
-    fake = FakeSGLang()
-
-    class Handler(BaseHTTPRequestHandler):
-        def _serve(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            status, text = fake.handle(self.command, self.path, body)
-            try:
-                self.send_response(status)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.end_headers()
-                self.wfile.write(text.encode())
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client timed out and left
-
-        do_GET = do_POST = _serve
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield fake, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with running_standin() as server:
+        yield server.fake, server.url
 
 
 def make_adapter(url: str, **kw: Any) -> tuple[SGLangAdapter, list[float]]:
@@ -269,10 +158,14 @@ def test_one_bad_family_is_skipped_with_a_warning(
 
 def test_odd_values_never_crash_the_observation(engine: tuple[FakeSGLang, str]) -> None:
     fake, url = engine
-    fake.metrics.set_gauges(num_queue_reqs=float("inf"), num_running_reqs=-3, token_usage=1.7)
+    fake.metrics.set_gauges(num_queue_reqs=3, num_running_reqs=2, token_usage=1.7)
     fake.plugin_state = {channel.KEY_KIND: "x", channel.KEY_K: None}  # a garbled plugin readback
     obs = make_adapter(url)[0].observe()
-    assert (obs.queue_len, obs.running, obs.kv_utilization, obs.active_policy) == (0, 0, 1.0, None)
+    assert (obs.queue_len, obs.running, obs.kv_utilization, obs.active_policy) == (3, 2, 1.0, None)
+    assert not obs.stale
+    fake.metrics.set_gauges(num_queue_reqs=float("inf"), num_running_reqs=-3)
+    obs = make_adapter(url)[0].observe()
+    assert obs.stale and "implausible metrics" in (obs.stale_reason or "") and obs.queue_len == 0
 
 
 def test_server_errors_are_retried_then_typed(engine: tuple[FakeSGLang, str]) -> None:

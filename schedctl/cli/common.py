@@ -61,13 +61,14 @@ def fail_cleanly(app: Callable[..., Any]) -> int:
 
 
 def parse_or_usage(parse: Callable[[str], Any], text: str, what: str) -> Any:
+    shown = repr(text) if len(text) <= 60 else f"{text[:40]!r}... ({len(text)} characters)"
     try:
         return parse(text)
     except (ValueError, ValidationError) as exc:
         if isinstance(exc, ValidationError):
             field, reason = validation_message(exc)
-            raise UsageError(f"{what} {text!r}: {field}: {reason}") from None
-        raise UsageError(f"{what} {text!r}: {exc}") from None
+            raise UsageError(f"{what} {shown}: {field}: {reason}") from None
+        raise UsageError(f"{what} {shown}: {exc}") from None
 
 
 def parse_policies(text: str) -> list[PolicySpec]:

@@ -33,6 +33,7 @@ from schedctl.cli import common
 from schedctl.cli.common import UsageError
 from schedctl.controller.decision import Decision
 from schedctl.controller.decision_log import read_decisions
+from schedctl.controller.persist import StateMismatch
 from schedctl.controller.service import Service, open_sidecar, run_realtime, run_simulated
 from schedctl.engine_adapter.base import EngineAdapter, Replayer
 from schedctl.engine_adapter.replay import SimReplayer
@@ -105,22 +106,34 @@ def _stop_on_signals(stop: threading.Event) -> None:
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+    if hasattr(signal, "SIGXFSZ"):  # a file-size limit makes a log write fail (EFBIG, counted), not kill us
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+def state_path(settings: Settings) -> Path:
+    """The learner's state, beside the decision log: LOG.jsonl -> LOG.state.json."""
+    return settings.log.path.with_suffix(".state.json")
 
 
 def _open(settings: Settings, adapter: EngineAdapter, run_id: str, clock: Any,
-          replayer: Replayer | None = None) -> tuple[Service, Any]:
+          replayer: Replayer | None = None, fresh: bool = False) -> tuple[Service, Any]:
     api = settings.api
     try:
-        return open_sidecar(
+        service, server = open_sidecar(
             settings.controller_params(), adapter, run_id=run_id, clock=clock, log_path=settings.log.path,
             log_max_bytes=settings.log.max_bytes, log_backup_count=settings.log.backup_count,
             log_fsync=settings.log.fsync, keep_decisions=settings.service.keep_decisions,
             api=(api.host, api.port, api.token) if api.enabled else None,
             api_stale_after_s=3 * settings.service.tick_interval_s if settings.engine.adapter != "sim" else None,
-            replayer=replayer,
+            replayer=replayer, state_path=state_path(settings), fresh=fresh,
         )
+    except StateMismatch as exc:
+        raise UsageError(f"learner state {exc}: restore those settings, or start over with --fresh") from None
     except OSError as exc:
         raise UsageError(f"cannot start the sidecar: {exc}") from None
+    if service.resumed is not None:
+        print(f"learner state: {service.resumed}", file=sys.stderr, flush=True)
+    return service, server
 
 
 def _compare(settings: Settings, scenario: Scenario, adaptive_p99_s: float, jobs: int) -> Table:
@@ -144,7 +157,7 @@ def _compare(settings: Settings, scenario: Scenario, adaptive_p99_s: float, jobs
 
 
 def _run_sim(settings: Settings, fast: bool, max_ticks: int | None, plot: Path | None, compare: bool,
-             console: Console) -> None:
+             console: Console, fresh: bool = False) -> None:
     sim = settings.engine.sim
     scenario = get_scenario(sim.scenario, sim.scenarios_file)
     hw = common.hardware(sim.gpu, sim.model, None, None)
@@ -155,7 +168,7 @@ def _run_sim(settings: Settings, fast: bool, max_ticks: int | None, plot: Path |
                          keep_ttfts=True)
     run_id = f"{scenario.name}-s{sim.seed}-{uuid.uuid4().hex[:6]}"
     replayer = SimReplayer(adapter, settings.whatif.horizon_windows) if settings.whatif.enabled else None
-    service, server = _open(settings, adapter, run_id, clock=lambda: adapter.now_s, replayer=replayer)
+    service, server = _open(settings, adapter, run_id, clock=lambda: adapter.now_s, replayer=replayer, fresh=fresh)
     expected_ticks = math.ceil(scenario.duration_s / tick_s)
     pace = 0.0 if fast else sim.demo_seconds / expected_ticks
     end_s = scenario.duration_s + DRAIN_LIMIT_S
@@ -197,13 +210,13 @@ def _run_sim(settings: Settings, fast: bool, max_ticks: int | None, plot: Path |
         console.print(_compare(settings, scenario, p99, default_workers()))
 
 
-def _run_sglang(settings: Settings, max_ticks: int | None, console: Console) -> None:
+def _run_sglang(settings: Settings, max_ticks: int | None, console: Console, fresh: bool = False) -> None:
     from schedctl.engine_adapter.sglang.adapter import SGLangAdapter  # the CLI builds the concrete adapter
 
     sg = settings.engine.sglang
     metrics_dir = str(sg.request_metrics_dir) if sg.request_metrics_dir else None
     adapter = SGLangAdapter(sg.base_url, request_metrics_dir=metrics_dir, timeout_s=sg.timeout_s, retries=sg.retries)
-    service, server = _open(settings, adapter, f"sglang-{uuid.uuid4().hex[:8]}", clock=time.time)
+    service, server = _open(settings, adapter, f"sglang-{uuid.uuid4().hex[:8]}", clock=time.time, fresh=fresh)
     stop = threading.Event()
     _stop_on_signals(stop)
     title = f"schedctl · SGLang at {sg.base_url} · every {settings.service.tick_interval_s:g} s"
@@ -238,6 +251,8 @@ def run_cmd(
     ticks: int | None = typer.Option(None, "--ticks", min=1, help="stop after this many ticks"),
     plot: Path | None = typer.Option(None, "--plot", help="write a PNG timeline of k, load and P99 TTFT"),
     compare: bool = typer.Option(True, "--compare/--no-compare", help="simulated engine: compare with statics"),
+    fresh: bool = typer.Option(False, "--fresh", help="start the learner over (ignore its saved state beside the "
+                               "decision log)"),
 ) -> None:
     """Run the sidecar: tick, observe, decide, push, log — against the embedded engine or an SGLang server."""
     settings = load_settings(config)
@@ -251,9 +266,9 @@ def run_cmd(
                              "cannot be applied)")
     console = Console()
     if settings.engine.adapter == "sim":
-        _run_sim(settings, fast, ticks, plot, compare, console)
+        _run_sim(settings, fast, ticks, plot, compare, console, fresh)
     else:
-        _run_sglang(settings, ticks, console)
+        _run_sglang(settings, ticks, console, fresh)
 
 
 def decisions_cmd(

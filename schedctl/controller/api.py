@@ -37,7 +37,11 @@ class ModeRequest(BaseModel):
 def _policy(value: str | dict[str, Any]) -> PolicySpec:
     try:
         return parse_policy(value) if isinstance(value, str) else policy_from_dict(value)
-    except (ValueError, ValidationError) as exc:
+    except ValidationError as exc:  # the first error's own words, not pydantic's header line
+        first = exc.errors()[0]
+        reason = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        raise HTTPException(status_code=422, detail=f"bad policy: {reason}") from None
+    except ValueError as exc:
         raise HTTPException(status_code=422, detail=f"bad policy: {str(exc).splitlines()[0]}") from None
 
 
@@ -60,7 +64,7 @@ def make_app(service: Service, token: str, stale_after_s: float | None = None) -
         late = stale_after_s is not None and age is not None and age > stale_after_s
         status = "ok" if service.log_healthy and not late else "degraded"
         return {"status": status, "tick_id": service.controller.tick, "seconds_since_tick": age,
-                "log_healthy": service.log_healthy}
+                "log_healthy": service.log_healthy, "log_write_errors": service.log_errors}
 
     @app.get("/status")
     def status() -> dict[str, Any]:

@@ -31,13 +31,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from schedctl.controller.deadline import DeadlineTuner, DeadlineTunerParams
 from schedctl.controller.decision import Decision, LearnerSummary, Mode, Reason, WindowSummary
-from schedctl.controller.guard import Guard, GuardParams
+from schedctl.controller.guard import Guard, GuardParams, Tick, run_chain
 from schedctl.controller.ktuner import KTuner, KTunerParams, arm_label, k_of
 from schedctl.controller.objective import ObjectiveParams, Score, evaluate
+from schedctl.controller.reconcile import ReconcileParams, Reconciler
+from schedctl.controller.sanity import SanityParams, gate
 from schedctl.controller.whatif import WhatIf, WhatIfParams, WhatIfRecord
 from schedctl.engine_adapter.base import Observation, ReplayReport
 from schedctl.policies.slai import with_tbt_slack, with_theta
-from schedctl.policies.spec import KValue, PolicySpec, SLAISpec, parse_policy, policy_label, spec_for
+from schedctl.policies.spec import KValue, PolicySpec, SLAISpec, parse_policy, policy_label
 
 
 class DeadlineParams(BaseModel):
@@ -61,6 +63,8 @@ class ControllerParams(BaseModel):
     guard: GuardParams = Field(default_factory=GuardParams)
     deadline: DeadlineParams | None = None
     whatif: WhatIfParams = Field(default_factory=WhatIfParams)
+    sanity: SanityParams = Field(default_factory=SanityParams)
+    reconcile: ReconcileParams = Field(default_factory=ReconcileParams)
 
     @field_validator("initial_policy", mode="before")
     @classmethod
@@ -83,9 +87,9 @@ class ControllerParams(BaseModel):
 
 
 def unavailable(start_s: float, end_s: float, reason: str, active: PolicySpec | None = None) -> Observation:
-    """The observation the shell records for a tick whose ``observe()`` failed: stale, with the reason."""
+    """The observation the shell records for a tick whose ``observe()`` failed: stale, unreachable, the reason."""
     return Observation(start_s=start_s, end_s=end_s, arrivals=0, completions=0, stale=True, stale_reason=reason,
-                       active_policy=active)
+                       active_policy=active, reachable=False)
 
 
 def _knob_of(spec: PolicySpec, knob: str) -> float | None:
@@ -132,7 +136,7 @@ class Controller:
         self.deadline_mode = k_of(p.initial_policy) is None
         self.target: PolicySpec = p.initial_policy  # what the controller wants the engine to run
         self.guard.last_good = p.initial_policy
-        self.force_push = True  # nothing pushed yet
+        self.reconciler = Reconciler(p.reconcile)  # what the engine runs vs what we want; failed pushes
         self.last_end_s: float | None = None
         self.whatif = WhatIf(p.whatif, p.objective, p.tuner.estimate_weight)
         self._vetoed: str | None = None  # filter mode: the exploration the replay refused this tick
@@ -141,14 +145,14 @@ class Controller:
     def pin(self, spec: PolicySpec) -> None:
         if (k_of(spec) is None) != self.deadline_mode:
             raise ValueError(f"cannot pin {policy_label(spec)}: the engine runs the other policy family")
-        self.guard.pinned = spec
+        self.guard.pin(spec)
 
     def unpin(self) -> None:
-        self.guard.pinned = None
+        self.guard.unpin()
 
     def set_mode(self, mode: Mode) -> None:
         if mode == "active" and self.mode != "active":
-            self.force_push = True  # the engine may run anything: push the decision at the next tick
+            self.reconciler.pending = "switched to active mode"  # the engine may run anything: push at the next tick
         self.mode = mode
 
     # -- what-if replay (the shell runs the replayer, see whatif.py) ------------------------------------------------
@@ -167,56 +171,39 @@ class Controller:
     def step(self, obs: Observation, whatif: ReplayReport | None = None) -> Decision:
         """One tick. ``whatif``: the shell's replay of this window under candidate arms (None: no replay)."""
         self.tick += 1
-        t, g = self.tick, self.guard
+        t, g, rec = self.tick, self.guard, self.reconciler
+        obs = gate(obs, self.params.sanity, self.last_end_s)  # implausible values: a stale window, never data
         score = evaluate(obs, self.params.objective)
         fresh = not obs.stale
         if self.last_end_s is not None and obs.end_s <= self.last_end_s and fresh:
             fresh, score = False, Score(reward=None, why_none="window does not move time forward")
-        if fresh and obs.active_policy is not None and obs.active_policy != g.running:
-            if g.running is not None and self.mode == "active":
-                self.force_push = True  # the engine runs something else than what we pushed (a restart?)
-            g.set_running(obs.active_policy, t - 1)
+        restarted = rec.note(obs)
+        known, reported = rec.engine_report(obs)
+        if fresh and ((known and reported != g.running) or (restarted and not known)):
+            # the engine ran something else than we thought (a restart, a lost policy): nothing to credit to ours
+            g.set_running(reported, t - 1)
         g.note_fresh(fresh)
         if fresh:
             self.last_end_s = obs.end_s
         context, credited, replay = self._learn_all(obs, score, t, fresh, whatif)
-        self._vetoed = None
         if fresh:
             g.record_tail(t, score.tail_s, self.ktuner.context_label(obs) if not self.deadline_mode else None)
         previous = self.target
-        proposal: str | None = None
-        deadline_info: dict[str, Any] | None = None
-        reason: Reason
-        if g.pinned is not None:
-            chosen, reason, detail = g.pinned, "pinned", "operator pin"
-        elif not fresh:
-            if g.should_fall_back():
-                if not g.in_fallback:
-                    g.learned, g.in_fallback = self.target, True
-                chosen, reason = g.params.safe_policy, "fallback"
-                detail = f"{g.stale_ticks} stale ticks: safe policy"
-            else:
-                chosen, reason = self.target, "guard"
-                detail = f"stale data ({g.stale_ticks}/{g.params.stale_hold_ticks + 1} before fallback): hold"
-        elif g.in_fallback:
-            g.in_fallback = False
-            chosen, reason, detail = (g.learned or self.target), "guard", "fresh data again: learned policy restored"
-        elif self.deadline_mode:
-            chosen, reason, detail, deadline_info = self._deadline_step(obs)
-        elif g.rollback_due():
-            assert g.running is not None and g.last_good is not None
-            g.block(g.running, t)
-            chosen, reason = g.last_good, "rollback"
-            detail = (f"tail regressed {g.regressed_ticks} windows past {g.params.rollback_margin_fraction:.0%} of "
-                      f"{g.baseline_tail_s:.3g} s; {policy_label(g.running)} refused for "
-                      f"{g.params.rollback_cooldown_ticks} ticks")
-        elif not g.dwell_done(t):
-            chosen, reason = self.target, "guard"
-            detail = f"dwell {g.windows_under_running(t)}/{g.params.min_dwell_ticks}"
-        elif score.idle:
-            chosen, reason, detail = self.target, "guard", "idle window: the order made no difference, hold"
-        else:
-            chosen, reason, detail, proposal = self._propose(obs, t, score)
+        deadline_info: list[dict[str, Any]] = []
+
+        def deadline_step() -> tuple[PolicySpec, Reason, str, dict[str, Any]]:
+            out = self._deadline_step(obs)
+            deadline_info.append(out[3])
+            return out
+
+        g.expire(t)
+        tick = Tick(t=t, obs=obs, score=score, fresh=fresh, target=self.target, initial=self.params.initial_policy,
+                    deadline_mode=self.deadline_mode, ttft_target_s=self.params.objective.ttft_target_s,
+                    ktuner=self.ktuner, whatif=self.whatif, deadline_step=deadline_step)
+        choice = run_chain(g, tick)  # the guard's rules, in order; nothing else decides
+        chosen, reason, detail = choice.policy, choice.reason, choice.detail
+        proposal = arm_label(choice.proposal.arm) if choice.proposal is not None else None
+        self._vetoed = tick.vetoed
         if self.deadline is not None and self.deadline_mode and reason != "exploit":
             knob = _knob_of(chosen, self.params.deadline.knob) if self.params.deadline else None
             if knob is not None:
@@ -226,7 +213,7 @@ class Controller:
         self.target = chosen
         if context is None:
             context = self.ktuner.context_label(obs) if fresh and not self.deadline_mode else None
-        push = self.mode == "active" and (chosen != g.running or self.force_push)
+        push, sync = rec.plan(chosen, obs, g.running, t, self.mode == "active")
         if replay is not None and self._vetoed is not None:
             replay = replay.model_copy(update={"vetoed": self._vetoed})
         return Decision(
@@ -237,18 +224,26 @@ class Controller:
                 proposal=proposal, arms=self.ktuner.summary(context) if context else {},
             ),
             previous=previous, policy=chosen, policy_label=policy_label(chosen), changed=chosen != previous,
-            reason=reason, detail=detail, mode=self.mode, push=push, guard=g.summary(t), deadline=deadline_info,
+            reason=reason, rule=choice.rule, detail=detail, mode=self.mode, push=push, reconcile=sync,
+            conditions=rec.summary(), guard=g.summary(t), deadline=deadline_info[0] if deadline_info else None,
             whatif=replay,
         )
 
-    def record_apply(self, decision: Decision, ok: bool, error: str | None = None) -> Decision:
-        """The shell's report on pushing ``decision.policy``; returns the decision with the outcome filled in."""
+    def record_apply(self, decision: Decision, ok: bool, error: str | None = None, *, unsupported: bool = False,
+                     supported_kinds: frozenset[str] | None = None) -> Decision:
+        """The shell's report on pushing ``decision.policy``; returns the decision with the outcome filled in.
+
+        ``unsupported``: the engine refused the policy (UnsupportedPolicy), with the kinds its ``capabilities()``
+        lists when the shell could ask: a condition with backoff instead of a retry every tick (reconcile.py).
+        """
         if ok:
             self.guard.set_running(decision.policy, decision.tick_id)
-            self.force_push = False
+            self.reconciler.applied(decision.policy)
         else:
-            self.force_push = True
-        return decision.model_copy(update={"applied": ok, "apply_error": error})
+            self.reconciler.failed(decision.policy, decision.tick_id, error or "apply failed", unsupported,
+                                   supported_kinds)
+        return decision.model_copy(update={"applied": ok, "apply_error": error,
+                                           "conditions": self.reconciler.summary()})
 
     # -- pieces ------------------------------------------------------------------------------------------------------
     def _learn(self, obs: Observation, score: Score, t: int) -> tuple[str | None, str | None]:
@@ -274,54 +269,6 @@ class Controller:
         else:
             context, credited = self._learn(obs, score, t)
         return context, credited, self.whatif.learn(record, report, self.ktuner, obs, running, score.reward)
-
-    def _propose(self, obs: Observation, t: int, score: Score) -> tuple[PolicySpec, Reason, str, str]:
-        g, kt = self.guard, self.ktuner
-        prop = kt.select(obs)
-        current = g.running if g.running is not None else self.target
-        cur_k = k_of(current)
-        label = arm_label(prop.arm)
-        if cur_k is None or cur_k not in kt.arms:
-            return spec_for(prop.arm), prop.kind, "current policy is not an arm: jump to the proposal", label
-        target, note = prop.arm, ""
-        leader = kt.best_arm(prop.context, prefer=cur_k)
-        home = k_of(self.params.initial_policy)
-        if g.params.local_exploration and home in kt.arms and kt.estimate(prop.context, home) is None:
-            # a load context where the operator's initial policy has not run yet: start from it, not from wherever
-            # the last context left us (what was best there says nothing about this one)
-            target, note = home, "new load context: from the initial policy; "
-            leader = home
-        elif g.params.local_exploration and leader is not None and prop.arm != leader:
-            # unimodal in k: explore only the leader's neighbour on the proposal's side, and only while it
-            # lacks data; otherwise go (or stay) with the leader
-            near = kt.neighbour_toward(leader, prop.arm)
-            est = kt.estimate(prop.context, near)
-            target = near if est is None or est.count < g.params.explore_min_samples else leader
-            if target != prop.arm:
-                note = f"{label} proposed; local to the leader {arm_label(leader)}: "
-        kind: Reason = "exploit" if target == leader else "explore"
-        if target == cur_k:
-            return current, kind, note + "stay", label
-        vetoed = self.whatif.veto(prop.context, target) if kind == "explore" else None
-        if vetoed is not None:
-            self._vetoed = arm_label(target)
-            return current, "guard", note + vetoed, label
-        missed = score.tail_s is not None and score.tail_s > self.params.objective.ttft_target_s
-        if kind == "explore" and not missed and not g.params.explore_when_slo_met:
-            return current, "guard", note + f"SLO not missed: no exploration of {arm_label(target)}", label
-        est_new, est_cur = kt.estimate(prop.context, target), kt.estimate(prop.context, cur_k)
-        exploring = est_new is None or est_new.count < g.params.explore_min_samples
-        if (not exploring and est_cur is not None and est_new is not None
-                and est_new.mean < est_cur.mean + g.params.hysteresis_reward):
-            return current, "guard", note + (f"hysteresis: {arm_label(target)} {est_new.mean:.3f} vs "
-                                             f"{arm_label(cur_k)} {est_cur.mean:.3f}"), label
-        step_k = kt.neighbour_toward(cur_k, target, g.params.max_step_arms)
-        step = spec_for(step_k)
-        if kind == "explore" and g.is_blocked(step, t):
-            return current, "guard", note + f"{policy_label(step)} refused after a rollback", label
-        if step_k != target:
-            note += f"one step toward {arm_label(target)}"
-        return step, kind, note or f"to {arm_label(target)}", label
 
     def _deadline_step(self, obs: Observation) -> tuple[PolicySpec, Reason, str, dict[str, Any]]:
         assert self.deadline is not None and self.params.deadline is not None

@@ -83,9 +83,13 @@ class Decision(BaseModel):
     policy_label: str
     changed: bool
     reason: Reason
+    rule: str = ""  # the guard rule that acted (guard.py): pin, stale, restore, dwell, ..., step_limit
     detail: str = ""
     mode: Mode
     push: bool = False  # the shell must push ``policy`` to the engine (active mode only)
+    # why the engine must be told (or why a due push waits): reconcile.py; None when the engine runs ``policy``
+    reconcile: str | None = None
+    conditions: list[dict[str, Any]] = Field(default_factory=list)  # failed pushes: kind, policy, retry tick
     applied: bool = False
     apply_error: str | None = None
     guard: dict[str, Any] = Field(default_factory=dict)

@@ -66,8 +66,11 @@ class DecisionLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.repaired_bytes = _repair(self.path)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self._size = os.fstat(self._fd).st_size
+        self._size = os.fstat(self._fd).st_size  # where the last whole line ends
         self.lines_written = 0
+        self.write_errors = 0  # lines that could not be written (each cut back to the last whole line)
+        self.cut_bytes = 0  # bytes of partial lines cut off after failed writes
+        self._torn = False  # a failed write left bytes past _size that are not cut yet
         self._logger = structlog.wrap_logger(
             _FsyncFile(self),
             processors=[_timestamp(wall_clock or time.time), structlog.processors.JSONRenderer(sort_keys=False)],
@@ -78,17 +81,39 @@ class DecisionLog:
         self._logger.info("decision", **json.loads(decision.model_dump_json()))  # NaN -> null: strict JSON
 
     def write_line(self, text: str) -> None:
+        """Append one whole line, or nothing: a write that fails part-way (full disk, file-size limit) is cut
+        back to the last whole line, counted in ``write_errors``, and the OSError raised; the next line is
+        written normally, so logging resumes by itself when space returns."""
         data = (text + "\n").encode("utf-8")
+        if self._torn:
+            self._truncate_back()  # a cut that failed last time: the file must end on a whole line first
         view = memoryview(data)
-        while view:  # a short write (signal, full disk) continues or raises; the line is never split by us
-            n = os.write(self._fd, view)
-            view = view[n:]
-        if self.fsync:
-            os.fsync(self._fd)
+        try:
+            while view:  # a short write (signal, full disk) continues or raises; the line is never split by us
+                n = os.write(self._fd, view)
+                view = view[n:]
+            if self.fsync:
+                os.fsync(self._fd)
+        except OSError:
+            self.write_errors += 1
+            self._torn = True
+            self._truncate_back()
+            raise
         self._size += len(data)
         self.lines_written += 1
         if self.max_bytes and self._size >= self.max_bytes:
             self._rotate()
+
+    def _truncate_back(self) -> None:
+        """Cut the file back to the end of the last whole line (a failure is retried before the next write)."""
+        try:
+            end = os.fstat(self._fd).st_size
+            if end > self._size:
+                os.ftruncate(self._fd, self._size)
+                self.cut_bytes += end - self._size
+            self._torn = False
+        except OSError:
+            pass
 
     def _rotate(self) -> None:
         os.close(self._fd)

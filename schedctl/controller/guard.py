@@ -1,186 +1,290 @@
-"""The guard: what keeps a learner from hurting the engine it tunes. Pure state, advanced once per tick.
+"""The guard: what keeps a learner from hurting the engine it tunes, as a chain of small named rules. Pure.
 
-Rules, in the order the controller applies them (``core.py``):
+``Controller.step`` runs :data:`CHAIN` and nothing else decides. Each rule sees the tick (:class:`Tick`: the
+window, its score, the learner) and the choice so far (:class:`Choice`) and returns it, changed or not; a rule
+that decides ends the chain (``final``). ``Decision.rule`` names the rule that acted. The guard's memory and
+settings are in ``guard_state.py`` (``Guard``, ``GuardParams``, re-exported here).
 
-1. **Pin.** An operator's pinned policy is the decision, every tick, until unpinned. Nothing below overrides it.
-2. **Stale data, unreachable engine.** A window that is stale (or an engine that did not answer) is counted;
-   for the first ``stale_hold_ticks`` such ticks in a row the policy is held, after that the configured
-   ``safe_policy`` is chosen (fallback), and it stays until fresh data returns. On the first fresh tick the
-   policy the learner had chosen before the outage is chosen again (and the shell pushes it).
-3. **Rollback.** After every change the guard remembers the tail (window P99 TTFT, or the oldest waiting
-   request when older) of the last good policy in the current load context. If the new policy's tail exceeds
-   that baseline by more than ``rollback_margin_fraction`` for ``rollback_ticks`` fresh windows in a row, the
-   guard goes back to the last good policy and refuses to *explore* the regressed one for
-   ``rollback_cooldown_ticks`` (it may still be chosen as the best-known arm). A policy that runs
-   ``min_dwell_ticks`` without triggering this becomes the last good policy. When the load context changes
-   the baseline is dropped: a tail measured at another load says nothing about this policy, and a new
-   baseline counts once it spans ``baseline_min_windows`` windows (the first window at the new load may have
-   straddled the change, and an exploration judged against it inherits a growing backlog: measured on
-   workload-switch scenarios under load, P99 TTFT 4-9% lower, the bench suite unchanged). Only explorations
-   are rolled back: a move to the best-known arm (or to the initial policy in a new context) becomes the new
-   reference at once, since a tail rising after it is far more likely the load rising than that arm failing.
-4. **Dwell.** A policy runs at least ``min_dwell_ticks`` windows before the learner may change it.
-5. **Locality.** With ``local_exploration`` the learner's proposal is taken as a direction: the target is the
-   context's best arm so far (the leader) or its neighbour on the proposal's side. Tail latency is unimodal in
-   k (FCFS loses the cache at one end, LPM starves requests at the other), so an arm past a worse neighbour of
-   the leader is not worth an exploration that may build a backlog lasting long after it.
-6. **Hysteresis.** The learner's proposal replaces the current arm only when the proposal is an arm tried fewer
-   than ``explore_min_samples`` times in this context, or its mean reward beats the current arm's by
-   ``hysteresis_reward`` (so two arms within noise of each other do not flap).
-7. **One step.** A change moves at most ``max_step_arms`` positions along the ordered arms (k = 1, 2, 4, ...).
+In order:
 
-Attribution: a window's latencies reflect the queue the previous policy left. The defences are the dwell (a
-policy is judged on ``min_dwell_ticks`` windows, not one), credit only for windows that ran wholly under one
-policy (the window of the tick that changed it is never credited), idle windows not credited at all
-(``objective.py``), and optionally ``settle_ticks`` more full windows skipped after a change. Measured on
-`schedctl bench adaptive` (6 seeds), skipping 1 or 2 windows was no better than 0 (P99 ratios within noise, 0
-slightly ahead on 6 of 8 scenarios), so the default is 0: more evidence per visit.
+1. ``pin`` — an operator's pinned policy is the decision, every tick, until unpinned.
+2. ``stale`` — a stale window (or an engine that did not answer) is counted; for the first ``stale_hold_ticks``
+   such ticks in a row the policy is held, after that ``safe_policy`` is chosen (fallback) until fresh data.
+3. ``restore`` — the first fresh tick after a fallback chooses the policy the learner had before it.
+4. ``deadline`` — slai mode: the DeadlineTuner moves Θ (or the TBT slack); the k rules below do not run.
+5. ``rollback`` — after every change the guard remembers the tail of the last good policy in the current load
+   context; an exploration whose tail exceeds it by ``rollback_margin_fraction`` for ``rollback_ticks`` fresh
+   windows in a row is rolled back to the last good policy and not explored again for
+   ``rollback_cooldown_ticks``. A policy that runs ``min_dwell_ticks`` without regressing becomes the last good
+   one; a load-context change drops the baseline, and a new one counts once it spans ``baseline_min_windows``
+   windows (workload-switch scenarios: P99 TTFT 4-9% lower). Moves to the best-known arm are not rolled back.
+6. ``dwell`` — a policy runs at least ``min_dwell_ticks`` windows before the learner may change it.
+7. ``idle`` — a window with an empty queue within the SLO holds: the order made no difference.
+8. ``learner`` — the KTuner proposes an arm (a policy that is not an arm jumps to the proposal).
+9. ``locality`` — with ``local_exploration`` the proposal is a direction: the target is the context's best arm
+   (the leader) or its neighbour on the proposal's side, or the initial policy in a context where it has not
+   run. Tail latency is unimodal in k (FCFS loses the cache, LPM starves), so farther arms are not worth it.
+10. ``explore_filter`` — an exploration is refused by the what-if replay's veto (filter mode), and while the
+    window met the SLO unless ``explore_when_slo_met``.
+11. ``hysteresis`` — a known arm replaces the current one only if its mean reward leads by ``hysteresis_reward``.
+12. ``step_limit`` — a change moves at most ``max_step_arms`` positions along the arms; an exploration of a
+    policy refused after a rollback holds.
+
+Attribution: a window's latencies reflect the queue the previous policy left. The defences are the dwell, credit
+only for windows that ran wholly under one policy, idle windows not credited (``objective.py``), and optionally
+``settle_ticks`` more windows skipped after a change (measured on `schedctl bench adaptive`, 6 seeds: 1 or 2 no
+better than 0, so the default is 0).
 """
 
 from __future__ import annotations
 
-import statistics
-from collections import deque
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from schedctl.controller.decision import Reason
+from schedctl.controller.guard_state import Guard, GuardParams
+from schedctl.controller.ktuner import KTuner, Proposal, arm_label, k_of
+from schedctl.controller.objective import Score
+from schedctl.controller.whatif import WhatIf
+from schedctl.engine_adapter.base import Observation
+from schedctl.policies.spec import KValue, PolicySpec, policy_label, spec_for
 
-from schedctl.policies.spec import PolicySpec, parse_policy, policy_label
-
-
-class GuardParams(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    min_dwell_ticks: int = Field(default=4, ge=1, description="windows a policy runs before the learner may change it")
-    settle_ticks: int = Field(default=0, ge=0, description="first full windows after a change not credited")
-    hysteresis_reward: float = Field(default=0.02, ge=0, description="mean-reward lead a proposal needs to switch")
-    explore_min_samples: int = Field(default=1, ge=0, description="an arm with fewer rewards here may be explored")
-    max_step_arms: int = Field(default=1, ge=1, description="most arm positions moved in one tick")
-    explore_when_slo_met: bool = Field(
-        default=False, description="explore also when the window did not miss the SLO (or had too few samples to say)"
-    )
-    local_exploration: bool = Field(default=True, description="move only to the best arm or its neighbours")
-    rollback_margin_fraction: float = Field(default=0.5, gt=0, description="tail regression that counts")
-    rollback_ticks: int = Field(default=2, ge=1, description="regressed windows in a row that trigger a rollback")
-    rollback_cooldown_ticks: int = Field(default=10, ge=0, description="ticks a rolled-back policy is not explored")
-    baseline_min_windows: int = Field(
-        default=2, ge=1, description="windows the last good policy needs in this load context before a tail is "
-        "compared with its baseline (one window may straddle the load change)"
-    )
-    stale_hold_ticks: int = Field(default=2, ge=0, description="stale ticks in a row that hold before the fallback")
-    safe_policy: PolicySpec = Field(default_factory=lambda: parse_policy("klpm:4"), description="fallback policy")
-
-    @field_validator("safe_policy", mode="before")
-    @classmethod
-    def _parse(cls, v: Any) -> Any:
-        return parse_policy(v) if isinstance(v, str) else v
+__all__ = ["CHAIN", "Choice", "Guard", "GuardParams", "Rule", "Tick", "run_chain"]
 
 
-class Guard:
-    """The guard's memory: counters and the last good policy. The controller asks, the guard answers."""
+@dataclass
+class Tick:
+    """What the rules see of this tick (the controller fills it in; rules read it and the guard)."""
 
-    def __init__(self, params: GuardParams | dict[str, Any] | None = None) -> None:
-        self.params = params if isinstance(params, GuardParams) else GuardParams.model_validate(params or {})
-        self.pinned: PolicySpec | None = None
-        self.stale_ticks = 0  # consecutive stale / unavailable ticks
-        self.in_fallback = False
-        self.learned: PolicySpec | None = None  # the policy chosen before the fallback
-        self.running: PolicySpec | None = None  # the policy the engine runs (as far as we know)
-        self.running_since_tick = 0  # tick whose decision put `running` in place
-        self.last_good: PolicySpec | None = None
-        self.baseline_tail_s: float | None = None  # the last good policy's recent tail
-        self.baseline_context: str | None = None  # the load context that baseline was measured in
-        self.baseline_windows = 0  # the windows that baseline is the median of
-        self._tails: deque[float] = deque(maxlen=3)  # recent tails of the running policy
-        self.regressed_ticks = 0
-        self.blocked: dict[str, int] = {}  # policy label -> tick until which it is refused
+    t: int
+    obs: Observation
+    score: Score
+    fresh: bool
+    target: PolicySpec  # what the controller wanted until now
+    initial: PolicySpec
+    deadline_mode: bool
+    ttft_target_s: float
+    ktuner: KTuner
+    whatif: WhatIf
+    deadline_step: Callable[[], tuple[PolicySpec, Reason, str, dict[str, Any]]]
+    vetoed: str | None = None  # set by explore_filter: the exploration the replay refused
 
-    # -- facts the controller reports ------------------------------------------------------------------------------
-    def windows_under_running(self, tick: int) -> int:
-        """Full windows the running policy has had, counting this tick's."""
-        return tick - self.running_since_tick
 
-    def settled(self, tick: int) -> bool:
-        return self.windows_under_running(tick) > self.params.settle_ticks
+@dataclass(frozen=True)
+class Choice:
+    """The choice so far: the policy, why, which rule acted; the learner's working state for the k rules."""
 
-    def dwell_done(self, tick: int) -> bool:
-        return self.windows_under_running(tick) >= self.params.min_dwell_ticks
+    policy: PolicySpec
+    reason: Reason = "guard"
+    detail: str = ""
+    rule: str = ""
+    final: bool = False
+    proposal: Proposal | None = None
+    current: PolicySpec | None = None  # what runs now (the engine's, or the target)
+    target_k: KValue | None = None  # where the learner wants to go
+    leader: KValue | None = None
+    note: str = ""
 
-    def set_running(self, spec: PolicySpec | None, tick: int) -> None:
-        """The engine runs ``spec`` from the end of ``tick`` on (an apply succeeded, or the engine reports it)."""
-        if spec == self.running:
-            return
-        self.running, self.running_since_tick = spec, tick
-        self._tails.clear()
-        self.regressed_ticks = 0
+    @property
+    def cur_k(self) -> KValue | None:
+        return k_of(self.current)
 
-    def record_tail(self, tick: int, tail_s: float | None, context: str | None = None) -> None:
-        """A fresh window's tail under the running policy (in load ``context``): the rollback test and baseline.
+    @property
+    def kind(self) -> Reason:
+        return "exploit" if self.target_k == self.leader else "explore"
 
-        A baseline is only comparable within one load context: when the context changes, the running policy
-        becomes the reference of the new context and the comparison starts over.
-        """
-        if tail_s is None or self.running is None or self.windows_under_running(tick) < 1:
-            return
-        if context != self.baseline_context:
-            self.baseline_context, self.baseline_tail_s, self.baseline_windows = context, None, 0
-            self.last_good, self.regressed_ticks = self.running, 0
-            self._tails.clear()
-        self._tails.append(tail_s)
-        p = self.params
-        baseline = self.baseline_tail_s if self.baseline_windows >= p.baseline_min_windows else None
-        if self.running != self.last_good and baseline is not None:
-            if tail_s > baseline * (1.0 + p.rollback_margin_fraction):
-                self.regressed_ticks += 1
-            else:
-                self.regressed_ticks = 0
-        if self.running != self.last_good and self.dwell_done(tick) and self.regressed_ticks == 0:
-            self.last_good = self.running  # survived its dwell: the new reference
-        if self.running == self.last_good:
-            self.baseline_tail_s = statistics.median(self._tails)
-            self.baseline_windows = len(self._tails)
+    def hold(self, rule: str, detail: str) -> Choice:
+        """Stay with what runs now; the chain ends."""
+        assert self.current is not None
+        return replace(self, policy=self.current, reason="guard", detail=self.note + detail, rule=rule, final=True)
 
-    def trust(self, spec: PolicySpec) -> None:
-        """A change that is not an exploration (to the best-known arm, the initial policy, a restore): the new
-        policy is the reference from now on, measured afresh. Only explorations are ever rolled back — a tail that
-        rises after a move toward the best-known arm is the load rising, not that arm failing."""
-        self.last_good, self.baseline_tail_s, self.regressed_ticks, self.baseline_windows = spec, None, 0, 0
-        self._tails.clear()
 
-    def rollback_due(self) -> bool:
-        return (
-            self.last_good is not None and self.running != self.last_good
-            and self.regressed_ticks >= self.params.rollback_ticks
-        )
+class Rule(Protocol):
+    name: str
 
-    def block(self, spec: PolicySpec, tick: int) -> None:
-        self.blocked[policy_label(spec)] = tick + self.params.rollback_cooldown_ticks
+    def __call__(self, g: Guard, tick: Tick, c: Choice) -> Choice: ...
 
-    def is_blocked(self, spec: PolicySpec, tick: int) -> bool:
-        until = self.blocked.get(policy_label(spec))
-        if until is None:
-            return False
-        if tick >= until:
-            del self.blocked[policy_label(spec)]
-            return False
-        return True
 
-    # -- freshness --------------------------------------------------------------------------------------------------
-    def note_fresh(self, fresh: bool) -> None:
-        self.stale_ticks = 0 if fresh else self.stale_ticks + 1
+def _final(policy: PolicySpec, reason: Reason, detail: str, rule: str) -> Choice:
+    return Choice(policy=policy, reason=reason, detail=detail, rule=rule, final=True)
 
-    def should_fall_back(self) -> bool:
-        return self.stale_ticks > self.params.stale_hold_ticks
 
-    def summary(self, tick: int) -> dict[str, Any]:
-        return {
-            "running": policy_label(self.running) if self.running is not None else None,
-            "windows_under_running": self.windows_under_running(tick),
-            "last_good": policy_label(self.last_good) if self.last_good is not None else None,
-            "baseline_tail_s": self.baseline_tail_s,
-            "regressed_ticks": self.regressed_ticks,
-            "stale_ticks": self.stale_ticks,
-            "in_fallback": self.in_fallback,
-            "pinned": policy_label(self.pinned) if self.pinned is not None else None,
-            "blocked": sorted(self.blocked),
-        }
+class Pin:
+    name = "pin"
+
+    def __call__(self, g: Guard, tick: Tick, c: Choice) -> Choice:
+        return _final(g.pinned, "pinned", "operator pin", self.name) if g.pinned is not None else c
+
+
+class Stale:
+    name = "stale"
+
+    def __call__(self, g: Guard, tick: Tick, c: Choice) -> Choice:
+        if tick.fresh:
+            return c
+        if g.should_fall_back():
+            g.enter_fallback(tick.target)
+            return _final(g.params.safe_policy, "fallback", f"{g.stale_ticks} stale ticks: safe policy", self.name)
+        detail = f"stale data ({g.stale_ticks}/{g.params.stale_hold_ticks + 1} before fallback): hold"
+        return _final(tick.target, "guard", detail, self.name)
+
+
+class Restore:
+    name = "restore"
+
+    def __call__(self, g: Guard, tick: Tick, c: Choice) -> Choice:
+        if not g.in_fallback:
+            return c
+        learned = g.leave_fallback()
+        return _final(learned or tick.target, "guard", "fresh data again: learned policy restored", self.name)
+
+
+class Deadline:
+    name = "deadline"
+
+    def __call__(self, g: Guard, tick: Tick, c: Choice) -> Choice:
+        if not tick.deadline_mode:
+            return c
+        policy, reason, detail, _info = tick.deadline_step()
+        return _final(policy, reason, detail, self.name)
+
+
+class Rollback:
+    name = "rollback"
+
+    def __call__(self, g: Guard, tick: Tick, c: Choice) -> Choice:
+        if not g.rollback_due():
+            return c
+        assert g.running is not None and g.last_good is not None
+        g.block(g.running, tick.t)
+        detail = (f"tail regressed {g.regressed_ticks} windows past {g.params.rollback_margin_fraction:.0%} of "
+                  f"{g.baseline_tail_s:.3g} s; {policy_label(g.running)} refused for "
+                  f"{g.params.rollback_cooldown_ticks} ticks")
+        return _final(g.last_good, "rollback", detail, self.name)
+
+
+class Dwell:
+    name = "dwell"
+
+    def __call__(self, g: Guard, tick: Tick, c: Choice) -> Choice:
+        if g.dwell_done(tick.t):
+            return c
+        return _final(tick.target, "guard", f"dwell {g.windows_under_running(tick.t)}/{g.params.min_dwell_ticks}",
+                      self.name)
+
+
+class Idle:
+    name = "idle"
+
+    def __call__(self, g: Guard, tick: Tick, c: Choice) -> Choice:
+        if not tick.score.idle:
+            return c
+        return _final(tick.target, "guard", "idle window: the order made no difference, hold", self.name)
+
+
+class Learner:
+    name = "learner"
+
+    def __call__(self, g: Guard, tick: Tick, c: Choice) -> Choice:
+        kt = tick.ktuner
+        prop = kt.select(tick.obs)
+        current = g.running if g.running is not None else tick.target
+        cur_k = k_of(current)
+        if cur_k is None or cur_k not in kt.arms:
+            return Choice(spec_for(prop.arm), prop.kind, "current policy is not an arm: jump to the proposal",
+                          self.name, final=True, proposal=prop)
+        return Choice(spec_for(prop.arm), prop.kind, rule=self.name, proposal=prop, current=current,
+                      target_k=prop.arm, leader=kt.best_arm(prop.context, prefer=cur_k))
+
+
+class Locality:
+    name = "locality"
+
+    def __call__(self, g: Guard, tick: Tick, c: Choice) -> Choice:
+        if not g.params.local_exploration or c.proposal is None:
+            return c
+        kt, prop = tick.ktuner, c.proposal
+        home = k_of(tick.initial)
+        if home in kt.arms and kt.estimate(prop.context, home) is None:
+            # a load context where the operator's initial policy has not run yet: start from it, not from wherever
+            # the last context left us (what was best there says nothing about this one)
+            return replace(c, target_k=home, leader=home, rule=self.name,
+                           note="new load context: from the initial policy; ")
+        if c.leader is not None and prop.arm != c.leader:
+            near = kt.neighbour_toward(c.leader, prop.arm)
+            est = kt.estimate(prop.context, near)
+            target = near if est is None or est.count < g.params.explore_min_samples else c.leader
+            if target != prop.arm:
+                return replace(c, target_k=target, rule=self.name,
+                               note=f"{arm_label(prop.arm)} proposed; local to the leader {arm_label(c.leader)}: ")
+        return c
+
+
+class ExploreFilter:
+    name = "explore_filter"
+
+    def __call__(self, g: Guard, tick: Tick, c: Choice) -> Choice:
+        if c.proposal is None:
+            return c
+        assert c.target_k is not None and c.current is not None
+        if c.target_k == c.cur_k:
+            return replace(c, policy=c.current, reason=c.kind, detail=c.note + "stay", final=True)
+        if c.kind != "explore":
+            return c
+        vetoed = tick.whatif.veto(c.proposal.context, c.target_k)
+        if vetoed is not None:
+            tick.vetoed = arm_label(c.target_k)
+            return c.hold(self.name, vetoed)
+        missed = tick.score.tail_s is not None and tick.score.tail_s > tick.ttft_target_s
+        if not missed and not g.params.explore_when_slo_met:
+            return c.hold(self.name, f"SLO not missed: no exploration of {arm_label(c.target_k)}")
+        return c
+
+
+class Hysteresis:
+    name = "hysteresis"
+
+    def __call__(self, g: Guard, tick: Tick, c: Choice) -> Choice:
+        if c.proposal is None:
+            return c
+        kt, ctx, target, cur_k = tick.ktuner, c.proposal.context, c.target_k, c.cur_k
+        assert target is not None and cur_k is not None
+        est_new, est_cur = kt.estimate(ctx, target), kt.estimate(ctx, cur_k)
+        exploring = est_new is None or est_new.count < g.params.explore_min_samples
+        if (not exploring and est_cur is not None and est_new is not None
+                and est_new.mean < est_cur.mean + g.params.hysteresis_reward):
+            return c.hold(self.name, f"hysteresis: {arm_label(target)} {est_new.mean:.3f} vs "
+                                     f"{arm_label(cur_k)} {est_cur.mean:.3f}")
+        return c
+
+
+class StepLimit:
+    name = "step_limit"
+
+    def __call__(self, g: Guard, tick: Tick, c: Choice) -> Choice:
+        if c.proposal is None:
+            return c
+        assert c.target_k is not None
+        step_k = tick.ktuner.neighbour_toward(c.cur_k, c.target_k, g.params.max_step_arms)
+        step = spec_for(step_k)
+        if c.kind == "explore" and g.is_blocked(step, tick.t):
+            return c.hold(self.name, f"{policy_label(step)} refused after a rollback")
+        if step_k != c.target_k:
+            note = c.note + f"one step toward {arm_label(c.target_k)}"
+            return replace(c, policy=step, reason=c.kind, detail=note, rule=self.name, final=True)
+        return replace(c, policy=step, reason=c.kind, detail=c.note or f"to {arm_label(c.target_k)}", final=True)
+
+
+CHAIN: tuple[Rule, ...] = (Pin(), Stale(), Restore(), Deadline(), Rollback(), Dwell(), Idle(), Learner(),
+                           Locality(), ExploreFilter(), Hysteresis(), StepLimit())
+
+
+def run_chain(g: Guard, tick: Tick, chain: Sequence[Rule] = CHAIN) -> Choice:
+    """Run the rules in order until one decides; the choice names the rule that acted."""
+    choice = Choice(policy=tick.target, rule="none")
+    for rule in chain:
+        choice = rule(g, tick, choice)
+        if choice.final:
+            return choice
+    return choice

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from schedctl.bandits import Arm, Bandit, LoadFeatures, make_bandit
 from schedctl.bandits.context import ContextualBandit
 from schedctl.engine_adapter.base import Observation
-from schedctl.policies.spec import KLPMSpec, KValue, PolicySpec, queue_k
+from schedctl.policies.spec import KValue, PolicySpec, check_k, queue_k
 
 ProposalKind = Literal["explore", "exploit"]
 
@@ -63,7 +63,7 @@ class KTunerParams(BaseModel):
     @classmethod
     def _parse_arms(cls, v: Any) -> Any:
         if isinstance(v, list):
-            return [KLPMSpec(k=a).k for a in v]  # "INF", "4" -> "inf", 4 (same rule as PolicySpec)
+            return [check_k(a) for a in v]  # "INF", "4" -> "inf", 4 (same rule and bound as PolicySpec)
         return v
 
     @field_validator("arms")
@@ -117,8 +117,12 @@ class KTuner:
         if p.learner == "linucb":
             learner_params.setdefault("n_features", 3)
         self.learner: Bandit = make_bandit(p.learner, self.arms, p.seed, **learner_params)
-        self._bucketer = self.learner.bucketer if isinstance(self.learner, ContextualBandit) else None
+        self.rebind()
         self.stats: dict[str, dict[str, ArmStats]] = {}  # context label -> arm label -> stats
+
+    def rebind(self) -> None:
+        """Take the learner's context bucketer (after the learner was built, or replaced by a restored one)."""
+        self._bucketer = self.learner.bucketer if isinstance(self.learner, ContextualBandit) else None
 
     # -- context ----------------------------------------------------------------------------------------------
     def _features(self, obs: Observation) -> LoadFeatures:

@@ -6,7 +6,7 @@ One tick, whatever drives it::
     observation = adapter.observe()       # EngineUnavailable (or any adapter failure) -> a stale observation
     report = replayer.replay(arms)        # only on a replay tick; a failure becomes a report with an error
     decision = controller.step(observation, report)
-    if decision.push: adapter.apply(decision.policy)   # failures are recorded, retried next tick, never raised
+    if decision.push: adapter.apply(decision.policy)   # failures become conditions (reconcile.py), never raised
     decision log <- one line (fsynced);  metrics, recent decisions <- updated
 
 Drivers: :func:`run_simulated` calls ``tick`` back to back (the embedded engine's ``observe`` advances simulated
@@ -21,11 +21,13 @@ reported by ``/healthz`` as degraded; the loop goes on.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -34,6 +36,7 @@ from schedctl.controller.core import Controller, unavailable
 from schedctl.controller.decision import REASONS, Decision
 from schedctl.controller.decision_log import DecisionLog
 from schedctl.controller.ktuner import k_of
+from schedctl.controller.persist import StateMismatch, controller_state, restore
 from schedctl.engine_adapter.base import (
     EngineAdapter,
     EngineError,
@@ -41,8 +44,10 @@ from schedctl.engine_adapter.base import (
     Observation,
     Replayer,
     ReplayReport,
+    UnsupportedPolicy,
     failed_report,
 )
+from schedctl.files import atomic_write_text
 from schedctl.policies.spec import PolicySpec
 
 logger = logging.getLogger("schedctl.service")
@@ -105,6 +110,7 @@ class Service:
         self, controller: Controller, adapter: EngineAdapter, log: DecisionLog | None = None, *,
         clock: Callable[[], float] = time.time, keep_decisions: int = 1000, metrics: ServiceMetrics | None = None,
         perf_clock: Callable[[], float] = time.perf_counter, replayer: Replayer | None = None,
+        state_path: Path | None = None,
     ) -> None:
         self.controller = controller
         self.replayer = replayer  # the what-if replay (used only when the controller's [whatif] is on)
@@ -117,6 +123,10 @@ class Service:
         self.lock = threading.RLock()
         self.last_end_s: float | None = None
         self.log_healthy = True
+        self.log_errors = 0  # decisions the log could not take (full disk, file-size limit)
+        self.state_path = state_path  # the learner's state, replaced after every tick (persist.py)
+        self.state_errors = 0
+        self.resumed: str | None = None  # what open_sidecar restored (None: started fresh)
         self.last_tick_wall_s: float | None = None
         self._replay_error: str | None = None
 
@@ -138,9 +148,18 @@ class Service:
         now = self.clock()
         return unavailable(start if start is not None and start < now else now - 1e-9, now, reason)
 
+    def _supported_kinds(self) -> frozenset[str] | None:
+        try:
+            return self.adapter.capabilities().policy_kinds
+        except Exception:  # the engine went away, or an adapter bug: the condition just says less
+            return None
+
     def _apply(self, decision: Decision) -> Decision:
         try:
             self.adapter.apply(decision.policy)
+        except UnsupportedPolicy as exc:  # retrying at once cannot heal it: a condition with backoff
+            return self.controller.record_apply(decision, False, f"UnsupportedPolicy: {exc}", unsupported=True,
+                                                supported_kinds=self._supported_kinds())
         except EngineError as exc:
             return self.controller.record_apply(decision, False, f"{type(exc).__name__}: {exc}")
         except Exception as exc:
@@ -189,16 +208,28 @@ class Service:
                 try:
                     self.log.write(decision)
                     self.log_healthy = True
-                except OSError as exc:
+                except OSError as exc:  # the log cut the partial line back: it still ends on a whole line
                     self.log_healthy = False
-                    logger.error("decision log write failed: %s", exc)
+                    self.log_errors += 1
+                    logger.error("decision log write failed (tick %d not logged): %s", decision.tick_id, exc)
                     if self.metrics is not None:
                         self.metrics.log_errors.inc()
             self.recent.append(decision)
+            self._save_state()
             if self.metrics is not None:
                 self.metrics.record(decision, self.perf_clock() - t0)
             self.last_tick_wall_s = time.time()
             return decision
+
+    def _save_state(self) -> None:
+        """Replace the learner's state file (atomically: a crash leaves the previous one); failures are counted."""
+        if self.state_path is None:
+            return
+        try:
+            atomic_write_text(self.state_path, json.dumps(controller_state(self.controller)))
+        except (OSError, TypeError, ValueError) as exc:
+            self.state_errors += 1
+            logger.error("learner state not saved: %s", exc)
 
     # -- operator controls (the API calls these) ----------------------------------------------------------------
     def pin(self, spec: PolicySpec) -> None:
@@ -223,6 +254,8 @@ class Service:
             return {
                 **self.controller.status(),
                 "log_healthy": self.log_healthy,
+                "log_write_errors": self.log_errors,
+                "state_save_errors": self.state_errors,
                 "last_decision": last.model_dump(mode="json") if last is not None else None,
             }
 
@@ -277,19 +310,40 @@ def run_realtime(service: Service, tick_interval_s: float, stop: threading.Event
         scheduler.shutdown(wait=True)
 
 
+def load_state(controller: Controller, path: Path) -> str | None:
+    """Restore the learner's state from ``path`` (None if there is none); StateMismatch names what differs."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        state = json.loads(text)
+    except ValueError:
+        raise StateMismatch(f"{path}: not JSON") from None
+    try:
+        return restore(controller, state)
+    except StateMismatch as exc:
+        raise StateMismatch(f"{path}: {exc}") from None
+
+
 def open_sidecar(
     params: Any, adapter: EngineAdapter, *, run_id: str, clock: Callable[[], float], log_path: Any = None,
     log_max_bytes: int = 10_000_000, log_backup_count: int = 5, log_fsync: bool = True, keep_decisions: int = 1000,
     api: tuple[str, int, str] | None = None, api_stale_after_s: float | None = None, replayer: Replayer | None = None,
+    state_path: Path | None = None, fresh: bool = False,
 ) -> tuple[Service, Any]:
     """Assemble controller, decision log, metrics, service and (``api`` = (host, port, token)) the API server.
 
-    Returns (service, api_server or None); the API is already listening. The caller closes both.
+    ``state_path``: the learner's state, restored at start unless ``fresh`` (StateMismatch when it was written
+    under other settings) and replaced after every tick. Returns (service, api_server or None); the API is
+    already listening. The caller closes both; ``service.resumed`` says what was restored.
     """
     controller = Controller(params, run_id=run_id)
+    resumed = load_state(controller, state_path) if state_path is not None and not fresh else None
     log = DecisionLog(log_path, log_max_bytes, log_backup_count, fsync=log_fsync) if log_path is not None else None
     service = Service(controller, adapter, log, clock=clock, keep_decisions=keep_decisions, metrics=ServiceMetrics(),
-                      replayer=replayer)
+                      replayer=replayer, state_path=state_path)
+    service.resumed = resumed
     server = None
     if api is not None:
         from schedctl.controller.api import ApiServer, make_app

@@ -63,10 +63,11 @@ class WhatIfParams(BaseModel):
     arms: Literal["all", "neighbours"] | list[KValue] = Field(
         default="all", description='arms to replay: "all" tuner arms, "neighbours" of the running arm, or a list'
     )
-    every_ticks: int = Field(default=1, ge=1, description="replay on every N-th tick")
-    horizon_windows: int = Field(default=2, ge=1, description="windows replayed: from the state N windows ago")
+    every_ticks: int = Field(default=1, ge=1, le=1_000_000, description="replay on every N-th tick")
+    horizon_windows: int = Field(default=2, ge=1, le=1000, description="windows replayed: from the state N windows ago")
     filter_margin_reward: float = Field(default=0.05, ge=0, le=1, description="filter: how far behind is clearly")
-    budget_ms: float = Field(default=0.0, ge=0, description="wall ms a tick's replays may take (0: no limit)")
+    budget_ms: float = Field(default=0.0, ge=0, le=3_600_000, allow_inf_nan=False,
+                             description="wall ms a tick's replays may take (0: no limit)")
 
     @field_validator("arms", mode="before")
     @classmethod

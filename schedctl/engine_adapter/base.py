@@ -57,7 +57,11 @@ class Observation(BaseModel):
     # A starving request shows here long before it completes and enters the TTFT samples.
     oldest_wait_s: float | None = Field(default=None, ge=0.0)
     active_policy: PolicySpec | None = None
+    # True when the engine reported which policy it runs: active_policy None then means "none of ours" (the
+    # engine's own order, e.g. after a restart); False: active_policy None means unknown
+    active_reported: bool = False
     engine_generation: int | None = None  # changes when the engine restarts
+    reachable: bool = True  # False: the engine did not answer this tick (observe() failed), a push would not land
     stale: bool = False  # the adapter could not get fresh data for this window
     stale_reason: str | None = None
 

@@ -28,6 +28,37 @@ SPEC_VERSION: Literal[1] = 1
 
 KValue = int | Literal["inf"]
 
+# The largest finite k. An oldest-first turn every K_MAX admissions never comes in any real queue (it is LPM:
+# write klpm:inf), and every k crosses the SGLang channel, the metrics and the log as a plain number.
+K_MAX = 1_000_000
+INT_KNOB_MAX = 10_000_000  # token budgets, running-request caps, tile widths: far above any GPU's
+
+
+def _shown(v: object, limit: int = 24) -> str:
+    """A value for an error message: a 400-digit k is shown by its length, not written out."""
+    text = repr(v)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def check_k(v: object) -> KValue:
+    """A k as typed anywhere (settings, API, CLI, arms): an integer 1..K_MAX or "inf"; ValueError otherwise."""
+    if isinstance(v, str):
+        text = v.strip()
+        if text.lower() in ("inf", "infinity", "∞"):
+            return "inf"
+        if not text.isdigit():
+            raise ValueError(f'k must be an integer >= 1 or "inf", got {_shown(v)}')
+        if len(text.lstrip("0")) > len(str(K_MAX)):
+            raise ValueError(f"k must be <= {K_MAX} (for pure LPM write inf), got {_shown(v)}")
+        v = int(text)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f'k must be an integer >= 1 or "inf", got {_shown(v)}')
+    if v < 1:
+        raise ValueError(f"k must be >= 1, got {_shown(v)}")
+    if v > K_MAX:
+        raise ValueError(f"k must be <= {K_MAX} (for pure LPM write inf), got {_shown(v)}")
+    return v
+
 
 class _Spec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -55,18 +86,7 @@ class KLPMSpec(_Spec):
     @field_validator("k", mode="before")
     @classmethod
     def _check_k(cls, v: object) -> object:
-        if isinstance(v, str):
-            if v.strip().lower() in ("inf", "infinity", "∞"):
-                return "inf"
-            if v.strip().isdigit():
-                v = int(v.strip())
-            else:
-                raise ValueError(f'k must be an integer >= 1 or "inf", got {v!r}')
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise ValueError(f'k must be an integer >= 1 or "inf", got {v!r}')
-        if v < 1:
-            raise ValueError(f"k must be >= 1, got {v}")
-        return v
+        return check_k(v)
 
 
 # --- token-budget hybrid batches ----------------------------------------------------------------------------
@@ -74,15 +94,15 @@ class KLPMSpec(_Spec):
 # token_budget=512, max running requests 128, decode cap 128). Every float knob must be finite.
 
 def _budget() -> Any:
-    return Field(512, ge=1, description="tokens per iteration: decode tokens + prefill chunk tokens")
+    return Field(512, ge=1, le=INT_KNOB_MAX, description="tokens per iteration: decode tokens + prefill chunk tokens")
 
 
 def _max_running() -> Any:
-    return Field(128, ge=1, description="cap on running requests (decoding or partly prefilled)")
+    return Field(128, ge=1, le=INT_KNOB_MAX, description="cap on running requests (decoding or partly prefilled)")
 
 
 def _seconds(default: float, what: str) -> Any:
-    return Field(default, gt=0, allow_inf_nan=False, description=what)
+    return Field(default, gt=0, le=3600, allow_inf_nan=False, description=what)
 
 
 class SarathiSpec(_Spec):
@@ -112,14 +132,15 @@ class SLAISpec(_Spec):
     kind: Literal["slai"] = "slai"
     token_budget: int = _budget()
     max_running_requests: int = _max_running()
-    decode_cap: int = Field(128, ge=1, description="most decode tokens per iteration (critical ones, and in all)")
+    decode_cap: int = Field(128, ge=1, le=INT_KNOB_MAX,
+                            description="most decode tokens per iteration (critical ones, and in all)")
     tbt_strict_s: float = _seconds(0.1, "TBT SLO of slo_class 'strict' requests")
     tbt_relaxed_s: float = _seconds(0.5, "TBT SLO of slo_class 'relaxed' requests")
     tbt_default_s: float = _seconds(0.2, "TBT SLO of slo_class 'default' requests")
-    tbt_slack_s: float = Field(0.0, ge=0, allow_inf_nan=False, description="seconds taken off every TBT SLO")
-    theta_low: float = Field(5.0, ge=0, allow_inf_nan=False, description="Θ (mean batch durations of margin) "
+    tbt_slack_s: float = Field(0.0, ge=0, le=3600, allow_inf_nan=False, description="seconds taken off every TBT SLO")
+    theta_low: float = Field(5.0, ge=0, le=1e6, allow_inf_nan=False, description="Θ (mean batch durations of margin) "
                              "while KV utilisation < memory_limit")
-    theta_high: float = Field(10.0, ge=0, allow_inf_nan=False, description="Θ at or above memory_limit")
+    theta_high: float = Field(10.0, ge=0, le=1e6, allow_inf_nan=False, description="Θ at or above memory_limit")
     memory_limit: float = Field(0.96, gt=0, le=1, allow_inf_nan=False, description="KV utilisation that switches Θ")
     prefill_order: Literal["spf", "fcfs"] = Field("spf", description="new prefills shortest prompt first, or FCFS")
     strict_first: bool = Field(False, description="new prefills of slo_class 'strict' before the others")
@@ -131,8 +152,9 @@ class RADSpec(_Spec):
     kind: Literal["rad"] = "rad"
     token_budget: int = _budget()
     max_running_requests: int = _max_running()
-    prefill_batches_per_cycle: int = Field(1, ge=1, description="N: prefill-only batches between two decode batches")
-    tile_tokens: int | None = Field(None, ge=1, description="matmul tile width; unset: the GPU profile's")
+    prefill_batches_per_cycle: int = Field(1, ge=1, le=INT_KNOB_MAX,
+                                           description="N: prefill-only batches between two decode batches")
+    tile_tokens: int | None = Field(None, ge=1, le=INT_KNOB_MAX, description="matmul tile width; unset: the GPU's")
 
 
 TokenBudgetSpec = SarathiSpec | SLAISpec | RADSpec
@@ -169,7 +191,7 @@ def parse_policy(text: str) -> PolicySpec:
     if name == "klpm":
         if not arg:
             raise ValueError("klpm needs a k: write klpm:K, e.g. klpm:4 or klpm:inf")
-        return KLPMSpec(k=arg)
+        return KLPMSpec(k=check_k(arg))  # a bad k: one ValueError line, e.g. "k must be <= 1000000 ..."
     if name in _KNOB_SPECS:
         return _with_knobs(_KNOB_SPECS[name], name, arg)
     raise ValueError(f"unknown policy {text!r}: expected fcfs, lpm, klpm:K, sarathi, slai or rad")

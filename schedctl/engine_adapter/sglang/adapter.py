@@ -159,14 +159,23 @@ class SGLangAdapter:
         scrape = metrics.parse_scrape(resp.text)
         if scrape.empty:
             raise EngineUnavailable("GET /metrics has no SGLang metrics (is the server started with --enable-metrics?)")
-        active, stale_reason = None, None
+        active, stale_reason, reported = None, None, False
         try:
-            active, _version = self._active_from(self._server_info())
+            info = self._server_info()
+            active, _version = self._active_from(info)
+            reported = bool(self._plugin_states(info))  # the plugin answered: None is "its own order"
         except EngineUnavailable as exc:
             stale_reason = f"active policy unknown: {exc}"
+        if scrape.implausible is not None:  # not data: a stale window; the previous scrape stays the baseline
+            logger.warning("SGLang %s", scrape.implausible)
+            return Observation(start_s=self._prev_t_s if self._prev_t_s is not None else now_s, end_s=now_s,
+                               arrivals=0, completions=0, stale=True, stale_reason=scrape.implausible,
+                               active_policy=active, active_reported=reported,
+                               engine_generation=self.engine_generation)
         prev, prev_t_s = self._prev, self._prev_t_s
         self._prev, self._prev_t_s = scrape, now_s
-        return self._window(prev, scrape, prev_t_s, now_s, active, stale_reason)
+        return self._window(prev, scrape, prev_t_s, now_s, active, stale_reason).model_copy(
+            update={"active_reported": reported})
 
     def _window(
         self,

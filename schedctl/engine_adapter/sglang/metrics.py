@@ -64,6 +64,16 @@ class Scrape:
     histograms: dict[str, dict[Labels, dict[float, float]]] = field(default_factory=dict)  # series -> le -> count
     gauges: dict[str, dict[Labels, float]] = field(default_factory=dict)
     families: set[str] = field(default_factory=set)  # every sglang:* family declared, with samples or not yet
+    problems: list[str] = field(default_factory=list)  # implausible values of metrics the adapter reads
+
+    @property
+    def implausible(self) -> str | None:
+        """Why this scrape is not data (None: it is): the adapter makes its window stale and keeps the previous
+        scrape as the baseline, so a broken value never enters a delta or looks like a counter reset."""
+        if not self.problems:
+            return None
+        more = f" (+{len(self.problems) - 3} more)" if len(self.problems) > 3 else ""
+        return "implausible metrics: " + ", ".join(self.problems[:3]) + more
 
     @property
     def empty(self) -> bool:
@@ -104,9 +114,24 @@ def parse_scrape(text: str) -> Scrape:
     return scrape
 
 
+# a count above 2**53 cannot go up by one in a float: no engine's counter, a broken exporter's
+MAX_COUNT = float(2**53)
+COUNTS = frozenset(COUNTERS) | {h + "_bucket" for h in HISTOGRAMS} | {QUEUE, RUNNING}
+
+
+def _read(name: str) -> bool:
+    return name in METRICS_READ or (name.endswith("_bucket") and name[: -len("_bucket")] in HISTOGRAMS)
+
+
 def _add_sample(scrape: Scrape, name: str, labels: dict[str, str], value: float) -> None:
     if not isinstance(value, int | float) or not math.isfinite(value):
-        logger.warning("skipping metric %s with value %r", name, value)
+        if _read(name):
+            scrape.problems.append(f"{name}={value!r}")  # the adapter says so once, for the whole scrape
+        else:
+            logger.warning("skipping metric %s with value %r", name, value)
+        return
+    if name in COUNTS and (value < 0 or value > MAX_COUNT):
+        scrape.problems.append(f"{name}={value:.3g}")
         return
     if name in COUNTERS:
         scrape.counters.setdefault(name, {})[_labels(labels)] = float(value)
