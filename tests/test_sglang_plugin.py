@@ -23,7 +23,6 @@ import pytest
 from schedctl.engine_adapter.sglang import channel, metrics, plugin
 from schedctl.engine_adapter.sglang.adapter import SGLangAdapter
 from schedctl.engine_adapter.sglang.cpu_shims import SHIM_ROOTS
-from schedctl.engine_adapter.sglang.cpu_shims import SHIM_ROOTS
 from schedctl.engine_adapter.sglang.launcher import build_command
 from schedctl.policies.klpm import klpm_order
 from schedctl.policies.spec import FCFSSpec, KLPMSpec, LPMSpec, SLAISpec, policy_label
