@@ -146,13 +146,18 @@ def test_same_seed_same_search_and_plan() -> None:
     assert labels[0] != labels[2]  # the seed does steer the search
 
 
-@pytest.mark.parametrize("demand_rps", [17.0, 31.0])
-def test_anneal_finds_the_exhaustive_optimum_in_every_seeded_run_with_fewer_evaluations(demand_rps: float) -> None:
+@pytest.mark.parametrize(("demand_rps", "seeds"), [
+    (17.0, range(2)), (31.0, range(2)),  # the default run: the same check on two seeds per demand
+    pytest.param(17.0, range(10), marks=pytest.mark.slow), pytest.param(31.0, range(10), marks=pytest.mark.slow),
+])
+def test_anneal_finds_the_exhaustive_optimum_in_every_seeded_run_with_fewer_evaluations(
+    demand_rps: float, seeds: range
+) -> None:
     space = stub_space()
     obj = objective(space)
     optimum = exhaustive(space, StubScore(space, demand_rps), obj)
     assert optimum.feasible and optimum.evaluations == space.size()
-    for seed in range(10):
+    for seed in seeds:
         result = anneal(space, StubScore(space, demand_rps), obj, AnnealConfig(seed=seed, max_evaluations=200))
         assert result.feasible, seed
         assert result.best.cost_usd_per_hour == pytest.approx(optimum.best.cost_usd_per_hour), seed
