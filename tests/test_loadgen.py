@@ -11,7 +11,7 @@ import pytest
 from fake_stream_server import Behaviour, FakeStreamServer, dead_port
 
 from schedctl.loadgen import Api, LoadConfig, RemoteRefused, check_url, retime, run_load
-from schedctl.loadgen.protocol import fit_vocab
+from schedctl.loadgen.protocol import StreamError, fit_vocab
 from schedctl.workloads import Request, make_requests, write_trace
 from schedctl.workloads.trace import read_trace
 
@@ -131,7 +131,10 @@ def test_fit_vocab_keeps_ids_below_the_vocabulary_and_hashes_the_others_into_it(
     assert out[0] == 5 and out[1] == 999 and out[6] == 7  # already in range: unchanged
     assert all(0 <= t < vocab for t in out) and out[3] == out[5]  # equal ids stay equal
     assert len(set(fit_vocab(list(range(10**6, 10**6 + 50)), 32000))) >= 45  # different ids mostly stay apart
-    assert fit_vocab(ids, None) == ids and fit_vocab(ids, vocab) == out  # no mapping; the same mapping every time
+    assert fit_vocab(ids, vocab) == out  # the same mapping every time
+    assert fit_vocab([5, 40000], None) == [5, 40000]  # no vocabulary: as they are...
+    with pytest.raises(StreamError, match="synthetic"):
+        fit_vocab(ids, None)  # ...but never an id no model has
 
 
 def test_a_run_with_vocab_size_sends_only_ids_the_model_has():
@@ -139,6 +142,14 @@ def test_a_run_with_vocab_size_sends_only_ids_the_model_has():
         run_load([Request(0, 0.0, [3, 1 << 24, 40000], 1)], LoadConfig(url=srv.url, vocab_size=32000))
         (seen,) = srv.seen
     assert seen.body["input_ids"][0] == 3 and all(0 <= t < 32000 for t in seen.body["input_ids"])
+
+
+def test_synthetic_ids_without_a_vocabulary_are_not_sent():
+    with FakeStreamServer() as srv:
+        res = run_load([Request(0, 0.0, [3, 1 << 24], 1), Request(1, 0.0, [3, 4], 1)], LoadConfig(url=srv.url))
+        assert [s.request_id for s in srv.seen] == [1]
+    assert res.results[0].status == "error" and "vocab_size" in (res.results[0].error or "")
+    assert res.results[1].status == "ok"
 
 
 def test_a_bad_line_in_a_lazily_read_trace_stops_sending_and_keeps_what_was_measured(tmp_path):

@@ -154,7 +154,8 @@ def _report(result: LoadResult, as_json: bool, requests_out: Path | None) -> Non
         raise typer.Exit(1)
     if reasons and not as_json:
         for reason, n in reasons.most_common(3):
-            Console(stderr=True).print(f"{n} x {reason}", style="yellow", highlight=False, markup=False)
+            Console(stderr=True, soft_wrap=True).print(f"{n} x {reason}", style="yellow", highlight=False,
+                                                       markup=False)
 
 
 def register(app: typer.Typer) -> None:

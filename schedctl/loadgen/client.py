@@ -74,8 +74,9 @@ async def send_one(
 ) -> None:
     """Send ``req``, stream the answer into ``result``; never raises except CancelledError (result says why)."""
     try:
+        body = request_body(api, req, rid, vocab_size)
         async with asyncio.timeout(timeout_s):
-            await _stream(client, api, request_body(api, req, rid, vocab_size), result, clock)
+            await _stream(client, api, body, result, clock)
     except (TimeoutError, httpx.TimeoutException):
         result.fail("timeout", f"no complete answer within {timeout_s:g} s ({result.output_tokens} tokens received)")
     except StreamError as exc:
