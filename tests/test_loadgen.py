@@ -92,12 +92,19 @@ def test_a_dead_port_is_unreachable():
 
 
 def test_duration_stops_sending_and_warmup_leaves_early_requests_out():
-    arrivals = [0.0, 0.1, 0.2, 0.3, 0.4, 5.0]
+    arrivals = [0.0, 0.1, 0.2, 0.3, 0.4, 3600.0]  # the run must not wait for the last one
     with FakeStreamServer() as srv:
         res = run_load(reqs(arrivals), LoadConfig(url=srv.url, duration_s=1.0, warmup_s=0.15))
     assert [r.request_id for r in res.results] == [0, 1, 2, 3, 4]  # the one at 5 s is never sent
     assert res.stop_reason == "duration"
     assert res.summary.warmup_excluded == 2 and res.summary.requests == 3 and res.summary.sent == 3
+
+
+def test_a_send_that_waited_for_a_slot_past_the_end_of_the_run_is_not_sent():
+    with FakeStreamServer(Behaviour(first_token_delay_s=0.6)) as srv:
+        res = run_load(reqs([0.0, 0.1]), LoadConfig(url=srv.url, max_inflight=1, duration_s=0.3))
+        assert len(srv.seen) == 1
+    assert [r.request_id for r in res.results] == [0] and res.stop_reason == "duration"
 
 
 def test_cache_hit_rate_is_cached_over_prompt_tokens_as_the_server_reports_them():
