@@ -152,8 +152,9 @@ def _report(result: LoadResult, as_json: bool, requests_out: Path | None) -> Non
         reason, n = reasons.most_common(1)[0] if reasons else ("no reason recorded", 0)
         report_error(f"{s.url}: every request failed ({len(result.results)}; most often, {n}x: {reason}){written}")
         raise typer.Exit(1)
-    if reasons and not as_json:
-        for reason, n in reasons.most_common(3):
+    measured = Counter(r.error for r in result.results if r.error and r.scheduled_s >= s.warmup_s)
+    if measured and not as_json:
+        for reason, n in measured.most_common(3):
             Console(stderr=True, soft_wrap=True).print(f"{n} x {reason}", style="yellow", highlight=False,
                                                        markup=False)
 
