@@ -77,6 +77,23 @@ def test_http_500_and_broken_streams_are_errors_with_their_reason():
     assert not res.unreachable
 
 
+def test_an_unexpected_failure_in_one_request_fails_that_request_only(monkeypatch):
+    import schedctl.loadgen.client as client
+
+    real = client.parse_data
+
+    def flaky(api: Api, payload: str):  # type: ignore[no-untyped-def]
+        if '"completion_tokens": 2' in payload:
+            raise RuntimeError("boom")
+        return real(api, payload)
+
+    monkeypatch.setattr(client, "parse_data", flaky)
+    with FakeStreamServer(lambda i: Behaviour(tokens_per_chunk=1 if i == 0 else 5)) as srv:
+        res = run_load(reqs([0.0, 0.0], output_len=5), LoadConfig(url=srv.url))
+    assert [r.status for r in res.results] == ["error", "ok"]
+    assert res.results[0].error == "RuntimeError: boom"
+
+
 def test_a_request_past_its_timeout_is_a_timeout_and_the_run_ends():
     with FakeStreamServer(lambda i: Behaviour(mode="hang" if i == 1 else "ok")) as srv:
         res = run_load(reqs([0.0, 0.0]), LoadConfig(url=srv.url, request_timeout_s=0.5))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import sys
 from collections import Counter
 from collections.abc import Iterable
@@ -102,6 +103,8 @@ def load_cmd(
         check_url(url, allow_remote)
     except ValueError as exc:
         raise UsageError(f"--url {url}: {exc}") from None
+    if requests_out is not None:
+        _check_writable(requests_out)
     requests, nominal_rate, vocab = _stream(workload, trace, rate, num_requests, duration_s, seed, time_scale,
                                             vocab_size)
     cfg = cfg.model_copy(update={"vocab_size": vocab})
@@ -117,8 +120,22 @@ def load_cmd(
 
         result = run_load(requests, cfg, on_result=on_result if show else None, rate=nominal_rate, seed=seed)
     if requests_out is not None:
-        write_request_records(requests_out, result.records())
+        try:
+            write_request_records(requests_out, result.records())
+        except OSError as exc:
+            report_error(f"--requests-out {requests_out}: cannot write ({exc.strerror or exc}); the summary follows")
+            requests_out = None
     _report(result, as_json, requests_out)
+
+
+def _check_writable(path: Path) -> None:
+    """Fail before sending anything if the records could not be written at the end."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--requests-out {path}: cannot create its folder ({exc.strerror or exc})") from None
+    if path.is_dir() or not os.access(path.parent, os.W_OK):
+        raise UsageError(f"--requests-out {path}: not a writable file path")
 
 
 def _report(result: LoadResult, as_json: bool, requests_out: Path | None) -> None:
