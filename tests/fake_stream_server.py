@@ -15,6 +15,7 @@ it always stops.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -163,3 +164,27 @@ def dead_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def main() -> None:
+    """Serve on 127.0.0.1 until SIGTERM or Ctrl-C (for benchmarks/loadgen_client.py); prints the URL when up."""
+    import argparse
+    import signal
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--first-token-delay-s", type=float, default=0.0)
+    ap.add_argument("--token-interval-s", type=float, default=0.0)
+    ap.add_argument("--tokens-per-chunk", type=int, default=1)
+    args = ap.parse_args()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    behaviour = Behaviour(first_token_delay_s=args.first_token_delay_s, token_interval_s=args.token_interval_s,
+                          tokens_per_chunk=args.tokens_per_chunk)
+    with FakeStreamServer(behaviour) as srv:
+        print(srv.url, flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -11,7 +11,7 @@ import pytest
 from fake_stream_server import Behaviour, FakeStreamServer, dead_port
 
 from schedctl.loadgen import Api, LoadConfig, RemoteRefused, check_url, retime, run_load
-from schedctl.loadgen.protocol import fit_vocab
+from schedctl.loadgen.protocol import StreamError, fit_vocab
 from schedctl.workloads import Request, make_requests, write_trace
 from schedctl.workloads.trace import read_trace
 
@@ -77,6 +77,23 @@ def test_http_500_and_broken_streams_are_errors_with_their_reason():
     assert not res.unreachable
 
 
+def test_an_unexpected_failure_in_one_request_fails_that_request_only(monkeypatch):
+    import schedctl.loadgen.client as client
+
+    real = client.parse_data
+
+    def flaky(api: Api, payload: str):  # type: ignore[no-untyped-def]
+        if '"completion_tokens": 2' in payload:
+            raise RuntimeError("boom")
+        return real(api, payload)
+
+    monkeypatch.setattr(client, "parse_data", flaky)
+    with FakeStreamServer(lambda i: Behaviour(tokens_per_chunk=1 if i == 0 else 5)) as srv:
+        res = run_load(reqs([0.0, 0.0], output_len=5), LoadConfig(url=srv.url))
+    assert [r.status for r in res.results] == ["error", "ok"]
+    assert res.results[0].error == "RuntimeError: boom"
+
+
 def test_a_request_past_its_timeout_is_a_timeout_and_the_run_ends():
     with FakeStreamServer(lambda i: Behaviour(mode="hang" if i == 1 else "ok")) as srv:
         res = run_load(reqs([0.0, 0.0]), LoadConfig(url=srv.url, request_timeout_s=0.5))
@@ -92,12 +109,19 @@ def test_a_dead_port_is_unreachable():
 
 
 def test_duration_stops_sending_and_warmup_leaves_early_requests_out():
-    arrivals = [0.0, 0.1, 0.2, 0.3, 0.4, 5.0]
+    arrivals = [0.0, 0.1, 0.2, 0.3, 0.4, 3600.0]  # the run must not wait for the last one
     with FakeStreamServer() as srv:
         res = run_load(reqs(arrivals), LoadConfig(url=srv.url, duration_s=1.0, warmup_s=0.15))
     assert [r.request_id for r in res.results] == [0, 1, 2, 3, 4]  # the one at 5 s is never sent
     assert res.stop_reason == "duration"
     assert res.summary.warmup_excluded == 2 and res.summary.requests == 3 and res.summary.sent == 3
+
+
+def test_a_send_that_waited_for_a_slot_past_the_end_of_the_run_is_not_sent():
+    with FakeStreamServer(Behaviour(first_token_delay_s=0.6)) as srv:
+        res = run_load(reqs([0.0, 0.1]), LoadConfig(url=srv.url, max_inflight=1, duration_s=0.3))
+        assert len(srv.seen) == 1
+    assert [r.request_id for r in res.results] == [0] and res.stop_reason == "duration"
 
 
 def test_cache_hit_rate_is_cached_over_prompt_tokens_as_the_server_reports_them():
@@ -131,7 +155,10 @@ def test_fit_vocab_keeps_ids_below_the_vocabulary_and_hashes_the_others_into_it(
     assert out[0] == 5 and out[1] == 999 and out[6] == 7  # already in range: unchanged
     assert all(0 <= t < vocab for t in out) and out[3] == out[5]  # equal ids stay equal
     assert len(set(fit_vocab(list(range(10**6, 10**6 + 50)), 32000))) >= 45  # different ids mostly stay apart
-    assert fit_vocab(ids, None) == ids and fit_vocab(ids, vocab) == out  # no mapping; the same mapping every time
+    assert fit_vocab(ids, vocab) == out  # the same mapping every time
+    assert fit_vocab([5, 40000], None) == [5, 40000]  # no vocabulary: as they are...
+    with pytest.raises(StreamError, match="synthetic"):
+        fit_vocab(ids, None)  # ...but never an id no model has
 
 
 def test_a_run_with_vocab_size_sends_only_ids_the_model_has():
@@ -139,6 +166,14 @@ def test_a_run_with_vocab_size_sends_only_ids_the_model_has():
         run_load([Request(0, 0.0, [3, 1 << 24, 40000], 1)], LoadConfig(url=srv.url, vocab_size=32000))
         (seen,) = srv.seen
     assert seen.body["input_ids"][0] == 3 and all(0 <= t < 32000 for t in seen.body["input_ids"])
+
+
+def test_synthetic_ids_without_a_vocabulary_are_not_sent():
+    with FakeStreamServer() as srv:
+        res = run_load([Request(0, 0.0, [3, 1 << 24], 1), Request(1, 0.0, [3, 4], 1)], LoadConfig(url=srv.url))
+        assert [s.request_id for s in srv.seen] == [1]
+    assert res.results[0].status == "error" and "vocab_size" in (res.results[0].error or "")
+    assert res.results[1].status == "ok"
 
 
 def test_a_bad_line_in_a_lazily_read_trace_stops_sending_and_keeps_what_was_measured(tmp_path):

@@ -113,6 +113,7 @@ def test_a_trace_of_synthetic_ids_needs_vocab_size(capsys, monkeypatch, tmp_path
     (("--trace", "x.jsonl", "--seed", "3"), ("--seed with --trace",)),
     (("--max-inflight", "0"), ("--max-inflight",)),
     (("--duration-s", "5", "--warmup-s", "5"), ("--warmup-s",)),
+    (("--requests-out", "/proc/no/such/dir/r.jsonl"), ("--requests-out",)),
 ])
 def test_options_that_cannot_go_together_are_one_error_line(capsys, monkeypatch, args, words):
     rc, _, err = cli(capsys, monkeypatch, "load", "--url", f"http://127.0.0.1:{dead_port()}", *args)

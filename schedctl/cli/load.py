@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import os
 import sys
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import typer
 from pydantic import ValidationError
@@ -27,11 +29,16 @@ WORKLOAD_VOCAB_SIZE = 32000  # a workload's synthetic ids are hashed into this m
 EXIT_INTERRUPTED = 130
 
 
+class _Stream(NamedTuple):
+    requests: Iterable[Request]  # arrival_s = the offset to send at
+    rate_rps: float | None  # nominal, for the summary
+    vocab_size: int | None  # to fit token ids into
+    total: int | None  # requests to send at most, when known (the progress bar)
+
+
 def _stream(workload: str | None, trace: Path | None, rate: str | None, num_requests: int | None,
-            duration_s: float | None, seed: int | None, time_scale: float,
-            vocab_size: int | None) -> tuple[Iterable[Request], float | None, int | None]:
-    """The requests with their send offsets, the nominal rate and the vocabulary to fit token ids into; every
-    conflict between options is an error."""
+            duration_s: float | None, seed: int | None, time_scale: float, vocab_size: int | None) -> _Stream:
+    """What to send, from the options; every conflict between options is an error."""
     if workload is not None and trace is not None:
         raise UsageError("--workload and --trace: give one (a trace already says which requests to send)")
     if rate is not None and time_scale != 1.0:
@@ -54,13 +61,13 @@ def _stream(workload: str | None, trace: Path | None, rate: str | None, num_requ
         if vocab_size is None and any(r.prompt and max(r.prompt) >= SYNTHETIC_TOKEN_BASE for r in requests):
             raise UsageError(f"--trace {trace}: it has synthetic token ids (>= 2**24, from a schedctl workload), "
                              "which no model's vocabulary holds: pass --vocab-size N (the model's vocabulary)")
-        return retime(requests, sched, seed or 0, time_scale), nominal, vocab_size
+        return _Stream(retime(requests, sched, seed or 0, time_scale), nominal, vocab_size, len(requests))
     spec = parse_or_usage(parse_workload, workload or "gsp", "--workload")
     if num_requests is None and duration_s is None:
         num_requests = DEFAULT_NUM_REQUESTS
     reqs = make_requests(spec, sched if sched is not None else 10.0, None, num_requests, duration_s, seed or 0)
-    return (retime(reqs, None, 0, time_scale), nominal if sched is not None else 10.0,
-            vocab_size or WORKLOAD_VOCAB_SIZE)
+    return _Stream(retime(reqs, None, 0, time_scale), nominal if sched is not None else 10.0,
+                   vocab_size or WORKLOAD_VOCAB_SIZE, num_requests)
 
 
 def load_cmd(
@@ -102,23 +109,39 @@ def load_cmd(
         check_url(url, allow_remote)
     except ValueError as exc:
         raise UsageError(f"--url {url}: {exc}") from None
-    requests, nominal_rate, vocab = _stream(workload, trace, rate, num_requests, duration_s, seed, time_scale,
-                                            vocab_size)
-    cfg = cfg.model_copy(update={"vocab_size": vocab})
+    if requests_out is not None:
+        _check_writable(requests_out)
+    stream = _stream(workload, trace, rate, num_requests, duration_s, seed, time_scale, vocab_size)
+    cfg = cfg.model_copy(update={"vocab_size": stream.vocab_size})
     show = not as_json and sys.stderr.isatty()
     with Progress(TextColumn("load"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
                   TimeElapsedColumn(), console=Console(stderr=True), disable=not show, transient=True) as progress:
-        task = progress.add_task("load", total=num_requests, status="")
+        task = progress.add_task("load", total=stream.total, status="")
         counts: Counter[str] = Counter()
 
         def on_result(r: object) -> None:
             counts[getattr(r, "status", "?")] += 1
             progress.update(task, advance=1, status=" ".join(f"{k} {v}" for k, v in sorted(counts.items())))
 
-        result = run_load(requests, cfg, on_result=on_result if show else None, rate=nominal_rate, seed=seed)
+        result = run_load(stream.requests, cfg, on_result=on_result if show else None, rate=stream.rate_rps,
+                          seed=seed)
     if requests_out is not None:
-        write_request_records(requests_out, result.records())
+        try:
+            write_request_records(requests_out, result.records())
+        except OSError as exc:
+            report_error(f"--requests-out {requests_out}: cannot write ({exc.strerror or exc}); the summary follows")
+            requests_out = None
     _report(result, as_json, requests_out)
+
+
+def _check_writable(path: Path) -> None:
+    """Fail before sending anything if the records could not be written at the end."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--requests-out {path}: cannot create its folder ({exc.strerror or exc})") from None
+    if path.is_dir() or not os.access(path.parent, os.W_OK):
+        raise UsageError(f"--requests-out {path}: not a writable file path")
 
 
 def _report(result: LoadResult, as_json: bool, requests_out: Path | None) -> None:
@@ -152,9 +175,11 @@ def _report(result: LoadResult, as_json: bool, requests_out: Path | None) -> Non
         reason, n = reasons.most_common(1)[0] if reasons else ("no reason recorded", 0)
         report_error(f"{s.url}: every request failed ({len(result.results)}; most often, {n}x: {reason}){written}")
         raise typer.Exit(1)
-    if reasons and not as_json:
-        for reason, n in reasons.most_common(3):
-            Console(stderr=True).print(f"{n} x {reason}", style="yellow", highlight=False, markup=False)
+    measured = Counter(r.error for r in result.results if r.error and r.scheduled_s >= s.warmup_s)
+    if measured and not as_json:
+        for reason, n in measured.most_common(3):
+            Console(stderr=True, soft_wrap=True).print(f"{n} x {reason}", style="yellow", highlight=False,
+                                                       markup=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -72,10 +72,12 @@ async def send_one(
     client: httpx.AsyncClient, api: Api, req: Request, rid: str, result: RequestResult,
     clock: Callable[[], float], timeout_s: float, vocab_size: int | None = None,
 ) -> None:
-    """Send ``req``, stream the answer into ``result``; never raises except CancelledError (result says why)."""
+    """Send ``req``, stream the answer into ``result``; never raises except CancelledError (``result`` says how it
+    ended: one request's failure, whatever it is, never ends the run)."""
     try:
+        body = request_body(api, req, rid, vocab_size)
         async with asyncio.timeout(timeout_s):
-            await _stream(client, api, request_body(api, req, rid, vocab_size), result, clock)
+            await _stream(client, api, body, result, clock)
     except (TimeoutError, httpx.TimeoutException):
         result.fail("timeout", f"no complete answer within {timeout_s:g} s ({result.output_tokens} tokens received)")
     except StreamError as exc:
@@ -88,6 +90,8 @@ async def send_one(
     except asyncio.CancelledError:
         result.fail("cancelled", "the run was interrupted while this request was in flight")
         raise
+    except Exception as exc:  # anything else a server can provoke (an undecodable answer...) fails this request only
+        result.fail("error", f"{type(exc).__name__}: {exc}")
 
 
 async def _stream(

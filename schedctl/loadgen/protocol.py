@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from schedctl.tokens import TokenArray
+from schedctl.tokens import SYNTHETIC_TOKEN_BASE, TokenArray
 from schedctl.workloads.types import Request
 
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
@@ -77,10 +77,15 @@ def fit_vocab(ids: TokenArray | list[int], vocab_size: int | None) -> list[int]:
     the vocabulary: one id out of range kills the server (IndexError in the embedding). The hash (splitmix64's
     finaliser) is fixed, so equal ids stay equal and prefix sharing survives; two different ids meet with
     probability 1 / vocab_size, so a shared prefix the workload does not have needs several such accidents in a
-    row. ``None``: the ids as they are.
+    row. ``None``: the ids as they are, but a synthetic id (>= 2**24, which no model has) raises StreamError
+    (the request fails unsent) rather than kill the server.
     """
     arr = np.frombuffer(ids, dtype=np.int64) if isinstance(ids, array) else np.asarray(ids, dtype=np.int64)
-    if vocab_size is None or arr.size == 0 or int(arr.max()) < vocab_size:
+    top = int(arr.max()) if arr.size else 0
+    if vocab_size is None and top >= SYNTHETIC_TOKEN_BASE:
+        raise StreamError(f"not sent: token id {top} is synthetic (>= 2**24) and no model has it; "
+                          "give vocab_size (--vocab-size) to fit the ids into the model's vocabulary")
+    if vocab_size is None or top < vocab_size:
         return [int(t) for t in arr.tolist()]
     z = arr.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
