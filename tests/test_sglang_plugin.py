@@ -307,6 +307,21 @@ def test_long_queue_keeps_klpm_at_bounded_cost(sg: SimpleNamespace, state: plugi
     assert state.long_queue_passes == 2
 
 
+def test_long_queue_holds_back_requests_sharing_a_cold_prefix(sg: SimpleNamespace, state: plugin.PluginState) -> None:
+    shared_cold = cold(900, 40)  # not in the cache: the first of r0..r9 computes it, the others then hit it
+    prompts = [shared_cold + cold(i, 5) if i < 10 else cold(i) for i in range(150)]
+    cache = make_cache(sg, A)
+    reqs = make_reqs(sg, prompts)
+    policy = sg.SchedulePolicy("lpm", cache, False, False, False)
+    assert push(sg, controller_for(sg, policy), channel.encode_policy(LPMSpec(), 1))
+    queue = list(reqs)
+    policy.calc_priority(queue)
+    policy.calc_priority(queue)  # every request matched (> 128 waiting: 128 a pass)
+    assert state.long_queue_passes == 2
+    assert rids(queue[:3]) == ["r0", "r10", "r11"]  # one of the ten that share the cold prefix goes ahead
+    assert sorted(rids(queue[-9:])) == sorted(f"r{i}" for i in range(1, 10))
+
+
 def test_order_is_the_same_on_every_rank(sg: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two 'ranks' (fresh plugin state, cache and Req objects each) with different clocks give the same orders."""
     orders = []

@@ -19,8 +19,9 @@ Above 128 waiting requests SGLang skips prefix matching (``WAITING_QUEUE_PREFIX_
 the list as it is"). The plugin keeps k-LPM there at bounded cost: each pass re-matches at most
 ``LONG_QUEUE_MATCH_BUDGET`` requests with SGLang's own ``match_kv_cache`` (never-matched first, then the least
 recently matched), orders the whole queue by k-LPM on the match lengths it has (some a few passes old), and
-skips in-batch deprioritisation. A stale length only affects the order: SGLang re-matches every request it
-admits.
+applies SGLang's in-batch deprioritisation itself to the head of that order (:func:`cold_prefix_duplicates`: of
+the requests sharing a prefix the cache lacks, one per pass goes ahead). A stale length only affects the order:
+SGLang re-matches every request it admits.
 
 Determinism across tensor-parallel ranks: the order depends only on the queue's contents, SGLang's radix cache
 (identical on every rank) and counters advanced per pass and per admission — never on wall clock or
@@ -300,7 +301,44 @@ def _order_long_queue(policy: Any, waiting_queue: list[Any]) -> None:
             setattr(req, _MATCHED_AT, STATE.passes)
         STATE.long_queue_passes += 1
     ordered = STATE.order(waiting_queue, frozenset())
+    if STATE.matches_prefixes():
+        deprioritized = cold_prefix_duplicates(ordered[:LONG_QUEUE_MATCH_BUDGET])
+        if deprioritized:
+            ordered = STATE.order(waiting_queue, deprioritized)
     waiting_queue[:] = ordered
+
+
+def cold_prefix_duplicates(reqs: Iterable[Any]) -> set[str]:
+    """SGLang's in-batch deprioritisation (``SchedulePolicy._compute_prefix_matches``) over ``reqs`` in order.
+
+    A request whose cached prefix is at most the check threshold (32 tokens) and whose first 32 tokens (the
+    deprioritise threshold) equal those of an earlier such request is held back for this pass: the earlier one
+    computes the shared prefix once and the others then find it in the cache. SGLang asks a per-pass radix tree
+    "is the match >= 32"; that holds exactly when the first 32 tokens equal an inserted request's (with the same
+    extra key and cache salt), so a set of those keys answers the same. SGLang's thresholds (env-configurable)
+    are read from its own module.
+    """
+    from sglang.srt.managers.schedule_policy import (
+        IN_BATCH_PREFIX_CACHING_CHECK_THRESHOLD as CHECK_TOKENS,
+    )
+    from sglang.srt.managers.schedule_policy import (
+        IN_BATCH_PREFIX_CACHING_DEPRIORITIZE_THRESHOLD as SHARED_TOKENS,
+    )
+
+    seen: set[tuple[Any, ...]] = set()
+    held: set[str] = set()
+    for r in reqs:
+        if int(r.prefix_len) > CHECK_TOKENS:
+            continue
+        ids = list(r.origin_input_ids[:SHARED_TOKENS])
+        if len(ids) < SHARED_TOKENS:
+            ids.extend(r.output_ids[: SHARED_TOKENS - len(ids)])
+        key = (getattr(r, "extra_key", None), getattr(r, "cache_salt", None), *ids)
+        if len(ids) >= SHARED_TOKENS and key in seen:
+            held.add(r.rid)
+        else:
+            seen.add(key)
+    return held
 
 
 class _ChannelHandler:
