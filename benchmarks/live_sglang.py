@@ -9,9 +9,9 @@ flushed before each run; cache hit rate is SGLang's own ``cached_tokens`` over `
 
 Two workloads (gsp: shared system prompts, unique questions, 8 output tokens):
 
-* ``stream``: 16 system prompts of 1,024 tokens (16,384 tokens of prefixes, 4x the cache), 64-token questions,
-  Poisson arrivals at ``--rate`` for ``--duration-s`` — fewer than 128 wait, so SGLang's own LPM matches
-  prefixes. Policies: fcfs, SGLang's own ``--schedule-policy lpm`` (the plugin off), the plugin's lpm, klpm:2,
+* ``stream``: 8 system prompts of 1,024 tokens (8,192 tokens of prefixes, twice the cache), 64-token questions,
+  Poisson arrivals at ``--rate`` (near FCFS's capacity here) for ``--duration-s`` — fewer than 128 wait, so
+  SGLang's own LPM matches prefixes. Policies: fcfs, SGLang's own ``--schedule-policy lpm`` (the plugin off), the plugin's lpm, klpm:2,
   klpm:4, and the adaptive sidecar (``schedctl run``, a tick every 2 s, arms k = 1, 2, 4, inf).
 * ``burst``: 32 system prompts of 512 tokens, 512 requests at once — more than 128 wait, where SGLang's own LPM
   turns into FCFS (``WAITING_QUEUE_PREFIX_MATCH_MAX``) and the plugin keeps ordering by prefix.
@@ -42,7 +42,7 @@ from schedctl.policies.spec import parse_policy
 from schedctl.workloads.registry import make_requests
 
 KV_TOKENS, MAX_RUNNING, VOCAB, TICK_S = 4096, 4, 32000, 2.0
-STREAM = "gsp:num_groups=16,prompts_per_group=16,system_prompt_len=1024,question_len=64,output_len=8"
+STREAM = "gsp:num_groups=8,prompts_per_group=16,system_prompt_len=1024,question_len=64,output_len=8"
 BURST = "gsp:num_groups=32,prompts_per_group=16,system_prompt_len=512,question_len=32,output_len=8"
 STATIC = ["fcfs", "sglang-lpm", "lpm", "klpm:2", "klpm:4"]
 
@@ -102,7 +102,7 @@ def table(title: str, rows: list[dict[str, Any]]) -> Table:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rate", type=float, default=6.0, help="stream: requests/s (Poisson)")
+    ap.add_argument("--rate", type=float, default=9.0, help="stream: requests/s (Poisson)")
     ap.add_argument("--duration-s", type=float, default=60.0, help="stream: seconds of arrivals")
     ap.add_argument("--burst", type=int, default=512, help="burst: requests at once")
     ap.add_argument("--seed", type=int, default=1)
@@ -110,7 +110,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = ap.parse_args()
     duration_s, burst = (30.0, 256) if args.quick else (args.duration_s, args.burst)
-    console = Console(stderr=args.json)
+    console = Console(stderr=args.json, width=None if sys.stdout.isatty() else 110)
     with tempfile.TemporaryDirectory(prefix="live-sglang-") as tmp:
         workdir = Path(tmp)
         server = tiny_cpu_server(workdir, sglang_args=["--max-total-tokens", str(KV_TOKENS),
