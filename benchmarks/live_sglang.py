@@ -11,8 +11,9 @@ Two workloads (gsp: shared system prompts, unique questions, 8 output tokens):
 
 * ``stream``: 8 system prompts of 1,024 tokens (8,192 tokens of prefixes, twice the cache), 64-token questions,
   Poisson arrivals at ``--rate`` (near FCFS's capacity here) for ``--duration-s`` — fewer than 128 wait, so
-  SGLang's own LPM matches prefixes. Policies: fcfs, SGLang's own ``--schedule-policy lpm`` (the plugin off), the plugin's lpm, klpm:2,
-  klpm:4, and the adaptive sidecar (``schedctl run``, a tick every 2 s, arms k = 1, 2, 4, inf).
+  SGLang's own LPM matches prefixes. Policies: fcfs, SGLang's own ``--schedule-policy lpm`` (the plugin off),
+  the plugin's lpm, klpm:2, klpm:4, and the adaptive sidecar (``schedctl run``, a tick every 2 s,
+  arms k = 1, 2, 4, inf).
 * ``burst``: 32 system prompts of 512 tokens, 512 requests at once — more than 128 wait, where SGLang's own LPM
   turns into FCFS (``WAITING_QUEUE_PREFIX_MATCH_MAX``) and the plugin keeps ordering by prefix.
 
@@ -27,6 +28,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -48,16 +51,15 @@ STATIC = ["fcfs", "sglang-lpm", "lpm", "klpm:2", "klpm:4"]
 
 
 def sidecar_settings(directory: Path, url: str) -> Path:
-    """Settings for the adaptive run: the shipped SGLang sidecar's tuner, a short tick, active, no API."""
-    settings = {
-        "slo": {"ttft_p99_target_ms": 2000},
-        "tuner": {"initial_policy": "klpm:4", "arms": [1, 2, 4, "inf"], "learner": "ucb1"},
-        "guard": {"min_dwell_ticks": 2, "stale_hold_ticks": 2, "safe_policy": "klpm:4"},
-        "engine": {"adapter": "sglang", "sglang": {"base_url": url, "timeout_s": 2.0}},
-        "service": {"tick_interval_s": TICK_S, "mode": "active"},
-        "log": {"path": str(directory / "decisions.jsonl")},
-        "api": {"enabled": False},
-    }
+    """The shipped SGLang sidecar settings (config/sidecar.sglang.toml), pointed at this server: active, a tick
+    every TICK_S, arms k = 1, 2, 4, inf, a dwell of 2 ticks, no API."""
+    settings = tomllib.loads((Path(__file__).parents[1] / "config" / "sidecar.sglang.toml").read_text())
+    settings["tuner"]["arms"] = [1, 2, 4, "inf"]
+    settings["guard"]["min_dwell_ticks"] = 2
+    settings["engine"]["sglang"]["base_url"] = url
+    settings["service"].update(tick_interval_s=TICK_S, mode="active")
+    settings["log"]["path"] = str(directory / "decisions.jsonl")
+    settings["api"]["enabled"] = False
     path = directory / "sidecar.toml"
     path.write_text(tomli_w.dumps(settings))
     return path
@@ -76,6 +78,9 @@ def run_one(server: ServerProcess, workdir: Path, workload: str, policy: str, ra
         cfg = sidecar_settings(workdir, server.url)
         sidecar = subprocess.Popen([str(Path(sys.executable).with_name("schedctl")), "run", "--config", str(cfg)],
                                    stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True)
+        time.sleep(TICK_S)
+        if sidecar.poll() is not None:
+            raise SystemExit(f"the sidecar exited with status {sidecar.returncode}; see its message above")
     try:
         reqs = make_requests(workload, rate, num_requests=num, seed=seed)
         s = run_load(reqs, LoadConfig(url=server.url, vocab_size=VOCAB, request_timeout_s=300.0)).summary
