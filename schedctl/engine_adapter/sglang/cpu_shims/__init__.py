@@ -8,7 +8,8 @@ SGLang's scheduler code use them; nothing on a GPU host loads them.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib.machinery
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,8 +30,10 @@ def unavailable(module: str, name: str) -> Callable[..., object]:
 
 
 def missing_modules() -> list[str]:
-    """The shimmed modules that this Python cannot import for real."""
-    return [name for name in SHIM_ROOTS if importlib.util.find_spec(name) is None]
+    """The shimmed modules that this Python cannot import for real (a shim already on sys.path does not count)."""
+    shims = Path(__file__).parent.resolve()
+    paths = [p for p in sys.path if not Path(p or ".").resolve().is_relative_to(shims)]
+    return [name for name in SHIM_ROOTS if importlib.machinery.PathFinder.find_spec(name, paths) is None]
 
 
 def pythonpath_for_missing() -> list[str]:
