@@ -8,6 +8,7 @@ in a process group of its own, which the fixture stops even when a test fails. N
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -22,15 +23,25 @@ START_TIMEOUT_S = 420.0  # ~40 s on an idle 2-core machine, up to ~130 s on a bu
 
 
 @contextmanager
-def live_server(directory: Path, sglang_args: Sequence[str] = (),
-                environ: Mapping[str, str] | None = None) -> Iterator[ServerProcess]:
-    server = tiny_cpu_server(directory, sglang_args=sglang_args, environ=environ)
+def live_server(directory: Path, sglang_args: Sequence[str] = (), environ: Mapping[str, str] | None = None,
+                through_cli: bool = False) -> Iterator[ServerProcess]:
+    """A started, healthy server (``through_cli``: as `schedctl sglang serve --cpu` starts it); stopped after."""
+    server = tiny_cpu_server(directory, sglang_args=sglang_args, environ=environ, through_cli=through_cli)
     try:
         server.start()
         server.wait_healthy(START_TIMEOUT_S)
         yield server
     finally:
         server.stop()
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of the process group ``pgid`` is left."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def plugin_state(url: str) -> dict[str, Any]:

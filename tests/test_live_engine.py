@@ -1,18 +1,21 @@
 """The plugin inside a real SGLang 0.5.23 server on this CPU (marker `live`; scripts/test-sglang.sh runs it).
 
-One server for the module (tests/live_support.py): a tiny random-weight Llama, SGLang started as `schedctl sglang
-serve --cpu` starts it, with a KV cache of 4,096 tokens and at most 4 running requests, so that a burst over
-shared prefixes forms a queue and the prefixes do not all fit in the cache (the regime where the order decides
-the cache hit rate). The load is `schedctl load`'s engine (schedctl.loadgen) over 127.0.0.1.
+One server for the module (tests/live_support.py): a tiny random-weight Llama, SGLang started by `schedctl sglang
+serve --cpu` (the last test stops it as a service manager would), with a KV cache of 4,096 tokens and at most 4
+running requests, so that a burst over shared prefixes forms a queue and the prefixes do not all fit in the cache
+(the regime where the order decides the cache hit rate). The load is `schedctl load`'s engine (schedctl.loadgen)
+over 127.0.0.1.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterator
 
 import httpx
 import pytest
-from live_support import live_server, plugin_state, set_internal_state
+from live_support import group_alive, live_server, plugin_state, set_internal_state, wait_until
 
 from schedctl import __version__
 from schedctl.engine_adapter.base import UnsupportedPolicy
@@ -36,7 +39,8 @@ BURST = "gsp:num_groups=8,prompts_per_group=8,system_prompt_len=1024,question_le
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     args = ["--max-total-tokens", str(KV_TOKENS), "--max-running-requests", str(MAX_RUNNING)]
-    with live_server(tmp_path_factory.mktemp("live-engine"), args, {plugin.TEST_FAULTS_ENV: "1"}) as srv:
+    env = {**os.environ, plugin.TEST_FAULTS_ENV: "1"}
+    with live_server(tmp_path_factory.mktemp("live-engine"), args, env, through_cli=True) as srv:
         yield srv
 
 
@@ -135,3 +139,12 @@ def test_a_fault_in_the_plugins_ordering_leaves_sglang_serving(adapter: SGLangAd
     result, _ = _burst(server.url, num_requests=16, seed=3)
     assert result.summary.errors == 0
     assert plugin_state(server.url)["fallbacks"].get("order", 0) == healthy_before  # ordering works again
+
+
+def test_serve_stops_its_whole_process_group_on_sigterm(server: ServerProcess) -> None:
+    """Last in the module: SIGTERM to `schedctl sglang serve` alone (as systemd or kubelet sends it)."""
+    assert server.proc is not None and server.healthy()
+    os.kill(server.proc.pid, signal.SIGTERM)
+    assert server.proc.wait(timeout=60) == 130
+    assert wait_until(lambda: not group_alive(server.proc.pid), 30), "SGLang's processes outlived serve"
+    assert not server.healthy()

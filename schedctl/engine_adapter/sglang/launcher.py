@@ -128,7 +128,9 @@ class ServerProcess:
         self._log: IO[bytes] | None = None
 
     def start(self) -> ServerProcess:
-        Path(request_metrics_dir_of(self.argv) or DEFAULT_REQUEST_METRICS_DIR).mkdir(parents=True, exist_ok=True)
+        metrics_dir = request_metrics_dir_of(self.argv)
+        if metrics_dir is not None:  # SGLang writes there but does not create it
+            Path(metrics_dir).mkdir(parents=True, exist_ok=True)
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = self.log_path.open("ab")
@@ -225,17 +227,23 @@ def free_port(host: str = DEFAULT_HOST) -> int:
 
 def tiny_cpu_server(
     directory: Path, *, port: int | None = None, sglang_args: Sequence[str] = (),
-    environ: Mapping[str, str] | None = None, python: str = sys.executable,
+    environ: Mapping[str, str] | None = None, python: str = sys.executable, through_cli: bool = False,
 ) -> ServerProcess:
     """A real SGLang server on this CPU with a tiny random-weight Llama (not started yet; ``start()`` it).
 
     ``directory`` receives the model (``tiny-model``), the request export and ``server.log``. Used by the live
-    tests and ``benchmarks/live_sglang.py``; ``sglang_args`` adds or overrides SGLang flags.
+    tests and ``benchmarks/live_sglang.py``; ``sglang_args`` adds or overrides SGLang flags. ``through_cli`` runs
+    the operator's command, ``schedctl sglang serve --cpu -- ...``, instead of SGLang's launcher directly (the
+    same flags and environment: :func:`build_command` makes both).
     """
     from schedctl.engine_adapter.sglang.tiny_model import write_tiny_model
 
     model = write_tiny_model(directory / "tiny-llama")
+    metrics_dir = directory / "request-metrics"
     args = ["--model-path", str(model), "--load-format", "dummy", "--port", str(port or free_port()), *sglang_args]
-    argv, env = build_command(args, request_metrics_dir=directory / "request-metrics", python=python,
-                              environ=environ, cpu=True)
+    argv, env = build_command(args, request_metrics_dir=metrics_dir, python=python, environ=environ, cpu=True)
+    if through_cli:
+        env = dict(os.environ if environ is None else environ)
+        argv = [str(Path(python).with_name("schedctl")), "sglang", "serve", "--cpu", "--request-metrics-dir",
+                str(metrics_dir), "--", *args]
     return ServerProcess(argv, env, log_path=directory / "server.log")
