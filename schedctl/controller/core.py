@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from schedctl.controller.deadline import DeadlineTuner, DeadlineTunerParams
 from schedctl.controller.decision import Decision, LearnerSummary, Mode, Reason, WindowSummary
 from schedctl.controller.guard import Guard, GuardParams, Tick, run_chain
+from schedctl.controller.guard_state import DEFAULT_POLICY
 from schedctl.controller.ktuner import KTuner, KTunerParams, arm_label, k_of
 from schedctl.controller.objective import ObjectiveParams, Score, evaluate
 from schedctl.controller.reconcile import ReconcileParams, Reconciler
@@ -56,7 +57,7 @@ class DeadlineParams(BaseModel):
 class ControllerParams(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    initial_policy: PolicySpec = Field(default_factory=lambda: parse_policy("klpm:4"))
+    initial_policy: PolicySpec = Field(default_factory=lambda: parse_policy(DEFAULT_POLICY))
     mode: Mode = "active"
     objective: ObjectiveParams = Field(default_factory=ObjectiveParams)
     tuner: KTunerParams = Field(default_factory=KTunerParams)
