@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,6 +210,12 @@ def test_restart_between_two_ticks_is_reconciled_in_the_next_tick(sidecar: Sidec
     assert "restarted" in (d.reconcile or "") and sidecar.engine_runs() == code(LEARNED)
     assert d.learner.credited is None  # the engine ran its own order in that window: not evidence about ours
     assert not sidecar.tick().push
+    shown = subprocess.run([sys.executable, "-c", "from schedctl.cli import main; main()", "decisions",
+                            str(sidecar.log_path), "--last", "2"], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "COLUMNS": "300"})
+    assert shown.returncode == 0, shown.stderr
+    repush = next(line for line in shown.stdout.splitlines() if re.match(r"^│\s+7 │", line))
+    assert "yes" in repush and "engine restarted" in repush  # the operator sees the re-push and why
 
 
 @pytest.mark.parametrize("answer", ["http500", "not_json"])
