@@ -17,9 +17,12 @@ Two tuning modes, chosen by the family of the initial policy:
 With the what-if replay on (``[whatif]``, off by default) the shell also passes ``step`` the counterfactual
 windows of this window's arms (``whatif.py``): a prior for the KTuner or a filter on its explorations.
 
-In both the guard's pin, hold and fallback come first (``guard.py``). ``push`` is set when the policy differs
-from what the engine runs, and also after an apply failed, the engine was unreachable, or the engine reported a
-policy other than ours (it restarted): then the chosen policy is pushed again.
+Each tick: the observation passes the sanity gate (``sanity.py``: implausible values make it stale), the
+learner is credited, the guard's chain of rules chooses the policy (``guard.py``: pin, stale/fallback, restore,
+rollback, dwell, idle, learner, locality, explore filter, hysteresis, step limit; ``Decision.rule`` names the
+one that acted), and the reconciler compares it with what the engine reports it runs (``reconcile.py``):
+``push`` is set, with the why in ``Decision.reconcile``, whenever they differ — a restart, a lost policy, a
+failed push — and never toward an engine that did not answer this tick.
 """
 
 from __future__ import annotations
