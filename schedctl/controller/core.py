@@ -294,6 +294,7 @@ class Controller:
         return {
             "run_id": self.run_id, "tick_id": self.tick, "mode": self.mode, "target": policy_label(self.target),
             "deadline_mode": self.deadline_mode, "guard": self.guard.summary(self.tick),
+            "conditions": self.reconciler.summary(), "engine_generation": self.reconciler.generation,
             "learner": self.params.tuner.learner,
             "knowledge": {ctx: self.ktuner.summary(ctx) for ctx in sorted(self.ktuner.stats)},
             **({"whatif": {ctx: self.whatif.summary(ctx) for ctx in sorted(self.whatif.stats)}}
