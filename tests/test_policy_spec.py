@@ -45,3 +45,9 @@ def test_a_decision_log_line_from_before_reads(tmp_path: object) -> None:
 def test_a_bad_k_is_refused(bad: object) -> None:
     with pytest.raises(ValueError, match="k must"):
         KLPMSpec(k=bad)  # type: ignore[arg-type]
+
+
+def test_fcfs_travels_as_the_code_that_needs_no_prefix_matching() -> None:
+    # a server without --schedule-policy lpm refuses the prefix-matching codes (plugin.py): fcfs must not use one
+    code = channel.encode_policy(parse_policy("klpm:1"), 1)[channel.KEY_KIND]
+    assert channel.KIND_CODES[code] not in channel.PREFIX_MATCH_KINDS
