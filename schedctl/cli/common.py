@@ -123,8 +123,10 @@ GPU = typer.Option("h100-sxm", "--gpu", help="GPU profile (config/gpus.toml)")
 MODEL = typer.Option("llama-3.1-8b", "--model", help="model shape (config/models.toml)")
 STEP_PROFILE = typer.Option(None, "--step-profile", help="fitted step-time profile TOML (schedctl calibrate)")
 KV_TOKENS = typer.Option(None, "--kv-capacity-tokens", help="KV cache size (default: what fits beside weights)")
-CHUNK = typer.Option(8192, "--chunked-prefill-tokens", help="token budget of one prefill round")
-MAX_RUNNING = typer.Option(1024, "--max-running-requests", help="cap on running requests")
+CHUNK = typer.Option(EngineConfig.model_fields["chunked_prefill_tokens"].default, "--chunked-prefill-tokens",
+                     help="token budget of one prefill round")
+MAX_RUNNING = typer.Option(EngineConfig.model_fields["max_running_requests"].default, "--max-running-requests",
+                           help="cap on running requests")
 POLICY_HELP = ("fcfs | lpm | klpm:K | sarathi | slai | rad, with knobs after a colon: "
                "slai:theta_low=5,token_budget=256 (see docs in schedctl/policies/spec.py)")
 SEED = typer.Option(0, "--seed", help="seed of the workload (same seed, same run)")

@@ -96,8 +96,15 @@ class Display:
             self.live.update(self.render())
         else:
             w = d.window
-            print(f"tick {d.tick_id} t={d.time_s:.0f} policy={d.policy_label} reason={d.reason} "
-                  f"p99_ttft_s={_fmt_s(w.ttft_p99_s)} queue={w.queue_len} applied={d.applied}", flush=True)
+            sync = f" reconcile={d.reconcile!r}" if d.reconcile else ""
+            print(f"tick {d.tick_id} t={d.time_s:.0f} policy={d.policy_label} reason={d.reason} rule={d.rule} "
+                  f"p99_ttft_s={_fmt_s(w.ttft_p99_s)} queue={w.queue_len} push={d.push} applied={d.applied}{sync}",
+                  flush=True)
+
+
+def _pushed(d: Decision) -> str:
+    """yes / failed / no: whether this tick pushed its policy to the engine (the why is in ``reconcile``)."""
+    return "yes" if d.applied else ("failed" if d.push else "no")
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
@@ -284,12 +291,13 @@ def decisions_cmd(
         common.print_json(shown)
     else:
         Console().print(common.table(
-            f"{log} · {len(decisions)} decisions", ["tick", "time (s)", "policy", "reason", "P99 TTFT (s)",
-                                                     "attainment", "reward", "applied", "detail"],
-            [[d.tick_id, d.time_s, d.policy_label, d.reason, d.window.ttft_p99_s if d.window.ttft_p99_s is not None
-              else math.nan, d.window.attainment if d.window.attainment is not None else math.nan,
-              d.learner.reward if d.learner.reward is not None else math.nan, "yes" if d.applied else "no",
-              d.detail[:60]] for d in shown],
+            f"{log} · {len(decisions)} decisions", ["tick", "time (s)", "policy", "reason", "rule", "P99 TTFT (s)",
+                                                     "attainment", "reward", "pushed", "detail"],
+            [[d.tick_id, d.time_s, d.policy_label, d.reason, d.rule,
+              d.window.ttft_p99_s if d.window.ttft_p99_s is not None else math.nan,
+              d.window.attainment if d.window.attainment is not None else math.nan,
+              d.learner.reward if d.learner.reward is not None else math.nan, _pushed(d),
+              (f"{d.reconcile}; " if d.reconcile else "") + d.detail[:60]] for d in shown],
         ))
         if torn:
             print(f"{torn} incomplete last line skipped (the writer was killed mid-line)", file=sys.stderr)

@@ -31,7 +31,7 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schedctl.policies.spec import FCFSSpec, PolicySpec, is_token_budget
+from schedctl.policies.spec import FCFSSpec, PolicySpec, is_token_budget, policy_label
 from schedctl.sim.radix_cache import KVNode, RadixKVCache
 from schedctl.sim.records import RequestLog, RequestRow, TBTHistogram
 from schedctl.sim.step_time import StepTimeModel
@@ -156,7 +156,7 @@ class SimEngine:
         if is_token_budget(spec) != is_token_budget(self.policy):
             if self._running or self._batcher.has_work:
                 raise PolicyFamilyError(
-                    f"cannot switch from {self.policy.kind} to {spec.kind} while requests are in flight: the "
+                    f"cannot switch from {self.policy.kind} to {policy_label(spec)} while requests are in flight: the "
                     "queue-ordering (fcfs/lpm/klpm) and token-budget (sarathi/slai/rad) families form batches "
                     "differently; switch within a family, or before the first arrival"
                 )
