@@ -212,12 +212,13 @@ class HybridBatcher:
         e = self.eng
         n = len(decodes)
         ctx = e._ctx_sum if n == len(e._running) else sum(d.join_ctx + d.decoded for d in decodes)
-        new, seqs, attn, kv_tokens = n, n, ctx + n, ctx + n
+        new, seqs, attn, kv_tokens, prefill_ctx = n, n, ctx + n, ctx + n, 0
         for _live, take, cached in chunks:
             new, seqs = new + take, seqs + 1
             attn += take * cached + take * (take + 1) // 2
             kv_tokens += cached + take
-        dt = e.model.step_s(StepBatch(new, seqs, attn, kv_tokens))
+            prefill_ctx += cached
+        dt = e.model.step_s(StepBatch(new, seqs, attn, kv_tokens, len(chunks), prefill_ctx))
         decoding = self._snapshot()
         e.now_s = now = start_s + dt
         self.batches += 1
