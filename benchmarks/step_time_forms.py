@@ -10,7 +10,8 @@ back from the training rows alone) and prints:
 - held back: ``--splits`` seeded splits (seeds 0..N-1), each fitted on the rest and scored on the held-back
   ``--holdout`` fraction: mean MAPE over the splits and the worst error of any held-back row;
 - transfer: a profile fitted to all rows of one GPU/model, carried to another through the datasheet ratios
-  (``transfer_profile``), scored on all rows of the other; the datasheet profile of the target for reference.
+  (``transfer_profile``), scored on all rows of the other; the datasheet profile of the target for reference;
+  ``+prior``: fitted with ``--prior-weight`` pulling the weight-read time toward the source's datasheet.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--splits", type=int, default=10)
     ap.add_argument("--holdout", type=float, default=0.25)
+    ap.add_argument("--prior-weight", type=float, default=0.3, help="weight of the datasheet prior on the "
+                    "weight-read time in the '+prior' transfer rows")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     data = {k: v for k, v in DATA.items() if v[0].exists()}
@@ -83,7 +86,7 @@ def main() -> None:
     transfers: list[dict[str, object]] = []
     if not args.json:
         print("\ntransfer through datasheet ratios: fit on all rows of SRC, predict all rows of DST")
-        print(f"{'src -> dst':50s} {'form':9s} {'MAPE':>7s} {'worst':>7s}")
+        print(f"{'src -> dst':50s} {'form':14s} {'MAPE':>7s} {'worst':>7s}")
     for src, dst in TRANSFERS:
         if src not in data or dst not in data:
             continue
@@ -94,11 +97,15 @@ def main() -> None:
         cells = {"datasheet": StepTimeProfile.from_datasheet(gd, md)}
         for form in FORMS:
             cells[form] = transfer_profile(fit_rows(rows[src], "bench", form=form)[0], gs, ms, gd, md)
+        prior = StepTimeProfile.from_datasheet(gs, ms)
+        for form in ("roofline", "launch"):
+            fitted, _ = fit_rows(rows[src], "bench", prior, form=form, prior_weight=args.prior_weight)
+            cells[f"{form}+prior"] = transfer_profile(fitted, gs, ms, gd, md)
         for form, profile in cells.items():
             e = ape(profile, rows[dst])
             transfers.append(dict(src=src, dst=dst, form=form, mape=float(e.mean()), worst_ape=float(e.max())))
             if not args.json:
-                print(f"{src + ' -> ' + dst:50s} {form:9s} {e.mean():7.1%} {e.max():7.1%}")
+                print(f"{src + ' -> ' + dst:50s} {form:14s} {e.mean():7.1%} {e.max():7.1%}")
     if args.json:
         print(json.dumps({"splits": args.splits, "holdout": args.holdout, "fits": fits, "transfers": transfers}))
 

@@ -57,6 +57,9 @@ def calibrate_cmd(
     form: str = typer.Option("auto", "--form", help="model form: roofline (overhead + max(compute, memory)), launch "
                                                     "(+ a prefill kernel-launch roof and a per-context-token cost) "
                                                     "or auto (the one with the lower error on held-back rows)"),
+    prior_weight: float = typer.Option(0.0, "--prior-weight", help="with --gpu and --model: pull the weight-read "
+                                       "time toward the datasheet's (0: off; 0.3 made profiles carry to another "
+                                       "GPU better, see benchmarks/step_time_forms.py)"),
     as_json: bool = common.JSON,
 ) -> None:
     """Fit the step-time model's coefficients (non-negative least squares) to measured step timings."""
@@ -64,6 +67,8 @@ def calibrate_cmd(
         raise UsageError(f"--format {fmt!r}: expected auto, csv or sglang-log")
     if form not in ("auto", "roofline", "launch"):
         raise UsageError(f"--form {form!r}: expected auto, roofline or launch")
+    if not prior_weight >= 0:
+        raise UsageError(f"--prior-weight {prior_weight}: expected a weight >= 0")
     if not 0 <= holdout < 1:
         raise UsageError(f"--holdout {holdout}: expected a fraction in [0, 1)")
     gpu_p, model_p = _hardware(gpu, model, gpus_file, models_file)
@@ -74,8 +79,8 @@ def calibrate_cmd(
     label = f"fit:{source.parent.name}/{source.name}" if source.parent.name else f"fit:{source.name}"
     held: Holdout | None = None
     if holdout:
-        held, _ = evaluate_holdout(rows, holdout, seed, label, initial, form)
-    profile, report = fit_rows(rows, label, initial, form)
+        held, _ = evaluate_holdout(rows, holdout, seed, label, initial, form, prior_weight)
+    profile, report = fit_rows(rows, label, initial, form, prior_weight)
     table = fit_table(report, str(source), profile, gpu_p, model_p, held)
     if out is not None:
         write_profile(out, profile, table)

@@ -303,17 +303,19 @@ def neutral_profile() -> StepTimeProfile:
 
 
 def fit_rows(
-    rows: Sequence[StepRow], source: str, initial: StepTimeProfile | None = None, form: Form | str = "auto"
+    rows: Sequence[StepRow], source: str, initial: StepTimeProfile | None = None, form: Form | str = "auto",
+    prior_weight: float = 0.0,
 ) -> tuple[StepTimeProfile, FitReport]:
     """Fit ``form`` (roofline | launch) to the rows; ``auto``: the form with the lower error on rows held back
     from these rows (:func:`schedctl.sim.fit.choose_form`)."""
     batches, seconds = [r.batch() for r in rows], [r.seconds for r in rows]
     start = initial or neutral_profile()
     if form == "auto":
-        form, _ = choose_form(batches, seconds, start)
+        form, _ = choose_form(batches, seconds, start, prior_weight=prior_weight)
     if form not in ("roofline", "launch"):
         raise ValueError(f"unknown model form {form!r} (auto, roofline, launch)")
-    return fit_step_profile(batches, seconds, start, source, form=form)  # type: ignore[arg-type]
+    return fit_step_profile(batches, seconds, start, source, form=form,  # type: ignore[arg-type]
+                            prior_weight=prior_weight)
 
 
 def predicted_s(profile: StepTimeProfile, rows: Sequence[StepRow]) -> np.ndarray:
@@ -333,13 +335,14 @@ class Holdout(BaseModel):
 
 
 def evaluate_holdout(rows: Sequence[StepRow], fraction: float, seed: int, source: str,
-                     initial: StepTimeProfile | None = None, form: Form | str = "auto") -> tuple[Holdout, FitReport]:
+                     initial: StepTimeProfile | None = None, form: Form | str = "auto",
+                     prior_weight: float = 0.0) -> tuple[Holdout, FitReport]:
     """Fit on the rows not held back (``auto`` chooses the form from those rows alone); predict the held-back
     ones. Returns them and the training fit's report."""
     train, held = holdout_split(len(rows), fraction, seed)
     if len(held) == 0:
         raise ValueError("nothing held back")
-    profile, report = fit_rows([rows[i] for i in train], source, initial, form)
+    profile, report = fit_rows([rows[i] for i in train], source, initial, form, prior_weight)
     held_rows = [rows[i] for i in held]
     return Holdout(rows=held_rows, predicted_s=predicted_s(profile, held_rows).tolist()), report
 

@@ -48,6 +48,7 @@ _REGIMES: dict[Form, tuple[tuple[int, ...], ...]] = {  # columns of each regime:
     "roofline": ((1, 2, 3), (4, 5)),
     "launch": ((1, 2, 3, 6), (4, 5), (7, 8)),
 }
+_MEMORY_BASE = 4  # column of memory_base_s
 _RANDOM_STARTS = 8  # extra alternations from seeded random regime assignments
 
 
@@ -100,14 +101,31 @@ def _regime_design(x: np.ndarray, assign: np.ndarray, form: Form) -> np.ndarray:
     return xr
 
 
-def _solve(xr: np.ndarray, y: np.ndarray, active: list[int]) -> np.ndarray:
-    """Non-negative least squares of relative error over the ``active`` columns (the rest stay 0)."""
-    xs = xr[:, active] / y[:, None]  # (x.b - y)/y = (x/y).b - 1
+def _with_prior(xr: np.ndarray, y: np.ndarray, prior: tuple[float, float]) -> tuple[np.ndarray, np.ndarray,
+                                                                                   np.ndarray]:
+    """Rows, times and row weights with the prior's pseudo-row appended: weight * (memory_base_s / value - 1)."""
+    weight, value = prior
+    w = np.ones(len(y))
+    if weight <= 0 or value <= 0:
+        return xr, y, w
+    row = np.zeros((1, xr.shape[1]))
+    row[0, _MEMORY_BASE] = 1.0
+    return np.vstack([xr, row]), np.append(y, value), np.append(w, weight)
+
+
+def _solve(xr: np.ndarray, y: np.ndarray, active: list[int], prior: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """Non-negative least squares of relative error over the ``active`` columns (the rest stay 0), with the
+    ``prior`` (weight, datasheet weight-read seconds) on ``memory_base_s`` when that column is active."""
+    if _MEMORY_BASE in active:
+        xr, y, w = _with_prior(xr, y, prior)
+    else:
+        w = np.ones(len(y))
+    xs = xr[:, active] / y[:, None] * w[:, None]  # (x.b - y)/y = (x/y).b - 1
     scale = np.linalg.norm(xs, axis=0)
     scale[scale == 0] = 1.0
     from sklearn.linear_model import LinearRegression  # imported here: scikit-learn takes seconds to import
 
-    reg = LinearRegression(positive=True, fit_intercept=False).fit(xs / scale, np.ones(len(y)))
+    reg = LinearRegression(positive=True, fit_intercept=False).fit(xs / scale, w)
     out = np.zeros(len(ALL_COEFFICIENTS))
     out[active] = np.maximum(np.asarray(reg.coef_, dtype=float), 0.0) / scale
     return out
@@ -141,13 +159,13 @@ class _Fit:
 
 
 def _fit_from(x: np.ndarray, y: np.ndarray, start: np.ndarray, initial: StepTimeProfile, source: str,
-              max_iter: int, form: Form) -> _Fit:
+              max_iter: int, form: Form, prior: tuple[float, float]) -> _Fit:
     init = _coef(initial)
     assign = start.copy()
     best: _Fit | None = None
     for it in range(1, max_iter + 1):
         active = _active(assign, form)
-        coef = _solve(_regime_design(x, assign, form), y, active)
+        coef = _solve(_regime_design(x, assign, form), y, active, prior)
         for cols in _REGIMES[form]:
             for col in cols:
                 if col not in active:
@@ -155,6 +173,8 @@ def _fit_from(x: np.ndarray, y: np.ndarray, start: np.ndarray, initial: StepTime
         profile = StepTimeProfile(**dict(zip(ALL_COEFFICIENTS, coef.tolist(), strict=True)), source=source)
         rel = predict_s(profile, x) / y - 1.0
         loss = float(rel @ rel)
+        if prior[0] > 0 and prior[1] > 0:
+            loss += (prior[0] * (coef[_MEMORY_BASE] / prior[1] - 1.0)) ** 2
         if best is None or loss < best.loss:
             best = _Fit(profile, assign.copy(), loss, it)
         new_assign = np.argmax(_roofs(_coef(profile), x, form), axis=0)
@@ -167,9 +187,14 @@ def _fit_from(x: np.ndarray, y: np.ndarray, start: np.ndarray, initial: StepTime
 
 def fit_step_profile(
     batches: Sequence[StepBatch], seconds: Sequence[float], initial: StepTimeProfile, source: str, max_iter: int = 50,
-    form: Form = "roofline",
+    form: Form = "roofline", prior_weight: float = 0.0,
 ) -> tuple[StepTimeProfile, FitReport]:
     """Fit coefficients of ``form`` to (batch features, measured seconds) rows; ``initial`` seeds the regimes.
+
+    ``prior_weight`` > 0 pulls ``memory_base_s`` toward ``initial``'s (the datasheet's weight-read time): the
+    loss gains ``(prior_weight * (memory_base_s / initial.memory_base_s - 1))^2``, as one more row would. Decode
+    rows cannot tell a fixed per-step overhead from the time to read the weights (both are constant); the prior
+    puts that time where the datasheet says, so a profile carried to another GPU scales it with the bandwidth.
 
     Raises ValueError with fewer than 4 rows, a row count that differs from the time count, or a time that is
     not a positive finite number of seconds.
@@ -194,7 +219,8 @@ def fit_step_profile(
         np.argmax(alone, axis=0),
         *(rng.integers(0, len(regimes), len(y)) for _ in range(_RANDOM_STARTS)),
     ]
-    fits = [_fit_from(x, y, s, initial, source, max_iter, form) for s in starts]
+    prior = (prior_weight, initial.memory_base_s)
+    fits = [_fit_from(x, y, s, initial, source, max_iter, form, prior) for s in starts]
     best = min(fits, key=lambda f: f.loss)  # ties: the earliest start (the initial regimes)
     active = _active(best.assign, form)
     kept = tuple(ALL_COEFFICIENTS[c] for cols in regimes for c in cols if c not in active)
@@ -219,7 +245,7 @@ def holdout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
 
 
 def held_back_ape(batches: Sequence[StepBatch], seconds: Sequence[float], initial: StepTimeProfile, form: Form,
-                  fraction: float = 0.25, splits: int = 5) -> np.ndarray:
+                  fraction: float = 0.25, splits: int = 5, prior_weight: float = 0.0) -> np.ndarray:
     """Absolute percentage errors on held-back rows: ``splits`` seeded splits (seeds 0..), each holding back
     ``fraction`` of the rows, fitted on the others; the errors of every split, concatenated."""
     y = np.asarray(seconds, dtype=float)
@@ -229,18 +255,19 @@ def held_back_ape(batches: Sequence[StepBatch], seconds: Sequence[float], initia
         train, held = holdout_split(len(y), fraction, seed)
         if len(held) == 0 or len(train) < 4:
             continue
-        profile, _ = fit_step_profile([batches[i] for i in train], y[train].tolist(), initial, "cv", form=form)
+        profile, _ = fit_step_profile([batches[i] for i in train], y[train].tolist(), initial, "cv", form=form,
+                                      prior_weight=prior_weight)
         out.append(np.abs(predict_s(profile, x[held]) - y[held]) / y[held])
     return np.concatenate(out) if out else np.zeros(0)
 
 
 def choose_form(batches: Sequence[StepBatch], seconds: Sequence[float], initial: StepTimeProfile,
-                splits: int = 5) -> tuple[Form, dict[str, float]]:
+                splits: int = 5, prior_weight: float = 0.0) -> tuple[Form, dict[str, float]]:
     """The form with the lower mean error on held-back rows (a quarter, ``splits`` seeded splits of these rows);
     the roofline on a tie or when too few rows to hold any back. Also returns each form's held-back MAPE."""
     mape: dict[str, float] = {}
     for form in FORMS:
-        ape = held_back_ape(batches, seconds, initial, form, splits=splits)
+        ape = held_back_ape(batches, seconds, initial, form, splits=splits, prior_weight=prior_weight)
         mape[form] = float(ape.mean()) if len(ape) else float("inf")
     best: Form = "launch" if mape["launch"] < mape["roofline"] else "roofline"
     return best, mape
