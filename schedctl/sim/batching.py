@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from schedctl.policies.klpm import KLPMQueue
 from schedctl.policies.spec import PolicySpec, queue_k
+from schedctl.sim.sglang_pass import SGLangPassQueue
 from schedctl.sim.step_time import DecodeRun, StepBatch
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 class SGLangBatcher:
     def __init__(self, engine: SimEngine, spec: PolicySpec) -> None:
         self.eng = engine
-        self.queue: KLPMQueue[_Live] = KLPMQueue(queue_k(spec), oracle=engine.cache)
+        self.queue: KLPMQueue[_Live] | SGLangPassQueue[_Live] = self._make_queue(spec)
         engine.cache.add_insert_listener(self.queue.on_cache_insert)
         self._chunked: _Live | None = None
         self._finish_heap: list[tuple[int, int]] = []  # (decode step at which it finishes, seq)
@@ -42,8 +43,24 @@ class SGLangBatcher:
     def push(self, live: _Live) -> None:
         self.queue.push(live, live.seq, tokens=live.tokens)
 
+    def _make_queue(self, spec: PolicySpec) -> KLPMQueue[_Live] | SGLangPassQueue[_Live]:
+        """SGLang's own pass order for fcfs/lpm under the ``sglang_lpm`` option, else the shared k-LPM queue."""
+        k = queue_k(spec)
+        if self.eng.cfg.sglang_lpm and k in (None, 1):
+            return SGLangPassQueue(k, oracle=self.eng.cache)
+        return KLPMQueue(k, oracle=self.eng.cache)
+
     def set_policy(self, spec: PolicySpec) -> None:
-        self.queue.set_k(queue_k(spec))
+        new = self._make_queue(spec)
+        if type(new) is type(self.queue):
+            self.queue.set_k(queue_k(spec))
+            return
+        old = self.queue  # a switch between SGLang's pass order and the k-LPM queue: move the waiting requests
+        for live in sorted(old.items(), key=lambda live: live.seq):
+            new.push(live, live.seq, tokens=live.tokens)
+        self.eng.cache.remove_insert_listener(old.on_cache_insert)
+        self.eng.cache.add_insert_listener(new.on_cache_insert)
+        self.queue = new
 
     def close(self) -> None:
         self.eng.cache.remove_insert_listener(self.queue.on_cache_insert)
@@ -71,6 +88,10 @@ class SGLangBatcher:
         batch: list[tuple[_Live, int, int]] = []  # (request, new tokens, cached context)
         chunked, self._chunked = self._chunked, None
         candidates = [chunked] if chunked is not None else []
+        if isinstance(self.queue, SGLangPassQueue) and self.queue and (
+            chunked is not None or len(e._running) < e.cfg.max_running_requests
+        ):
+            self.queue.begin_pass()  # scheduler.py: calc_priority runs unless the running cap stops the pass
         while budget > 0 and (candidates or self.queue):
             if not candidates and len(e._running) + len(batch) >= e.cfg.max_running_requests:
                 break

@@ -50,6 +50,9 @@ class EngineConfig(BaseModel):
     new_token_ratio: float = Field(default=0.4, ge=0, le=1, description="share of remaining outputs reserved")
     retract_token_ratio: float = Field(default=0.9, ge=0, le=1, description="reserve share right after a retraction")
     token_ratio_decay_per_step: float = Field(default=0.001, ge=0)
+    init_new_token_ratio: float | None = Field(default=None, ge=0, le=1, description=(
+        "reserve share at start and whenever the engine falls idle, decaying to new_token_ratio (SGLang's "
+        "NewTokenRatioTracker); unset: new_token_ratio from the start"))
     record_token_times: bool = False
     max_decode_run_steps: int | None = Field(
         default=None, ge=1, description="cap on decode steps advanced at once (1 = the step-by-step loop; tests)"
@@ -57,6 +60,25 @@ class EngineConfig(BaseModel):
     tbt_by_class: bool = Field(default=False, description="also keep one TBT histogram per request SLO class")
     tile_tokens: int | None = Field(default=None, ge=1, description="GPU matmul tile width (RAD); unset: 128")
     trace_iterations: bool = Field(default=False, description="hybrid mode: keep a record of every iteration")
+    sglang_lpm: bool = Field(default=False, description=(
+        "fcfs/lpm order the waiting queue as SGLang 0.5.23's own scheduler does (sim/sglang_pass.py): LPM off above "
+        "128 waiting, requests sharing a cold prefix deprioritised within a pass; off: the idealised k-LPM queue"))
+
+
+def sglang_engine_config(schedule_conservativeness: float = 1.0, **fields: object) -> EngineConfig:
+    """The engine as SGLang 0.5.23's scheduler runs: its own pass order (``sglang_lpm``) and its reserve share.
+
+    ``srt/managers/scheduler_components/new_token_ratio_tracker.py``: init = min(0.7 * schedule_conservativeness,
+    1), min = init * 0.14, decay = (init - min) / 600 per decode step, reset to init when the server is idle
+    (``SGLANG_INIT_NEW_TOKEN_RATIO``, ``SGLANG_MIN_NEW_TOKEN_RATIO_FACTOR``, ``SGLANG_NEW_TOKEN_RATIO_DECAY_STEPS``
+    in ``srt/environ.py``). A retraction there sets the share from what the retracted requests decoded; here it
+    is raised to ``retract_token_ratio``.
+    """
+    init = min(0.7 * schedule_conservativeness, 1.0)
+    floor = min(init * 0.14, 1.0)
+    base: dict[str, object] = dict(new_token_ratio=floor, init_new_token_ratio=init,
+                                   token_ratio_decay_per_step=(init - floor) / 600, sglang_lpm=True)
+    return EngineConfig.model_validate({**base, **fields})
 
 
 class PolicyFamilyError(ValueError):
@@ -124,7 +146,8 @@ class SimEngine:
         self._running: dict[int, _Live] = {}  # decoding requests; insertion order = admission order (newest last)
         self._ctx_sum = 0  # KV tokens of the decoding requests
         self._remaining = 0  # output tokens still to come for the decoding requests
-        self._ratio = config.new_token_ratio
+        self._ratio = self._idle_ratio = (
+            config.new_token_ratio if config.init_new_token_ratio is None else config.init_new_token_ratio)
         self._out_ids = IdAllocator(_OUTPUT_TOKEN_BASE)
         self._batcher: Batcher = self._make_batcher(self.policy)
         self.add_requests(requests)
@@ -182,6 +205,11 @@ class SimEngine:
         return 1.0 - self.cache.available_tokens / self.cache.capacity_tokens
 
     @property
+    def new_token_ratio(self) -> float:
+        """The share of the outputs still to come that admission reserves KV for, now."""
+        return self._ratio
+
+    @property
     def next_arrival_s(self) -> float:
         return self._next.arrival_s if self._next is not None else math.inf
 
@@ -196,6 +224,8 @@ class SimEngine:
             if self.now_s >= until_s:
                 return
             if not self._batcher.step(until_s):
+                if not self._running and self.cfg.init_new_token_ratio is not None:
+                    self._ratio = self._idle_ratio  # idle: the reserve share starts over (SGLang resets it)
                 if self._next is None:
                     return
                 self.now_s = min(self._next.arrival_s, until_s)  # idle until the next arrival
