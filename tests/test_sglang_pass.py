@@ -12,6 +12,7 @@ from schedctl.sim.profiles import load_gpu, load_model
 from schedctl.sim.radix_cache import RadixKVCache
 from schedctl.sim.run import Hardware
 from schedctl.sim.sglang_pass import SGLangPassQueue
+from schedctl.sim.step_time import StepBatch
 from schedctl.workloads.types import Request
 
 MODEL = Hardware(gpu=load_gpu("h100-sxm"), model=load_model("llama-3.1-8b")).step_model()
@@ -130,3 +131,18 @@ def test_sglang_reserve_share_starts_high_decays_per_decode_step_and_resets_when
     eng2.run(until_s=eng.completed.row(0).finish_s - 1e-9)  # just before it finishes: 299 steps decayed
     assert eng2.new_token_ratio == pytest.approx(0.7 - eng2.decode_steps * (0.7 - 0.098) / 600)
     assert eng2.decode_steps > 250
+
+
+@pytest.mark.parametrize("sglang_lpm", [False, True])
+def test_requests_of_one_batch_do_not_share_an_uncached_prefix_under_sglang(sglang_lpm: bool) -> None:
+    """Budget for both sharers in one pass: SGLang computes their common cold prefix twice (each is matched
+    against the tree as it was before the batch); the idealised engine computes it once."""
+    eng = SimEngine(EngineConfig(chunked_prefill_tokens=1000, sglang_lpm=sglang_lpm), MODEL, 100_000, LPMSpec())
+    eng.add_requests(burst()[:2])
+    eng.run()
+    rows = {eng.completed.row(i).request_id: eng.completed.row(i) for i in range(2)}
+    assert rows[0].first_token_s == rows[1].first_token_s  # one prefill batch either way
+    assert rows[1].cached_tokens == (0 if sglang_lpm else 64)
+    chunks = [(100, 0), (100, 0)] if sglang_lpm else [(100, 0), (36, 64)]
+    assert rows[0].first_token_s == pytest.approx(MODEL.step_s(StepBatch.of(chunks)))
+    assert eng.cache.hit_rate == pytest.approx(0.0 if sglang_lpm else 64 / 200)

@@ -86,6 +86,7 @@ class SGLangBatcher:
         e = self.eng
         budget = e.cfg.chunked_prefill_tokens
         batch: list[tuple[_Live, int, int]] = []  # (request, new tokens, cached context)
+        e.cache.round += 1  # what this round's admissions insert is not cached to each other under sglang_lpm
         chunked, self._chunked = self._chunked, None
         candidates = [chunked] if chunked is not None else []
         if isinstance(self.queue, SGLangPassQueue) and self.queue and (

@@ -283,13 +283,17 @@ class SimEngine:
                 cache.unlock(node)
             return False
         take = min(len(tokens) - cached, budget)
+        # SGLang matches a request against the tree as it was before this batch: requests of one batch that share
+        # an uncached prefix each compute it (scheduler.py inserts a batch's KV after its forward). The idealised
+        # engine shares it within the round.
+        seen = cache.depth_before_round(node) if fresh and self.cfg.sglang_lpm and not whole_prompt else cached
         if fresh and live.cached_tokens < 0:
-            live.cached_tokens = cached
-            cache.record_lookup(len(tokens), cached)
+            live.cached_tokens = seen
+            cache.record_lookup(len(tokens), seen)
         cache.make_room(take)
         live.node = cache.extend_locked(node, tokens, cached + take)
         live.done_tokens = cached + take
-        batch.append((live, take, cached))
+        batch.append((live, take + cached - seen, seen))
         return True
 
     def _steps_until_admissible(
