@@ -26,6 +26,7 @@ process on the two cores moves them by tens of percent). Read the errors with th
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import sys
@@ -35,13 +36,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 from schedctl.engine_adapter.sglang.adapter import SGLangAdapter
 from schedctl.engine_adapter.sglang.launcher import tiny_cpu_server
 from schedctl.loadgen.protocol import fit_vocab
 from schedctl.loadgen.runner import LoadConfig, run_load
 from schedctl.policies.spec import parse_policy
-from schedctl.sim.calibrate import fit_rows, read_sglang_log
+from schedctl.sim.calibrate import fit_rows, predicted_s, read_sglang_log
 from schedctl.sim.engine import EngineConfig, sglang_engine_config
 from schedctl.sim.profiles import ModelProfile, load_gpu
 from schedctl.sim.run import Hardware, SimSummary, simulate
@@ -68,12 +70,20 @@ def hashed(reqs: list[Request]) -> list[Request]:
 
 
 def calibration_requests(seed: int) -> list[list[Request]]:
-    burst = make_requests("gsp:num_groups=48,prompts_per_group=1,system_prompt_len=1024,question_len=32,"
-                          "output_len=2,range_ratio=0.05", 1e4, "regular", num_requests=48, seed=seed + 100)
-    out = [hashed(list(burst))]
-    for conc in (1, 4, 8):
-        reqs = make_requests(f"gsp:num_groups={conc},prompts_per_group=1,system_prompt_len=128,question_len=32,"
-                             "output_len=200", 1e4, "regular", num_requests=conc, seed=seed + conc)
+    """Calibration traffic, none of it an evaluation trace: bursts of unique prompts of 60-2,048 tokens, bursts
+    over shared prefixes of 256 and 1,024 tokens (prefills after a cached context), and long decodes at 1 to 16
+    concurrent requests (decode lines need decode-only intervals)."""
+    bursts = [
+        ("gsp:num_groups=40,prompts_per_group=1,system_prompt_len=2048,question_len=16,output_len=1,"
+         "range_ratio=0.03", 40),
+        ("rasq:num_groups=4,queries_per_group=8,shared_len=1024,unique_len=32,output_len=1", 32),
+        ("rasq:num_groups=4,queries_per_group=8,shared_len=256,unique_len=256,output_len=1", 32),
+    ]
+    out = [hashed(list(make_requests(w, 1e4, "regular", num_requests=n, seed=seed + 100 + i)))
+           for i, (w, n) in enumerate(bursts)]
+    for conc in (1, 2, 4, 8, 16):
+        reqs = make_requests(f"gsp:num_groups={conc},prompts_per_group=1,system_prompt_len=1024,question_len=32,"
+                             "output_len=120,range_ratio=0.1", 1e4, "regular", num_requests=conc, seed=seed + conc)
         out.append(hashed(list(reqs)))
     return out
 
@@ -86,8 +96,26 @@ def rel_err(sim: float, live: float) -> float:
     return (sim - live) / live if live and not math.isnan(live) and not math.isnan(sim) else math.nan
 
 
-def ranking(values: dict[str, float]) -> list[str]:
-    return sorted(values, key=lambda p: (values[p], p))
+def ranking(values: dict[str, float], tie: float) -> str:
+    """Policies best first by the figure; ``~`` joins neighbours within ``tie`` (relative) of each other."""
+    order = sorted(values, key=lambda p: (values[p], p))
+    out = order[:1]
+    for prev, cur in itertools.pairwise(order):
+        out.append(("~ " if values[cur] <= values[prev] * (1 + tie) else "< ") + cur)
+    return " ".join(out)
+
+
+def same_ranking(live: dict[str, float], sim: dict[str, float], tie: float) -> bool | None:
+    """Whether every pair of policies that both runs tell apart (by more than ``tie``) is ordered the same way;
+    None if no pair is told apart by both."""
+    verdicts = []
+    for a in live:
+        for b in live:
+            if a < b:
+                dl, ds = live[a] / live[b] - 1, sim[a] / sim[b] - 1
+                if abs(dl) > tie and abs(ds) > tie:
+                    verdicts.append((dl > 0) == (ds > 0))
+    return all(verdicts) if verdicts else None
 
 
 def main() -> None:
@@ -100,13 +128,15 @@ def main() -> None:
     ap.add_argument("--chunk-tokens", type=int, default=2048)
     ap.add_argument("--warmup-s", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--tie", type=float, default=0.1, help="P99 TTFTs within this (relative) rank as a tie")
     ap.add_argument("--dir", type=Path, default=None, help="server directory (default: a temporary one)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--json-out", type=Path, default=None, help="also write the JSON document to this file")
     args = ap.parse_args()
     policies = args.policies.split(",")
     workdir = args.dir or Path(tempfile.mkdtemp(prefix="fidelity-live-"))
     sglang_args = ["--max-total-tokens", str(args.kv_tokens), "--max-running-requests", str(args.max_running),
-                   "--chunked-prefill-size", str(args.chunk_tokens)]
+                   "--chunked-prefill-size", str(args.chunk_tokens), "--decode-log-interval", "10"]
     server = tiny_cpu_server(workdir, sglang_args=sglang_args, environ={"SGLANG_LOG_FORWARD_ITERS": "1"})
     cells: list[dict[str, Any]] = []
     t0 = time.monotonic()
@@ -123,6 +153,7 @@ def main() -> None:
         time.sleep(1.0)
         log = read_sglang_log(workdir / "server.log")
         profile, report = fit_rows(log.rows, "fit:fidelity_live/server.log")
+        calib_rows = len(log.rows)
         say(f"calibrated from {len(log.rows)} log rows ({log.prefill_rows} prefill, {log.decode_rows} decode): "
             f"{report.form} form, MAPE {report.mape:.1%}, worst {report.worst_ape:.1%}")
         hw = Hardware(gpu=load_gpu("h100-sxm"), model=TINY, step_profile=profile, kv_capacity_tokens=args.kv_tokens)
@@ -149,6 +180,10 @@ def main() -> None:
                 say(f"{wname:12s} {pol:7s} live P99 TTFT {live.ttft_p99_s:.3f} s, sim(sglang) "
                     f"{cell['sglang']['ttft_p99_s']:.3f} s, sim(ideal) {cell['ideal']['ttft_p99_s']:.3f} s")
         adapter.close()
+        # how well the calibrated profile predicts the steps the server logged during the evaluation
+        eval_rows = read_sglang_log(workdir / "server.log").rows[calib_rows:]
+        measured = np.array([r.seconds for r in eval_rows])
+        eval_ape = np.abs(predicted_s(profile, eval_rows) - measured) / measured if eval_rows else np.zeros(0)
     finally:
         server.stop()
     rankings = {}
@@ -156,15 +191,24 @@ def main() -> None:
         mine = [c for c in cells if c["workload"] == wname]
         if not mine:
             continue
-        rankings[wname] = {k: ranking({c["policy"]: c[k]["ttft_p99_s"] for c in mine}) for k in ("live", "sglang",
-                                                                                                  "ideal")}
-    doc = {"profile": profile.model_dump(), "fit": {"form": report.form, "rows": report.rows, "mape": report.mape,
-                                                    "worst_ape": report.worst_ape},
-           "settings": {k: v for k, v in vars(args).items() if k not in ("dir", "json")}, "cells": cells,
+        p99 = {k: {c["policy"]: c[k]["ttft_p99_s"] for c in mine} for k in ("live", "sglang", "ideal")}
+        rankings[wname] = {k: ranking(v, args.tie) for k, v in p99.items()}
+        rankings[wname] |= {f"same_{k}": same_ranking(p99["live"], p99[k], args.tie) for k in ("sglang", "ideal")}
+    doc = {"profile": profile.model_dump(), "fit": {
+               "form": report.form, "rows": report.rows, "mape": report.mape, "worst_ape": report.worst_ape,
+               "eval_rows": len(eval_ape), "eval_mape": float(eval_ape.mean()) if len(eval_ape) else math.nan,
+               "eval_worst_ape": float(eval_ape.max()) if len(eval_ape) else math.nan},
+           "settings": {k: v for k, v in vars(args).items() if k not in ("dir", "json", "json_out")}, "cells": cells,
            "rankings": rankings}
+    if args.json_out is not None:
+        args.json_out.write_text(json.dumps(doc, default=str) + "\n")
     if args.json:
         print(json.dumps(doc, default=str))
         return
+    fit = doc["fit"]
+    print(f"step-time profile: {fit['form']} form fitted to {fit['rows']} calibration rows of the server's log "
+          f"(MAPE {fit['mape']:.1%}, worst {fit['worst_ape']:.1%}); on the {fit['eval_rows']} rows it logged during "
+          f"the evaluation: MAPE {fit['eval_mape']:.1%}, worst {fit['eval_worst_ape']:.1%}")
     _print(cells, rankings)
 
 
@@ -172,7 +216,7 @@ def _figures(s: SimSummary) -> dict[str, float]:
     return {f: float(getattr(s, f)) for f in FIGURES} | {"requests": s.requests}
 
 
-def _print(cells: list[dict[str, Any]], rankings: dict[str, dict[str, list[str]]]) -> None:
+def _print(cells: list[dict[str, Any]], rankings: dict[str, dict[str, Any]]) -> None:
     short = {"ttft_p50_s": "TTFT p50 s", "ttft_p99_s": "TTFT p99 s", "tbt_p99_s": "TBT p99 s",
              "throughput_rps": "req/s", "cache_hit_rate": "hit rate"}
     print(f"{'workload':12s} {'policy':7s} {'figure':11s} {'live':>9s} {'sim sglang':>11s} {'err':>7s} "
@@ -181,12 +225,11 @@ def _print(cells: list[dict[str, Any]], rankings: dict[str, dict[str, list[str]]
         for f in FIGURES:
             print(f"{c['workload']:12s} {c['policy']:7s} {short[f]:11s} {c['live'][f]:9.4g} {c['sglang'][f]:11.4g} "
                   f"{c['sglang_error'][f]:+7.1%} {c['ideal'][f]:10.4g} {c['ideal_error'][f]:+7.1%}")
-    print("\npolicies ranked by P99 TTFT (best first):")
+    print("\npolicies ranked by P99 TTFT (best first; ~: within the tie margin); same: every pair both runs tell "
+          "apart is ordered alike")
     for w, r in rankings.items():
-        same = {k: r[k] == r["live"] for k in ("sglang", "ideal")}
-        print(f"  {w:12s} live {' < '.join(r['live'])}; sim sglang {' < '.join(r['sglang'])} "
-              f"({'same' if same['sglang'] else 'differs'}); sim ideal {' < '.join(r['ideal'])} "
-              f"({'same' if same['ideal'] else 'differs'})")
+        print(f"  {w:12s} live {r['live']}; sim sglang {r['sglang']} (same: {r['same_sglang']}); "
+              f"sim ideal {r['ideal']} (same: {r['same_ideal']})")
 
 
 if __name__ == "__main__":
