@@ -15,7 +15,8 @@ Run (needs the SGLang venv, ~5-10 min on 2 cores; one server, stopped at the end
    (``fcfs``, ``lpm``, ``klpm:4``, pushed to the plugin): flushes the server's cache, replays the trace with
    ``schedctl load``'s engine (run_load), and simulates the same requests (the token ids the server got) with the
    calibrated profile, the server's KV size, running cap and chunk size, two ways: ``sglang`` (the engine as
-   SGLang runs: ``sglang_engine_config``, see docs/fidelity.md) and ``ideal`` (the default embedded engine).
+   SGLang runs with the schedctl plugin ordering its queue: ``sglang_engine_config(sglang_plugin_order=True)``,
+   see docs/fidelity.md) and ``ideal`` (the default embedded engine).
 4. Prints per cell live vs simulated P50/P99 TTFT, P99 TBT, throughput, cache hit rate and the relative error of
    each, and per workload whether the policies rank the same by P99 TTFT. ``--json`` for scripts.
 
@@ -158,7 +159,7 @@ def main() -> None:
             f"{report.form} form, MAPE {report.mape:.1%}, worst {report.worst_ape:.1%}")
         hw = Hardware(gpu=load_gpu("h100-sxm"), model=TINY, step_profile=profile, kv_capacity_tokens=args.kv_tokens)
         engines = {
-            "sglang": sglang_engine_config(max_running_requests=args.max_running,
+            "sglang": sglang_engine_config(max_running_requests=args.max_running, sglang_plugin_order=True,
                                            chunked_prefill_tokens=args.chunk_tokens),
             "ideal": EngineConfig(max_running_requests=args.max_running, chunked_prefill_tokens=args.chunk_tokens),
         }

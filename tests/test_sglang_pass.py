@@ -146,3 +146,61 @@ def test_requests_of_one_batch_do_not_share_an_uncached_prefix_under_sglang(sgla
     chunks = [(100, 0), (100, 0)] if sglang_lpm else [(100, 0), (36, 64)]
     assert rows[0].first_token_s == pytest.approx(MODEL.step_s(StepBatch.of(chunks)))
     assert eng.cache.hit_rate == pytest.approx(0.0 if sglang_lpm else 64 / 200)
+
+
+def plugin_queue(k: int | None, prompts: dict[str, tuple[int, ...]]) -> SGLangPassQueue[str]:
+    q: SGLangPassQueue[str] = SGLangPassQueue(k, oracle=cache_with_hot(), plugin=True)
+    for seq, (name, p) in enumerate(prompts.items()):
+        q.push(name, seq, tokens=p)
+    return q
+
+
+PLUGIN_PROMPTS = {"a1": cold(1, 64) + cold(2, 36), "a2": cold(1, 64) + cold(3, 36), "c0": cold(0),
+                  "h1": (*HOT, 1), "h2": (*HOT, 2)}
+
+
+@pytest.mark.parametrize(("k", "order"), [
+    (2, ["a1", "h1", "c0", "h2", "a2"]),  # oldest, longest match, oldest, ...; the cold sharer a2 last
+    (None, ["h1", "h2", "a1", "c0", "a2"]),
+    (1, ["a1", "a2", "c0", "h1", "h2"]),  # the plugin's fcfs is by age, without deprioritisation
+])
+def test_plugin_order_is_klpm_with_sglangs_deprioritised_requests_last(k: int | None, order: list[str]) -> None:
+    q = plugin_queue(k, PLUGIN_PROMPTS)
+    q.begin_pass()
+    assert q.items() == order
+
+
+def test_plugin_order_keeps_klpm_above_128_waiting_without_deprioritising() -> None:
+    prompts = {k: PLUGIN_PROMPTS[k] for k in ("a1", "a2")} | {f"c{i}": cold(10 + i) for i in range(126)}
+    prompts["h1"] = PLUGIN_PROMPTS["h1"]
+    q = plugin_queue(None, prompts)
+    q.begin_pass()
+    assert len(q) == 129 and q.items()[0] == "h1"  # LPM still on (SGLang's own would keep the list)
+    assert q.items().index("a2") == q.items().index("a1") + 1  # no deprioritisation above 128
+
+
+def test_plugin_pick_counter_continues_across_passes() -> None:
+    q = plugin_queue(2, {"c0": cold(0), "c1": cold(1), "h1": (*HOT, 1), "c2": cold(2)})
+    q.begin_pass()
+    assert q.pop() == "c0"  # pick 0: the oldest
+    q.begin_pass()
+    assert q.pop() == "h1"  # pick 1 (a new pass): the longest match, not the oldest
+    q.begin_pass()
+    assert q.peek() == "c1"  # pick 2: the oldest again
+
+
+def test_in_the_engine_plugin_order_keeps_one_sharer_per_pass_and_raises_hits() -> None:
+    """Two groups of two sharing a cold 64-token prefix, two running at most: the plugin order admits one per group
+    and the second of each then hits the cache; the idealised k-LPM queue admits a group's pair together, and
+    without in-batch sharing the second computes the prefix again."""
+    shared = [cold(0, 64), cold(1, 64)]
+    prompts = [shared[0] + cold(2, 36), shared[0] + cold(3, 36), shared[1] + cold(4, 36), shared[1] + cold(5, 36)]
+    reqs = [Request(request_id=i, arrival_s=0.0, prompt=p, output_len=4) for i, p in enumerate(prompts)]
+    hits = {}
+    for plugin in (False, True):
+        cfg = EngineConfig(sglang_lpm=True, sglang_plugin_order=plugin, max_running_requests=2)
+        eng = SimEngine(cfg, MODEL, 100_000, parse_policy("klpm:4"))
+        eng.add_requests(reqs)
+        eng.run()
+        hits[plugin] = eng.cache.hit_rate
+    assert hits[True] == pytest.approx(128 / 400) and hits[False] == 0.0

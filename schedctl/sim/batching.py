@@ -46,6 +46,8 @@ class SGLangBatcher:
     def _make_queue(self, spec: PolicySpec) -> KLPMQueue[_Live] | SGLangPassQueue[_Live]:
         """SGLang's own pass order for fcfs/lpm under the ``sglang_lpm`` option, else the shared k-LPM queue."""
         k = queue_k(spec)
+        if self.eng.cfg.sglang_plugin_order:
+            return SGLangPassQueue(k, oracle=self.eng.cache, plugin=True)
         if self.eng.cfg.sglang_lpm and k in (None, 1):
             return SGLangPassQueue(k, oracle=self.eng.cache)
         return KLPMQueue(k, oracle=self.eng.cache)

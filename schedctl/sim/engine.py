@@ -63,6 +63,9 @@ class EngineConfig(BaseModel):
     sglang_lpm: bool = Field(default=False, description=(
         "fcfs/lpm order the waiting queue as SGLang 0.5.23's own scheduler does (sim/sglang_pass.py): LPM off above "
         "128 waiting, requests sharing a cold prefix deprioritised within a pass; off: the idealised k-LPM queue"))
+    sglang_plugin_order: bool = Field(default=False, description=(
+        "every queue policy orders as the schedctl plugin inside SGLang does (sim/sglang_pass.py): SGLang's "
+        "deprioritisation, then k-LPM; with sglang_lpm or this, a batch's requests do not share uncached prefixes"))
 
 
 def sglang_engine_config(schedule_conservativeness: float = 1.0, **fields: object) -> EngineConfig:
@@ -286,7 +289,8 @@ class SimEngine:
         # SGLang matches a request against the tree as it was before this batch: requests of one batch that share
         # an uncached prefix each compute it (scheduler.py inserts a batch's KV after its forward). The idealised
         # engine shares it within the round.
-        seen = cache.depth_before_round(node) if fresh and self.cfg.sglang_lpm and not whole_prompt else cached
+        sglang = self.cfg.sglang_lpm or self.cfg.sglang_plugin_order
+        seen = cache.depth_before_round(node) if fresh and sglang and not whole_prompt else cached
         if fresh and live.cached_tokens < 0:
             live.cached_tokens = seen
             cache.record_lookup(len(tokens), seen)
