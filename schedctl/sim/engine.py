@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from schedctl.policies.spec import FCFSSpec, PolicySpec, is_token_budget
 from schedctl.sim.radix_cache import KVNode, RadixKVCache
 from schedctl.sim.records import RequestLog, RequestRow, TBTHistogram
+from schedctl.sim.running import RunningSet
 from schedctl.sim.step_time import StepTimeModel
 from schedctl.tokens import SYNTHETIC_TOKEN_BASE, IdAllocator, TokenArray
 from schedctl.workloads.types import Request
@@ -146,11 +147,7 @@ class SimEngine:
         self.retractions = 0
         self._source: Iterator[Request] = iter(())
         self._next: Request | None = None
-        self._running: dict[int, _Live] = {}  # decoding requests; insertion order = admission order (newest last)
-        self._ctx_sum = 0  # KV tokens of the decoding requests
-        self._remaining = 0  # output tokens still to come for the decoding requests
-        self._ratio = self._idle_ratio = (
-            config.new_token_ratio if config.init_new_token_ratio is None else config.init_new_token_ratio)
+        self.running_set = RunningSet(config)  # the decoding requests and their KV accounting
         self._out_ids = IdAllocator(_OUTPUT_TOKEN_BASE)
         self._batcher: Batcher = self._make_batcher(self.policy)
         self.add_requests(requests)
@@ -180,7 +177,7 @@ class SimEngine:
         (their batchers keep different per-request bookkeeping); otherwise :class:`PolicyFamilyError`.
         """
         if is_token_budget(spec) != is_token_budget(self.policy):
-            if self._running or self._batcher.has_work:
+            if self.running_set or self._batcher.has_work:
                 raise PolicyFamilyError(
                     f"cannot switch from {self.policy.kind} to {spec.kind} while requests are in flight: the "
                     "queue-ordering (fcfs/lpm/klpm) and token-budget (sarathi/slai/rad) families form batches "
@@ -200,7 +197,7 @@ class SimEngine:
 
     @property
     def running(self) -> int:
-        return len(self._running)
+        return len(self.running_set)
 
     @property
     def kv_utilization(self) -> float:
@@ -210,14 +207,14 @@ class SimEngine:
     @property
     def new_token_ratio(self) -> float:
         """The share of the outputs still to come that admission reserves KV for, now."""
-        return self._ratio
+        return self.running_set.ratio
 
     @property
     def next_arrival_s(self) -> float:
         return self._next.arrival_s if self._next is not None else math.inf
 
     def done(self) -> bool:
-        return self._next is None and not self._batcher.has_work and not self._running
+        return self._next is None and not self._batcher.has_work and not self.running_set
 
     # -- the loop ------------------------------------------------------------------------------------------
     def run(self, until_s: float = math.inf, on_event: Callable[[SimEngine], None] | None = None) -> None:
@@ -227,8 +224,7 @@ class SimEngine:
             if self.now_s >= until_s:
                 return
             if not self._batcher.step(until_s):
-                if not self._running and self.cfg.init_new_token_ratio is not None:
-                    self._ratio = self._idle_ratio  # idle: the reserve share starts over (SGLang resets it)
+                self.running_set.idle()
                 if self._next is None:
                     return
                 self.now_s = min(self._next.arrival_s, until_s)  # idle until the next arrival
@@ -268,10 +264,11 @@ class SimEngine:
         cache = self.cache
         tokens = live.tokens
         fresh = live.node is None
-        others = bool(self._running or batch)
+        others = bool(self.running_set or batch)
+        rs = self.running_set
         if fresh and whole_prompt:
             cached, pinned = cache.prefix_unlocked(tokens, len(tokens) - 1)
-            if self._need(live, cached, len(tokens), others, self._ratio, self._remaining) > (
+            if self._need(live, cached, len(tokens), others, rs.ratio, rs.remaining_tokens) > (
                 cache.available_tokens - pinned
             ):
                 return False
@@ -280,7 +277,7 @@ class SimEngine:
         else:
             assert live.node is not None
             node, cached = live.node, live.done_tokens
-        need = self._need(live, cached, budget, others, self._ratio, self._remaining)
+        need = self._need(live, cached, budget, others, rs.ratio, rs.remaining_tokens)
         if need > cache.available_tokens:
             if fresh:
                 cache.unlock(node)
@@ -311,7 +308,8 @@ class SimEngine:
         ``capped``: the running-request cap stops a fresh admission anyway (until a completion, an event).
         ``reserved``: KV tokens allocated before the admission check (a hybrid iteration's decodes go first).
         """
-        if live is None or self._ratio <= self.cfg.new_token_ratio:
+        rs = self.running_set
+        if live is None or rs.ratio <= self.cfg.new_token_ratio:
             return limit
         if live.node is None and capped:
             return limit
@@ -322,8 +320,8 @@ class SimEngine:
         available = self.cache.available_tokens - pinned - reserved  # locking its prefix pins those
         decay, floor = self.cfg.token_ratio_decay_per_step, self.cfg.new_token_ratio
         for j in range(1, limit):
-            ratio = max(floor, self._ratio - j * decay)
-            if self._need(live, cached, budget, True, ratio, self._remaining - j * batch) <= available - j * batch:
+            ratio = max(floor, rs.ratio - j * decay)
+            if self._need(live, cached, budget, True, ratio, rs.remaining_tokens - j * batch) <= available - j * batch:
                 return j
         return limit
 
@@ -383,7 +381,7 @@ class SimEngine:
         live.done_tokens = 0
         live.retractions += 1
         self.retractions += 1
-        self._ratio = max(self._ratio, self.cfg.retract_token_ratio)
+        self.running_set.retracted()
         self._batcher.push(live)
 
     def _output_ids(self, live: _Live) -> TokenArray:
