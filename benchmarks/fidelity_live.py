@@ -48,6 +48,7 @@ from schedctl.sim.calibrate import fit_rows, predicted_s, read_sglang_log
 from schedctl.sim.engine import EngineConfig, sglang_engine_config
 from schedctl.sim.profiles import ModelProfile, load_gpu
 from schedctl.sim.run import Hardware, SimSummary, simulate
+from schedctl.sim.step_time import StepTimeProfile
 from schedctl.workloads.registry import make_requests
 from schedctl.workloads.types import Request
 
@@ -133,7 +134,12 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=None, help="server directory (default: a temporary one)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--json-out", type=Path, default=None, help="also write the JSON document to this file")
+    ap.add_argument("--resimulate", type=Path, default=None, help="no server: take the live figures, the profile and "
+                    "the settings of an earlier --json-out and simulate its cells again with this code")
     args = ap.parse_args()
+    if args.resimulate is not None:
+        _report(resimulate(json.loads(args.resimulate.read_text())), args)
+        return
     policies = args.policies.split(",")
     workdir = args.dir or Path(tempfile.mkdtemp(prefix="fidelity-live-"))
     sglang_args = ["--max-total-tokens", str(args.kv_tokens), "--max-running-requests", str(args.max_running),
@@ -157,26 +163,18 @@ def main() -> None:
         calib_rows = len(log.rows)
         say(f"calibrated from {len(log.rows)} log rows ({log.prefill_rows} prefill, {log.decode_rows} decode): "
             f"{report.form} form, MAPE {report.mape:.1%}, worst {report.worst_ape:.1%}")
-        hw = Hardware(gpu=load_gpu("h100-sxm"), model=TINY, step_profile=profile, kv_capacity_tokens=args.kv_tokens)
-        engines = {
-            "sglang": sglang_engine_config(max_running_requests=args.max_running, sglang_plugin_order=True,
-                                           chunked_prefill_tokens=args.chunk_tokens),
-            "ideal": EngineConfig(max_running_requests=args.max_running, chunked_prefill_tokens=args.chunk_tokens),
-        }
         # 3. every workload x policy, live and simulated
+        settings = {k: v for k, v in vars(args).items() if k not in ("dir", "json", "json_out", "resimulate")}
         for wname in args.workloads.split(","):
-            spec, rate = WORKLOADS[wname]
-            reqs = hashed(list(make_requests(spec, rate, "poisson", num_requests=args.num_requests, seed=args.seed)))
+            reqs = trace(wname, settings)
+            rate = WORKLOADS[wname][1]
             for pol in policies:
                 adapter.apply(parse_policy(pol))
                 httpx.post(f"{url}/flush_cache", timeout=30.0).raise_for_status()
                 live = run_load(reqs, load_cfg, rate=rate, seed=args.seed).summary
                 cell: dict[str, Any] = {"workload": wname, "policy": pol, "rate": rate,
                                         "live": live.model_dump(include=set(FIGURES) | {"requests", "errors"})}
-                for mode, cfg in engines.items():
-                    _e, s = simulate(reqs, parse_policy(pol), hw, cfg, rate=rate, warmup_s=args.warmup_s)
-                    cell[mode] = _figures(s)
-                    cell[f"{mode}_error"] = {f: rel_err(cell[mode][f], cell["live"][f]) for f in FIGURES}
+                simulate_cell(cell, reqs, profile, settings)
                 cells.append(cell)
                 say(f"{wname:12s} {pol:7s} live P99 TTFT {live.ttft_p99_s:.3f} s, sim(sglang) "
                     f"{cell['sglang']['ttft_p99_s']:.3f} s, sim(ideal) {cell['ideal']['ttft_p99_s']:.3f} s")
@@ -187,20 +185,54 @@ def main() -> None:
         eval_ape = np.abs(predicted_s(profile, eval_rows) - measured) / measured if eval_rows else np.zeros(0)
     finally:
         server.stop()
-    rankings = {}
-    for wname in args.workloads.split(","):
-        mine = [c for c in cells if c["workload"] == wname]
-        if not mine:
-            continue
-        p99 = {k: {c["policy"]: c[k]["ttft_p99_s"] for c in mine} for k in ("live", "sglang", "ideal")}
-        rankings[wname] = {k: ranking(v, args.tie) for k, v in p99.items()}
-        rankings[wname] |= {f"same_{k}": same_ranking(p99["live"], p99[k], args.tie) for k in ("sglang", "ideal")}
     doc = {"profile": profile.model_dump(), "fit": {
                "form": report.form, "rows": report.rows, "mape": report.mape, "worst_ape": report.worst_ape,
                "eval_rows": len(eval_ape), "eval_mape": float(eval_ape.mean()) if len(eval_ape) else math.nan,
                "eval_worst_ape": float(eval_ape.max()) if len(eval_ape) else math.nan},
-           "settings": {k: v for k, v in vars(args).items() if k not in ("dir", "json", "json_out")}, "cells": cells,
-           "rankings": rankings}
+           "settings": settings, "cells": cells}
+    _report(doc, args)
+
+
+def trace(workload: str, settings: dict[str, Any]) -> list[Request]:
+    spec, rate = WORKLOADS[workload]
+    return hashed(list(make_requests(spec, rate, "poisson", num_requests=settings["num_requests"],
+                                     seed=settings["seed"])))
+
+
+def simulate_cell(cell: dict[str, Any], reqs: list[Request], profile: StepTimeProfile,
+                  settings: dict[str, Any]) -> None:
+    """Fill ``cell``'s simulated columns (and their errors against its live figures)."""
+    hw = Hardware(gpu=load_gpu("h100-sxm"), model=TINY, step_profile=profile,
+                  kv_capacity_tokens=settings["kv_tokens"])
+    common = dict(max_running_requests=settings["max_running"], chunked_prefill_tokens=settings["chunk_tokens"])
+    engines = {"sglang": sglang_engine_config(sglang_plugin_order=True, **common),
+               "ideal": EngineConfig.model_validate(common)}
+    for mode, cfg in engines.items():
+        _e, s = simulate(reqs, parse_policy(cell["policy"]), hw, cfg, rate=cell["rate"],
+                         warmup_s=settings["warmup_s"])
+        cell[mode] = _figures(s)
+        cell[f"{mode}_error"] = {f: rel_err(cell[mode][f], cell["live"][f]) for f in FIGURES}
+
+
+def resimulate(doc: dict[str, Any]) -> dict[str, Any]:
+    profile = StepTimeProfile.model_validate(doc["profile"])
+    traces: dict[str, list[Request]] = {}
+    for cell in doc["cells"]:
+        if cell["workload"] not in traces:
+            traces[cell["workload"]] = trace(cell["workload"], doc["settings"])
+        simulate_cell(cell, traces[cell["workload"]], profile, doc["settings"])
+    return doc
+
+
+def _report(doc: dict[str, Any], args: argparse.Namespace) -> None:
+    cells = doc["cells"]
+    rankings = {}
+    for wname in dict.fromkeys(c["workload"] for c in cells):
+        mine = [c for c in cells if c["workload"] == wname]
+        p99 = {k: {c["policy"]: c[k]["ttft_p99_s"] for c in mine} for k in ("live", "sglang", "ideal")}
+        rankings[wname] = {k: ranking(v, args.tie) for k, v in p99.items()}
+        rankings[wname] |= {f"same_{k}": same_ranking(p99["live"], p99[k], args.tie) for k in ("sglang", "ideal")}
+    doc["rankings"] = rankings
     if args.json_out is not None:
         args.json_out.write_text(json.dumps(doc, default=str) + "\n")
     if args.json:
@@ -226,6 +258,10 @@ def _print(cells: list[dict[str, Any]], rankings: dict[str, dict[str, Any]]) -> 
         for f in FIGURES:
             print(f"{c['workload']:12s} {c['policy']:7s} {short[f]:11s} {c['live'][f]:9.4g} {c['sglang'][f]:11.4g} "
                   f"{c['sglang_error'][f]:+7.1%} {c['ideal'][f]:10.4g} {c['ideal_error'][f]:+7.1%}")
+    for mode in ("sglang", "ideal"):
+        ok = [c for c in cells if all(abs(c[f"{mode}_error"][f]) <= 0.15 for f in ("ttft_p50_s", "ttft_p99_s"))
+              and abs(c[f"{mode}_error"]["throughput_rps"]) <= 0.10]
+        print(f"sim {mode}: {len(ok)}/{len(cells)} cells with P50 and P99 TTFT within 15% and throughput within 10%")
     print("\npolicies ranked by P99 TTFT (best first; ~: within the tie margin); same: every pair both runs tell "
           "apart is ordered alike")
     for w, r in rankings.items():
