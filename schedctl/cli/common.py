@@ -16,7 +16,7 @@ from rich.table import Table
 
 from schedctl.files import InputFileError, validation_message
 from schedctl.policies.spec import PolicySpec, parse_policy, split_policies
-from schedctl.sim.engine import EngineConfig
+from schedctl.sim.engine import EngineConfig, sglang_engine_config
 from schedctl.sim.profiles import known_gpus, known_models, load_gpu, load_model
 from schedctl.sim.run import Hardware
 from schedctl.sim.step_time import StepTimeProfile
@@ -90,7 +90,11 @@ def hardware(gpu: str, model: str, step_profile: Path | None, kv_capacity_tokens
                     kv_capacity_tokens=kv_capacity_tokens)
 
 
-def engine_config(chunked_prefill_tokens: int, max_running_requests: int) -> EngineConfig:
+def engine_config(chunked_prefill_tokens: int, max_running_requests: int,
+                  sglang_scheduler: bool = False) -> EngineConfig:
+    if sglang_scheduler:
+        return sglang_engine_config(chunked_prefill_tokens=chunked_prefill_tokens,
+                                    max_running_requests=max_running_requests)
     return EngineConfig(chunked_prefill_tokens=chunked_prefill_tokens, max_running_requests=max_running_requests)
 
 
@@ -131,3 +135,8 @@ POLICY_HELP = ("fcfs | lpm | klpm:K | sarathi | slai | rad, with knobs after a c
                "slai:theta_low=5,token_budget=256 (see docs in schedctl/policies/spec.py)")
 SEED = typer.Option(0, "--seed", help="seed of the workload (same seed, same run)")
 JSON = typer.Option(False, "--json", help="print only JSON (for scripts)")
+WARMUP = typer.Option(0.0, "--warmup-s", help="leave requests arriving in the first N s out of the summary "
+                                             "(as `schedctl load --warmup-s`)")
+SGLANG_SCHEDULER = typer.Option(False, "--sglang-scheduler", help="fcfs/lpm as SGLang 0.5.23's own scheduler: LPM off "
+                                "above 128 waiting, cold shared prefixes deprioritised, its reserve share "
+                                "(docs/fidelity.md); off: the idealised engine")
