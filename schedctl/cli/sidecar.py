@@ -204,7 +204,7 @@ def _run_sim(settings: Settings, fast: bool, max_ticks: int | None, plot: Path |
                   f"{ttfts.size} requests, P99 TTFT {p99:.3g} s; decisions in {settings.log.path}")
     if plot is not None:
         plot_timeline(points, plot, title)
-        console.print(f"plot: {plot}")
+        common.wrote(plot, "plot")
     if compare and not stop.is_set() and max_ticks is None:
         console.print("running the static policies through the same loop for comparison ...")
         console.print(_compare(settings, scenario, p99, default_workers()))
@@ -249,13 +249,16 @@ def run_cmd(
     config: Path = CONFIG,
     fast: bool = typer.Option(False, "--fast", help="simulated engine: run unpaced (no live pacing)"),
     ticks: int | None = typer.Option(None, "--ticks", min=1, help="stop after this many ticks"),
-    plot: Path | None = typer.Option(None, "--plot", help="write a PNG timeline of k, load and P99 TTFT"),
+    plot: Path | None = typer.Option(None, "--plot", help="write a PNG timeline of k, load and P99 TTFT",
+                                        callback=common.output_file),
     compare: bool = typer.Option(True, "--compare/--no-compare", help="simulated engine: compare with statics"),
     fresh: bool = typer.Option(False, "--fresh", help="start the learner over (ignore its saved state beside the "
                                "decision log)"),
 ) -> None:
     """Run the sidecar: tick, observe, decide, push, log — against the embedded engine or an SGLang server."""
     settings = load_settings(config)
+    if settings.engine.adapter == "sim":
+        common.check_sim_settings(settings, config)
     if settings.whatif.enabled and settings.engine.adapter != "sim":
         raise InputFileError(config, "whatif.enabled", "the what-if replay needs the embedded engine: SGLang's "
                              "request export has no token ids, waiting queue or cache contents to replay from "
@@ -274,7 +277,8 @@ def run_cmd(
 def decisions_cmd(
     log: Path = typer.Argument(..., help="decision log (JSON lines; rotated LOG.N files are read too)"),
     last: int | None = typer.Option(None, "--last", min=1, help="only the last N decisions"),
-    plot: Path | None = typer.Option(None, "--plot", help="write a PNG timeline of k against load and P99 TTFT"),
+    plot: Path | None = typer.Option(None, "--plot", help="write a PNG timeline of k against load and P99 TTFT",
+                                        callback=common.output_file),
     as_json: bool = common.JSON,
 ) -> None:
     """Show a decision log: time, policy, reason, window P99 TTFT and attainment of every tick."""
