@@ -29,10 +29,9 @@ from schedctl.bench.adaptive import (
     tick_point,
 )
 from schedctl.bench.scenarios import Scenario, get_scenario, scenario_requests
-from schedctl.cli import common
+from schedctl.cli import common, review
 from schedctl.cli.common import UsageError
 from schedctl.controller.decision import Decision
-from schedctl.controller.decision_log import read_decisions
 from schedctl.controller.persist import StateMismatch
 from schedctl.controller.service import Service, open_sidecar, run_realtime, run_simulated
 from schedctl.engine_adapter.base import EngineAdapter, Replayer
@@ -274,35 +273,6 @@ def run_cmd(
         _run_sglang(settings, ticks, console, fresh)
 
 
-def decisions_cmd(
-    log: Path = typer.Argument(..., help="decision log (JSON lines; rotated LOG.N files are read too)"),
-    last: int | None = typer.Option(None, "--last", min=1, help="only the last N decisions"),
-    plot: Path | None = typer.Option(None, "--plot", help="write a PNG timeline of k against load and P99 TTFT",
-                                        callback=common.output_file),
-    as_json: bool = common.JSON,
-) -> None:
-    """Show a decision log: time, policy, reason, window P99 TTFT and attainment of every tick."""
-    decisions, torn = read_decisions(log)
-    shown = decisions[-last:] if last else decisions
-    if as_json:
-        common.print_json(shown)
-    else:
-        Console().print(common.table(
-            f"{log} · {len(decisions)} decisions", ["tick", "time (s)", "policy", "reason", "P99 TTFT (s)",
-                                                     "attainment", "reward", "applied", "detail"],
-            [[d.tick_id, d.time_s, d.policy_label, d.reason, d.window.ttft_p99_s if d.window.ttft_p99_s is not None
-              else math.nan, d.window.attainment if d.window.attainment is not None else math.nan,
-              d.learner.reward if d.learner.reward is not None else math.nan, "yes" if d.applied else "no",
-              d.detail[:60]] for d in shown],
-        ))
-        if torn:
-            print(f"{torn} incomplete last line skipped (the writer was killed mid-line)", file=sys.stderr)
-    if plot is not None:
-        if not decisions:
-            raise UsageError(f"{log}: no decisions to plot")
-        plot_timeline([tick_point(d) for d in decisions], plot, f"decisions · {log.name}")
-
-
 def register(app: typer.Typer) -> None:
     app.command("run")(run_cmd)
-    app.command("decisions")(decisions_cmd)
+    app.command("decisions")(review.decisions_cmd)
