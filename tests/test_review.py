@@ -74,7 +74,7 @@ def test_tick_detail_shows_the_whole_detail_and_the_rule(demo_log: Path, capsys:
 def test_since_and_last_select_the_same_ticks_for_table_json_and_plot(demo_log: Path, capsys: Cap, monkeypatch: MP,
                                                                      tmp_path: Path) -> None:
     plotted: list[Any] = []
-    monkeypatch.setattr(review, "plot_timeline", lambda points, path, title: plotted.extend(points))
+    monkeypatch.setattr(review, "plot_timeline", lambda points, path, title, **_: plotted.extend(points))
     args = [str(demo_log), "--since", "200", "--last", "15"]
     table = _lines(capsys, monkeypatch, 80, *args)[2:]
     code, out, err = run_cli(capsys, monkeypatch, ["decisions", *args, "--json", "--plot", str(tmp_path / "p.png")])

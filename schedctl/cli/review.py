@@ -17,13 +17,16 @@ from pathlib import Path
 
 import typer
 
-from schedctl.bench.adaptive import plot_timeline, tick_point
+from schedctl.bench.adaptive import TickPoint, tick_point
 from schedctl.bench.plots import display_label
+from schedctl.bench.scenarios import Scenario, get_scenario
+from schedctl.bench.timeline import plot_timeline, scenario_phases
 from schedctl.cli import common
 from schedctl.cli.common import UsageError
 from schedctl.controller.decision import Decision
 from schedctl.controller.decision_log import read_decisions
 from schedctl.policies.spec import policy_label
+from schedctl.settings import Settings, load_settings
 
 # rule (Decision.rule) -> what it did, in words; the reason picks among them where one rule has several outcomes
 RULE_WORDS = {
@@ -174,6 +177,15 @@ def detail_view(d: Decision, width: int, start_s: float) -> list[str]:
     return out
 
 
+def plot_run(points: Sequence[TickPoint], path: Path, title: str, settings: Settings | None,
+             scenario: Scenario | None) -> None:
+    """The timeline of a run, with the SLO of its settings and the phases of its scenario where known."""
+    slo = settings.slo if settings is not None else None
+    tbt = slo.tbt_p99_target_ms / 1e3 if slo is not None and settings is not None and settings.deadline else None
+    plot_timeline(points, path, title, ttft_target_s=slo.ttft_p99_target_ms / 1e3 if slo is not None else None,
+                  tbt_target_s=tbt, phases=scenario_phases(scenario) if scenario is not None else ())
+
+
 def decisions_cmd(
     log: Path = typer.Argument(..., help="decision log (JSON lines; rotated LOG.N files are read too)"),
     last: int | None = typer.Option(None, "--last", min=1, help="only the last N decisions (after --since)"),
@@ -184,6 +196,8 @@ def decisions_cmd(
                              "(a log of a real engine)"),
     plot: Path | None = typer.Option(None, "--plot", help="write a PNG timeline of the shown decisions",
                                      callback=common.output_file),
+    config: Path | None = typer.Option(None, "--config", help="the settings the run used: the plot draws their SLO "
+                                       "and (embedded engine) the scenario's phases"),
     as_json: bool = common.JSON,
 ) -> None:
     """Review a decision log: one line per tick (what acted, in words), or one tick in detail with --tick N."""
@@ -217,5 +231,8 @@ def decisions_cmd(
     if plot is not None:
         if not shown:
             raise UsageError(f"{log}: no decisions in the selection to plot")
-        plot_timeline([tick_point(d) for d in shown], plot, f"decisions · {log.name}")
+        settings = load_settings(config) if config is not None else None
+        sim = settings.engine.sim if settings is not None and settings.engine.adapter == "sim" else None
+        scenario = get_scenario(sim.scenario, sim.scenarios_file) if sim is not None else None
+        plot_run([tick_point(d) for d in shown], plot, f"decisions · {log.name}", settings, scenario)
         common.wrote(plot, "plot", as_json)

@@ -22,12 +22,12 @@ from schedctl.bench.adaptive import (
     ADAPTIVE,
     RunJob,
     default_workers,
-    plot_timeline,
     run_jobs,
     run_ttfts,
     static_policies,
     tick_point,
 )
+from schedctl.bench.plots import display_label
 from schedctl.bench.scenarios import Scenario, get_scenario, scenario_requests
 from schedctl.cli import common, review
 from schedctl.cli.common import UsageError
@@ -79,12 +79,14 @@ class Display:
         t = Table(header_style="bold", expand=False)
         for c in cols:
             t.add_column(c, justify="left" if c in ("phase", "policy", "reason", "detail") else "right",
-                         no_wrap=True, overflow="ellipsis", max_width={"detail": 48, "policy": 32}.get(c, 18))
+                         no_wrap=True, overflow="ellipsis",
+                         max_width={"detail": 48, "policy": 32, "reason": 30}.get(c, 18))
         for d in self.rows:
             w = d.window
             cells = {"t (s)": f"{d.time_s:.0f}", "phase": _phase(self.scenario, d.time_s) if self.scenario else "",
                      "req/s": f"{w.arrival_rate_rps:.1f}", "queue": str(w.queue_len),
-                     "hit": _fmt_s(w.cache_hit_rate), "policy": d.policy_label, "reason": d.reason,
+                     "hit": _fmt_s(w.cache_hit_rate), "policy": display_label(d.policy_label),
+                     "reason": review.acted(d),
                      "P99 TTFT (s)": _fmt_s(w.ttft_p99_s), "reward": _fmt_s(d.learner.reward), "detail": d.detail}
             t.add_row(*[cells[c] for c in cols])
         return Group(head, t)
@@ -174,6 +176,7 @@ def _run_sim(settings: Settings, fast: bool, max_ticks: int | None, plot: Path |
     stop = threading.Event()
     _stop_on_signals(stop)
     title = f"schedctl · {scenario.name} · {hw.model.name} on {hw.gpu.name} (simulated)"
+    plot_title = f"{scenario.name} · {hw.model.name} on {hw.gpu.name} (simulated) · seed {sim.seed}"
     if server is not None:
         title += f" · API http://{settings.api.host}:{server.port}"
     display = Display(console, title, scenario)
@@ -202,7 +205,7 @@ def _run_sim(settings: Settings, fast: bool, max_ticks: int | None, plot: Path |
     console.print(f"{service.controller.tick} ticks, {adapter.now_s:.0f} simulated s in {wall_s:.1f} s; "
                   f"{ttfts.size} requests, P99 TTFT {p99:.3g} s; decisions in {settings.log.path}")
     if plot is not None:
-        plot_timeline(points, plot, title)
+        review.plot_run(points, plot, plot_title, settings, scenario)
         common.wrote(plot, "plot")
     if compare and not stop.is_set() and max_ticks is None:
         console.print("running the static policies through the same loop for comparison ...")
