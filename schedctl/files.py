@@ -123,6 +123,7 @@ class AtomicWriter:
     def __enter__(self) -> IO[Any]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; an output gets the mode any new file would
         self._fh = os.fdopen(fd, self.mode, encoding=None if "b" in self.mode else "utf-8")
         return self._fh
 
@@ -133,6 +134,20 @@ class AtomicWriter:
             os.replace(self._tmp, self.path)
         else:
             os.unlink(self._tmp)
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux says it (/proc), else set and restored."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from schedctl.controller.core import ControllerParams, DeadlineParams
 from schedctl.controller.deadline import DeadlineTunerParams
@@ -224,9 +224,11 @@ def _env_name(field: str) -> str:
 
 
 def load_settings(path: str | os.PathLike[str] | None) -> Settings:
-    """Settings from a TOML file (None: defaults) and SCHEDCTL_* overrides; errors name the file and field."""
+    """Settings from a TOML file (None: defaults) and SCHEDCTL_* overrides; errors name the file and field, or
+    the environment variable and the reason."""
     where = Path(path) if path is not None else Path("(defaults)")
     data = read_toml(path) if path is not None else {}
+    _check_env_tables()
     try:
         return Settings(**data)
     except ValidationError as exc:
@@ -236,5 +238,37 @@ def load_settings(path: str | os.PathLike[str] | None) -> Settings:
         if any(k.upper().startswith(env) for k in os.environ):
             reason += f" (set by ${env})"
         raise InputFileError(where, field, reason) from None
+    except SettingsError as exc:  # a SCHEDCTL_* value that is not the JSON its list or table needs
+        raise _env_json_error(exc) from None
     except (ValueError, TypeError) as exc:  # a learner refusing its parameters, a bad policy string
         raise InputFileError(where, "(settings)", str(exc)) from None
+
+
+def _settings_env() -> dict[str, str]:
+    return {k.upper(): v for k, v in os.environ.items() if k.upper().startswith(ENV_PREFIX)}
+
+
+def _check_env_tables() -> None:
+    """A SCHEDCTL_TABLE__FIELD variable must name a table: a misspelt one would otherwise be ignored."""
+    tables = list(Settings.model_fields)
+    for name in _settings_env():
+        table = name.removeprefix(ENV_PREFIX).split("__")[0].lower()
+        if "__" in name and table not in tables:
+            raise InputFileError(f"${name}", "", f"no settings table {table!r} (tables: {', '.join(tables)})")
+
+
+def _env_json_error(exc: SettingsError) -> InputFileError:
+    import json
+    import re
+
+    match = re.search(r'field "(\w+)"', str(exc))
+    prefix = _env_name(match.group(1)) if match else ENV_PREFIX
+    for name, value in sorted(_settings_env().items()):
+        if not name.startswith(prefix):
+            continue
+        try:
+            json.loads(value)
+        except json.JSONDecodeError as bad:
+            return InputFileError(f"${name}", "", f"not valid JSON ({bad.msg} at column {bad.colno}): lists and "
+                                  "tables set from the environment are JSON, e.g. [1, 2, 4] or {\"key\": 1}")
+    return InputFileError(f"${prefix}*", "", str(exc))

@@ -64,12 +64,17 @@ class TickPoint(BaseModel):
     queue_len: int
     ttft_p99_s: float | None
     cache_hit_rate: float | None
+    tbt_p99_s: float | None = None
+    knob: str | None = None  # the DeadlineTuner's knob (SLAI): theta or tbt_slack_s
+    knob_value: float | None = None
 
 
 def tick_point(d: Decision) -> TickPoint:
     w = d.window
+    knob = d.deadline or {}
     return TickPoint(time_s=d.time_s, policy=d.policy_label, reason=d.reason, arrival_rate_rps=w.arrival_rate_rps,
-                     queue_len=w.queue_len, ttft_p99_s=w.ttft_p99_s, cache_hit_rate=w.cache_hit_rate)
+                     queue_len=w.queue_len, ttft_p99_s=w.ttft_p99_s, cache_hit_rate=w.cache_hit_rate,
+                     tbt_p99_s=w.tbt_p99_s, knob=knob.get("knob"), knob_value=knob.get("value"))
 
 
 def run_ttfts(adapter: SimAdapter) -> np.ndarray:
@@ -200,37 +205,3 @@ def k_value(label: str) -> float:
     if label.startswith("klpm:"):
         return float(label.split(":", 1)[1])
     return math.nan
-
-
-def plot_timeline(points: Sequence[TickPoint], path: str | os.PathLike[str], title: str) -> None:
-    """Three stacked panels against time: the policy's k, the arrival rate and queue, the window P99 TTFT."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from schedctl.bench.plots import save
-
-    t = [p.time_s for p in points]
-    ks = [k_value(p.policy) for p in points]
-    finite = [k for k in ks if math.isfinite(k)]
-    top = max(finite, default=8.0) * 2
-    fig, (ax1, ax2, ax3) = plt.subplots(3, 1, figsize=(10, 7), sharex=True)
-    ax1.step(t, [top if math.isinf(k) else k for k in ks], where="post", color="tab:purple")
-    ax1.set_yscale("log", base=2)
-    ticks = [*sorted(set(finite)), top]
-    ax1.set_yticks(ticks, [("fcfs" if v == 1 else ("lpm" if v == top else f"{v:g}")) for v in ticks])
-    ax1.set_ylabel("k")
-    ax1.set_title(title)
-    ax2.plot(t, [p.arrival_rate_rps for p in points], color="tab:blue", label="arrivals (req/s)")
-    ax2.set_ylabel("req/s")
-    ax2b = ax2.twinx()
-    ax2b.plot(t, [p.queue_len for p in points], color="tab:gray", alpha=0.6, label="queue")
-    ax2b.set_ylabel("waiting")
-    ax3.plot(t, [p.ttft_p99_s if p.ttft_p99_s is not None else math.nan for p in points], color="tab:red")
-    ax3.set_yscale("log")
-    ax3.set_ylabel("window P99 TTFT (s)")
-    ax3.set_xlabel("time (s)")
-    for ax in (ax1, ax2, ax3):
-        ax.grid(True, alpha=0.3)
-    save(fig, path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,13 @@ from typing import Any
 import numpy as np
 
 from schedctl.files import AtomicWriter
+
+_LONG_FLOAT = re.compile(r"\d+\.\d{5,}")
+
+
+def display_label(label: str) -> str:
+    """A policy label for people: float noise rounded (``theta_high=5.000000000000002`` -> ``theta_high=5``)."""
+    return _LONG_FLOAT.sub(lambda m: f"{float(m.group()):.4g}", label)
 
 
 def _pyplot() -> Any:

@@ -20,16 +20,21 @@ app = typer.Typer(
 )
 
 # command modules, in --help order
-COMMAND_MODULES = ("sim", "sidecar", "bench", "capacity", "plan", "calibrate", "sglang", "load")
+COMMAND_MODULES = ("sim", "sidecar", "bench", "capacity", "plan", "calibrate", "sglang", "load", "trace")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"schedctl {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", help="print the version and exit", is_eager=True),
+    version: bool = typer.Option(False, "--version", help="print the version and exit", is_eager=True,
+                                 callback=_print_version, expose_value=True),
 ) -> None:
-    if version:
-        print(__version__)
-        raise typer.Exit()
+    """Adaptive scheduling controller for LLM serving, with an embedded serving simulator."""
 
 
 for _name in COMMAND_MODULES:

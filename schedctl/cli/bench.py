@@ -69,6 +69,7 @@ def adaptive_cmd(
     """P99 TTFT of the adaptive controller against every static k, FCFS, LPM and the best static k, as ratios."""
     path = config if config is not None else _default_config()
     settings = load_settings(path) if path is not None else Settings()
+    common.check_sim_settings(settings, path)
     if whatif not in (None, "off", "on", "both"):
         raise UsageError(f"--whatif: {whatif!r} is not off, on or both")
     if whatif_mode not in (None, "prior", "filter"):
@@ -142,7 +143,8 @@ def optimality_cmd(
     queries: int = typer.Option(12, "--queries", min=2, max=14, help="queries per instance"),
     config: Path | None = typer.Option(None, "--config", help="settings whose [tuner] the adaptive rows use"),
     jobs: int = typer.Option(default_workers(), "--jobs", min=1, help="parallel cells"),
-    plot: Path | None = typer.Option(None, "--plot", help="write a PNG of the ratios"),
+    plot: Path | None = typer.Option(None, "--plot", help="write a PNG of the ratios",
+                                        callback=common.output_file),
     as_json: bool = common.JSON,
 ) -> None:
     """Ratio to the exact optimum of FCFS, LPM, k-LPM and the adaptive controller's choice, on seeded instances."""
@@ -162,6 +164,7 @@ def optimality_cmd(
         rows = opt.summarize(pool_map(opt.run_cell, cells, jobs, on_done=lambda: progress.advance(task)))
     if plot is not None:
         opt.plot(rows, plot)
+        common.wrote(plot, "plot", as_json)
     if as_json:
         common.print_json(rows)
         return
@@ -194,8 +197,6 @@ def optimality_cmd(
                       f"{r.objective}: {r.mean_ratio:.3f}{f' (+{r.unbounded} ∞)' if r.unbounded else ''} — "
                       f"{'met' if ok else 'not met'}"
                       + (f"; best k in hindsight {best.mean_ratio:.3f}" if best is not None else ""))
-    if plot is not None:
-        console.print(f"plot: {plot}")
 
 
 def register(app: typer.Typer) -> None:

@@ -43,7 +43,8 @@ def _row_cells(r: StepRow, predicted_s: float) -> list[object]:
 
 def calibrate_cmd(
     source: Path = typer.Option(..., "--from", help="measured steps: a step CSV (schedctl profile) or an SGLang log"),
-    out: Path | None = typer.Option(None, "--out", help="write the fitted profile TOML (for simulate --step-profile)"),
+    out: Path | None = typer.Option(None, "--out", help="write the fitted profile TOML (for simulate --step-profile)",
+                                       callback=common.output_file),
     fmt: str = typer.Option("auto", "--format", help="auto (a .csv name is a CSV, else an SGLang log) | csv | "
                                                      "sglang-log"),
     gpu: str | None = typer.Option(None, "--gpu", help="GPU profile: report efficiencies, seed the fit's regimes"),
@@ -146,7 +147,8 @@ def _mixed(text: str | None) -> list[tuple[int, int, int]] | None:
 
 
 def profile_cmd(
-    out: Path = typer.Option(..., "--out", help="write the measured rows here (CSV for schedctl calibrate)"),
+    out: Path = typer.Option(..., "--out", help="write the measured rows here (CSV for schedctl calibrate)",
+                               callback=common.output_file),
     model: str = typer.Option("llama-3.2-1b", "--model", help="model shape (config/models.toml); the shape options "
                                                                "override its fields"),
     models_file: Path | None = typer.Option(None, "--models-file", help="model catalog (default config/models.toml)"),

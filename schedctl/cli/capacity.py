@@ -61,7 +61,8 @@ def capacity_cmd(
         0.4, "--new-token-ratio", help="KV reserved for this share of future outputs at admission (0: vLLM-like)"
     ),
     jobs: int = typer.Option(default_jobs(), "--jobs", help="parallel runs"),
-    plot: Path | None = typer.Option(None, "--plot", help="write a PNG of latency against rate per policy"),
+    plot: Path | None = typer.Option(None, "--plot", help="write a PNG of latency against rate per policy",
+                                        callback=common.output_file),
     as_json: bool = common.JSON,
 ) -> None:
     """Find each policy's capacity: the highest rate whose TTFT quantile and per-class P99 TBT meet the SLO.
@@ -98,6 +99,7 @@ def capacity_cmd(
     title = f"{spec.name} · {hw.model.name} on {hw.gpu.name}"
     if plot is not None:
         plot_capacity(results, slo, plot, title)
+        common.wrote(plot, "plot", as_json)
     if as_json:
         common.print_json(results)
         return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -14,8 +15,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from schedctl.bench.scenarios import default_scenarios_path, load_scenarios
 from schedctl.files import InputFileError, validation_message
 from schedctl.policies.spec import PolicySpec, parse_policy, split_policies
+from schedctl.settings import Settings
 from schedctl.sim.engine import EngineConfig, sglang_engine_config
 from schedctl.sim.profiles import known_gpus, known_models, load_gpu, load_model
 from schedctl.sim.run import Hardware
@@ -34,7 +37,11 @@ def report_error(message: str) -> None:
 
 
 def fail_cleanly(app: Callable[..., Any]) -> int:
-    """Run the typer app; bad input becomes one line on stderr and exit code 2, never a traceback."""
+    """Run the typer app; bad input becomes one line on stderr and exit code 2, never a traceback.
+
+    The line is ``error: WHERE: WHAT``: WHERE is the file and field, the option, or the command a usage mistake
+    was made in. A group called with nothing (``schedctl``, ``schedctl bench``) prints its help and exits 0.
+    """
     try:
         result = app(standalone_mode=False)
     except (InputFileError, UsageError) as exc:
@@ -50,14 +57,49 @@ def fail_cleanly(app: Callable[..., Any]) -> int:
     except typer.Abort:
         err_console.print("aborted")
         return 1
-    except Exception as exc:  # click's own usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
-        raise
+    except typer.TyperException as exc:  # typer's bundled click: usage errors, missing or unknown options
+        return _click_error(exc)
     return result if isinstance(result, int) else 0  # a command's `raise typer.Exit(code)` arrives as its return
+
+
+def _click_error(exc: Exception) -> int:
+    """A click usage error as one line naming the command; a group called bare prints its help instead."""
+    ctx = getattr(exc, "ctx", None)
+    if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+        sys.stdout.write(ctx.get_help() + "\n")
+        return 0
+    format_message = getattr(exc, "format_message", None)
+    what = " ".join((format_message() if format_message else str(exc)).split())
+    where = ctx.command_path if ctx is not None else "schedctl"
+    hint = f" (see {where} --help)" if ctx is not None else ""
+    report_error(f"{where}: {what}{hint}")
+    code = getattr(exc, "exit_code", 2)
+    return code if isinstance(code, int) else 2
+
+
+def output_file(value: Path | None) -> Path | None:
+    """Typer callback of an option naming a file to write: refuse, before any work, a path that cannot be one."""
+    if value is None:
+        return None
+    if value.is_dir():
+        raise typer.BadParameter(f"{value} is a folder; give a file name")
+    ancestor = value.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise typer.BadParameter(f"{ancestor} is a file, so {value} cannot be written")
+    try:
+        value.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot create the folder {value.parent} ({exc.strerror or exc})") from None
+    if not os.access(value.parent, os.W_OK | os.X_OK):
+        raise typer.BadParameter(f"cannot write in {value.parent} (permission denied)")
+    return value
+
+
+def wrote(path: Path, what: str, as_json: bool = False) -> None:
+    """Say where a file went: on stdout, or on stderr when stdout carries JSON."""
+    print(f"wrote {what}: {path}", file=sys.stderr if as_json else sys.stdout, flush=True)
 
 
 def parse_or_usage(parse: Callable[[str], Any], text: str, what: str) -> Any:
@@ -88,6 +130,20 @@ def hardware(gpu: str, model: str, step_profile: Path | None, kv_capacity_tokens
         profile = load_toml_model(StepTimeProfile, step_profile, table="step_time")
     return Hardware(gpu=load_gpu(gpu), model=load_model(model), step_profile=profile,
                     kv_capacity_tokens=kv_capacity_tokens)
+
+
+def check_sim_settings(settings: Settings, config: Path | None) -> None:
+    """The embedded engine's names in a settings file (GPU, model, scenario) exist; an error blames that file's
+    field, not a command-line option or the catalog it was looked up in."""
+    sim, where = settings.engine.sim, config or "(defaults)"
+    for field, value, known in (("gpu", sim.gpu, known_gpus()), ("model", sim.model, known_models())):
+        if value not in known:
+            raise InputFileError(where, f"engine.sim.{field}", f"unknown {field} {value!r} (known: {', '.join(known)})")
+    catalog = sim.scenarios_file or default_scenarios_path()
+    names = load_scenarios(catalog)
+    if sim.scenario not in names:
+        raise InputFileError(where, "engine.sim.scenario", f"no such scenario {sim.scenario!r} in {catalog} "
+                             f"(known: {', '.join(names)})")
 
 
 def engine_config(chunked_prefill_tokens: int, max_running_requests: int,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import os
 import sys
 from collections import Counter
 from collections.abc import Iterable
@@ -88,7 +87,8 @@ def load_cmd(
     request_timeout_s: float = typer.Option(60.0, "--request-timeout-s", help="a request not done by then times out"),
     max_inflight: int = typer.Option(256, "--max-inflight", help="requests in flight at once"),
     requests_out: Path | None = typer.Option(None, "--requests-out", help="write per-request records (JSONL, the "
-                                             "format of `schedctl simulate --requests-out`)"),
+                                             "format of `schedctl simulate --requests-out`)",
+                                             callback=common.output_file),
     allow_remote: bool = typer.Option(False, "--allow-remote", help="allow a URL whose host is not loopback"),
     vocab_size: int | None = typer.Option(None, "--vocab-size", help="the model's vocabulary: token ids at or above "
                                           "it are hashed into it, equal ids staying equal (default for a workload: "
@@ -109,8 +109,6 @@ def load_cmd(
         check_url(url, allow_remote)
     except ValueError as exc:
         raise UsageError(f"--url {url}: {exc}") from None
-    if requests_out is not None:
-        _check_writable(requests_out)
     stream = _stream(workload, trace, rate, num_requests, duration_s, seed, time_scale, vocab_size)
     cfg = cfg.model_copy(update={"vocab_size": stream.vocab_size})
     show = not as_json and sys.stderr.isatty()
@@ -131,17 +129,9 @@ def load_cmd(
         except OSError as exc:
             report_error(f"--requests-out {requests_out}: cannot write ({exc.strerror or exc}); the summary follows")
             requests_out = None
+    if requests_out is not None:
+        common.wrote(requests_out, "per-request records", as_json)
     _report(result, as_json, requests_out)
-
-
-def _check_writable(path: Path) -> None:
-    """Fail before sending anything if the records could not be written at the end."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"--requests-out {path}: cannot create its folder ({exc.strerror or exc})") from None
-    if path.is_dir() or not os.access(path.parent, os.W_OK):
-        raise UsageError(f"--requests-out {path}: not a writable file path")
 
 
 def _report(result: LoadResult, as_json: bool, requests_out: Path | None) -> None:

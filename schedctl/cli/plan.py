@@ -120,7 +120,8 @@ def plan_cmd(
     from_plan: Path | None = typer.Option(None, "--from-plan", help="re-plan from this plan (JSON, e.g. a --json)"),
     chunked_prefill_tokens: int = common.CHUNK, max_running_requests: int = common.MAX_RUNNING,
     runners_up: int = typer.Option(5, "--runners-up", min=0, help="runner-up plans to show"),
-    plot: Path | None = typer.Option(None, "--plot", help="write a PNG of cost against SLO attainment"),
+    plot: Path | None = typer.Option(None, "--plot", help="write a PNG of cost against SLO attainment",
+                                        callback=common.output_file),
     as_json: bool = common.JSON,
 ) -> None:
     """Find the cheapest fleet and policy whose simulated service meets the SLO (simulated annealing)."""
@@ -162,6 +163,7 @@ def plan_cmd(
     )
     if plot is not None:
         cost_vs_attainment(result, slo_model.attainment, plot, f"{model_profile.name} · {wl.workload.name}")
+        common.wrote(plot, "plot", as_json)
     if as_json:
         common.print_json(report)
     else:

@@ -103,6 +103,8 @@ URL_OPTION = typer.Option("http://127.0.0.1:30000", "--url", help="the SGLang se
 @contextmanager
 def _server(url: str) -> Iterator[SGLangAdapter]:
     """An adapter for ``url``; a refused policy is a usage error (exit 2), an unreachable server exit 1."""
+    if not url.startswith(("http://", "https://")):
+        raise UsageError(f"--url {url!r}: expected the server's base URL, http://HOST:PORT")
     adapter = SGLangAdapter(url)
     try:
         yield adapter

@@ -22,17 +22,16 @@ from schedctl.bench.adaptive import (
     ADAPTIVE,
     RunJob,
     default_workers,
-    plot_timeline,
     run_jobs,
     run_ttfts,
     static_policies,
     tick_point,
 )
+from schedctl.bench.plots import display_label
 from schedctl.bench.scenarios import Scenario, get_scenario, scenario_requests
-from schedctl.cli import common
+from schedctl.cli import common, review
 from schedctl.cli.common import UsageError
 from schedctl.controller.decision import Decision
-from schedctl.controller.decision_log import read_decisions
 from schedctl.controller.persist import StateMismatch
 from schedctl.controller.service import Service, open_sidecar, run_realtime, run_simulated
 from schedctl.engine_adapter.base import EngineAdapter, Replayer
@@ -80,12 +79,14 @@ class Display:
         t = Table(header_style="bold", expand=False)
         for c in cols:
             t.add_column(c, justify="left" if c in ("phase", "policy", "reason", "detail") else "right",
-                         no_wrap=True, overflow="ellipsis", max_width={"detail": 48, "policy": 32}.get(c, 18))
+                         no_wrap=True, overflow="ellipsis",
+                         max_width={"detail": 48, "policy": 32, "reason": 30}.get(c, 18))
         for d in self.rows:
             w = d.window
             cells = {"t (s)": f"{d.time_s:.0f}", "phase": _phase(self.scenario, d.time_s) if self.scenario else "",
                      "req/s": f"{w.arrival_rate_rps:.1f}", "queue": str(w.queue_len),
-                     "hit": _fmt_s(w.cache_hit_rate), "policy": d.policy_label, "reason": d.reason,
+                     "hit": _fmt_s(w.cache_hit_rate), "policy": display_label(d.policy_label),
+                     "reason": review.acted(d),
                      "P99 TTFT (s)": _fmt_s(w.ttft_p99_s), "reward": _fmt_s(d.learner.reward), "detail": d.detail}
             t.add_row(*[cells[c] for c in cols])
         return Group(head, t)
@@ -100,11 +101,6 @@ class Display:
             print(f"tick {d.tick_id} t={d.time_s:.0f} policy={d.policy_label} reason={d.reason} rule={d.rule} "
                   f"p99_ttft_s={_fmt_s(w.ttft_p99_s)} queue={w.queue_len} push={d.push} applied={d.applied}{sync}",
                   flush=True)
-
-
-def _pushed(d: Decision) -> str:
-    """yes / failed / no: whether this tick pushed its policy to the engine (the why is in ``reconcile``)."""
-    return "yes" if d.applied else ("failed" if d.push else "no")
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
@@ -182,6 +178,7 @@ def _run_sim(settings: Settings, fast: bool, max_ticks: int | None, plot: Path |
     stop = threading.Event()
     _stop_on_signals(stop)
     title = f"schedctl · {scenario.name} · {hw.model.name} on {hw.gpu.name} (simulated)"
+    plot_title = f"{scenario.name} · {hw.model.name} on {hw.gpu.name} (simulated) · seed {sim.seed}"
     if server is not None:
         title += f" · API http://{settings.api.host}:{server.port}"
     display = Display(console, title, scenario)
@@ -210,8 +207,8 @@ def _run_sim(settings: Settings, fast: bool, max_ticks: int | None, plot: Path |
     console.print(f"{service.controller.tick} ticks, {adapter.now_s:.0f} simulated s in {wall_s:.1f} s; "
                   f"{ttfts.size} requests, P99 TTFT {p99:.3g} s; decisions in {settings.log.path}")
     if plot is not None:
-        plot_timeline(points, plot, title)
-        console.print(f"plot: {plot}")
+        review.plot_run(points, plot, plot_title, settings, scenario)
+        common.wrote(plot, "plot")
     if compare and not stop.is_set() and max_ticks is None:
         console.print("running the static policies through the same loop for comparison ...")
         console.print(_compare(settings, scenario, p99, default_workers()))
@@ -256,13 +253,16 @@ def run_cmd(
     config: Path = CONFIG,
     fast: bool = typer.Option(False, "--fast", help="simulated engine: run unpaced (no live pacing)"),
     ticks: int | None = typer.Option(None, "--ticks", min=1, help="stop after this many ticks"),
-    plot: Path | None = typer.Option(None, "--plot", help="write a PNG timeline of k, load and P99 TTFT"),
+    plot: Path | None = typer.Option(None, "--plot", help="write a PNG timeline of k, load and P99 TTFT",
+                                        callback=common.output_file),
     compare: bool = typer.Option(True, "--compare/--no-compare", help="simulated engine: compare with statics"),
     fresh: bool = typer.Option(False, "--fresh", help="start the learner over (ignore its saved state beside the "
                                "decision log)"),
 ) -> None:
     """Run the sidecar: tick, observe, decide, push, log — against the embedded engine or an SGLang server."""
     settings = load_settings(config)
+    if settings.engine.adapter == "sim":
+        common.check_sim_settings(settings, config)
     if settings.whatif.enabled and settings.engine.adapter != "sim":
         raise InputFileError(config, "whatif.enabled", "the what-if replay needs the embedded engine: SGLang's "
                              "request export has no token ids, waiting queue or cache contents to replay from "
@@ -278,35 +278,6 @@ def run_cmd(
         _run_sglang(settings, ticks, console, fresh)
 
 
-def decisions_cmd(
-    log: Path = typer.Argument(..., help="decision log (JSON lines; rotated LOG.N files are read too)"),
-    last: int | None = typer.Option(None, "--last", min=1, help="only the last N decisions"),
-    plot: Path | None = typer.Option(None, "--plot", help="write a PNG timeline of k against load and P99 TTFT"),
-    as_json: bool = common.JSON,
-) -> None:
-    """Show a decision log: time, policy, reason, window P99 TTFT and attainment of every tick."""
-    decisions, torn = read_decisions(log)
-    shown = decisions[-last:] if last else decisions
-    if as_json:
-        common.print_json(shown)
-    else:
-        Console().print(common.table(
-            f"{log} · {len(decisions)} decisions", ["tick", "time (s)", "policy", "reason", "rule", "P99 TTFT (s)",
-                                                     "attainment", "reward", "pushed", "detail"],
-            [[d.tick_id, d.time_s, d.policy_label, d.reason, d.rule,
-              d.window.ttft_p99_s if d.window.ttft_p99_s is not None else math.nan,
-              d.window.attainment if d.window.attainment is not None else math.nan,
-              d.learner.reward if d.learner.reward is not None else math.nan, _pushed(d),
-              (f"{d.reconcile}; " if d.reconcile else "") + d.detail[:60]] for d in shown],
-        ))
-        if torn:
-            print(f"{torn} incomplete last line skipped (the writer was killed mid-line)", file=sys.stderr)
-    if plot is not None:
-        if not decisions:
-            raise UsageError(f"{log}: no decisions to plot")
-        plot_timeline([tick_point(d) for d in decisions], plot, f"decisions · {log.name}")
-
-
 def register(app: typer.Typer) -> None:
     app.command("run")(run_cmd)
-    app.command("decisions")(decisions_cmd)
+    app.command("decisions")(review.decisions_cmd)

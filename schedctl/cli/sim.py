@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from schedctl.bench import plots
 from schedctl.bench.sweep import auto_rates, best_policy_per_rate, default_jobs, sweep
 from schedctl.cli import common
 from schedctl.cli.common import UsageError, parse_or_usage
+from schedctl.files import InputFileError
 from schedctl.policies.spec import parse_policy, policy_label
 from schedctl.sim.engine import SimEngine
 from schedctl.sim.records import write_request_records
@@ -28,6 +30,7 @@ from schedctl.workloads.registry import (
 from schedctl.workloads.trace import read_trace
 
 WORKLOAD_HELP = "workload by name and parameters, e.g. gsp or gsp:num_groups=32 (see `schedctl workloads`)"
+DEFAULT_WORKLOAD, DEFAULT_RATE, DEFAULT_ARRIVAL, DEFAULT_NUM_REQUESTS = "gsp", "10", "poisson", 2000
 
 
 def _progress(enabled: bool, total: float | None, what: str) -> Progress:
@@ -37,39 +40,66 @@ def _progress(enabled: bool, total: float | None, what: str) -> Progress:
     )
 
 
-def _requests(workload: str, workload_file: Path | None, trace: Path | None, rate: str, arrival: str,
-              num_requests: int | None, duration_s: float | None, seed: int) -> tuple[Any, float | None]:
-    """The request stream and its nominal rate, from a trace, a workload file, or the command-line form."""
+def _requests(workload: str | None, workload_file: Path | None, trace: Path | None, rate: str | None,
+              arrival: str | None, num_requests: int | None, duration_s: float | None,
+              seed: int) -> tuple[Any, float | None]:
+    """The request stream and its nominal rate, from a trace, a workload file, or the command-line form.
+
+    A trace or a workload file says what to send: --workload, --rate and --arrival with one are an error;
+    --num-requests (and, for a file, --duration-s) override the file's bound, or take the trace's first N."""
+    source = "--trace" if trace is not None else ("--workload-file" if workload_file is not None else None)
+    if trace is not None and workload_file is not None:
+        raise UsageError("--trace and --workload-file: give one")
+    given = {"--workload": workload, "--rate": rate, "--arrival": arrival,
+             **({"--duration-s": duration_s} if trace is not None else {})}
+    clash = [name for name, value in given.items() if value is not None]
+    if source is not None and clash:
+        raise UsageError(f"{', '.join(clash)} with {source}: the {source.removeprefix('--')} already says that "
+                         "(give one or the other)")
     if trace is not None:
-        return read_trace(trace), None
+        reqs = list(itertools.islice(read_trace(trace), num_requests))
+        if not reqs:
+            raise InputFileError(trace, "", "no requests in this trace (nothing to simulate)")
+        return reqs, None
     if workload_file is not None:
         cfg = load_workload_file(workload_file)
+        bounds = {k: v for k, v in (("num_requests", num_requests), ("duration_s", duration_s)) if v is not None}
+        if bounds:
+            cfg = cfg.model_copy(update=bounds)
         rate_rps = getattr(cfg.rate, "rate_rps", None)
         return cfg.requests(), rate_rps
-    spec = parse_or_usage(parse_workload, workload, "--workload")
-    sched = parse_or_usage(parse_rate, rate, "--rate")
-    process = parse_or_usage(parse_arrival, arrival, "--arrival")
+    spec = parse_or_usage(parse_workload, workload or DEFAULT_WORKLOAD, "--workload")
+    sched = parse_or_usage(parse_rate, rate or DEFAULT_RATE, "--rate")
+    process = parse_or_usage(parse_arrival, arrival or DEFAULT_ARRIVAL, "--arrival")
     if num_requests is None and duration_s is None:
-        num_requests = 2000
+        num_requests = DEFAULT_NUM_REQUESTS
     from schedctl.workloads.registry import make_requests
 
     return make_requests(spec, sched, process, num_requests, duration_s, seed), getattr(sched, "rate_rps", None)
 
 
 def simulate_cmd(
-    workload: str = typer.Option("gsp", "--workload", help=WORKLOAD_HELP),
+    workload: str | None = typer.Option(None, "--workload", help=WORKLOAD_HELP + f"; default {DEFAULT_WORKLOAD}"),
     workload_file: Path | None = typer.Option(None, "--workload-file", help="workload TOML (config/workloads/)"),
-    trace: Path | None = typer.Option(None, "--trace", help="replay a JSONL trace instead of generating"),
-    rate: str = typer.Option("10", "--rate", help="req/s, or a schedule: steps:0=2,60=8 | ramp:... | diurnal:..."),
-    arrival: str = typer.Option("poisson", "--arrival", help="poisson | gamma:cv=2 | regular"),
-    num_requests: int | None = typer.Option(None, "--num-requests", help="requests to serve (default 2000)"),
-    duration_s: float | None = typer.Option(None, "--duration-s", help="or: arrivals during this many seconds"),
+    trace: Path | None = typer.Option(None, "--trace", help="replay a JSONL trace (docs/traces.md) instead of "
+                                      "generating"),
+    rate: str | None = typer.Option(None, "--rate", help="req/s, or a schedule: steps:0=2,60=8 | ramp:... | "
+                                    f"diurnal:...; default {DEFAULT_RATE}"),
+    arrival: str | None = typer.Option(None, "--arrival", help=f"poisson | gamma:cv=2 | regular; default "
+                                       f"{DEFAULT_ARRIVAL}"),
+    num_requests: int | None = typer.Option(None, "--num-requests", min=1, help="requests to serve (default "
+                                            f"{DEFAULT_NUM_REQUESTS}; overrides a workload file's bound, or the "
+                                            "first N of a trace)"),
+    duration_s: float | None = typer.Option(None, "--duration-s", min=0.001, help="or: arrivals during this many "
+                                            "seconds (overrides a workload file's bound)"),
     policy: str = typer.Option("fcfs", "--policy", help=common.POLICY_HELP),
     gpu: str = common.GPU, model: str = common.MODEL, step_profile: Path | None = common.STEP_PROFILE,
     kv_capacity_tokens: int | None = common.KV_TOKENS, chunked_prefill_tokens: int = common.CHUNK,
     max_running_requests: int = common.MAX_RUNNING, seed: int = common.SEED,
-    requests_out: Path | None = typer.Option(None, "--requests-out", help="write per-request records (JSONL)"),
-    plot: Path | None = typer.Option(None, "--plot", help="write a PNG of TTFT over time and its CDF"),
+    requests_out: Path | None = typer.Option(None, "--requests-out", help="write per-request records (JSONL)",
+                                             callback=common.output_file),
+    plot: Path | None = typer.Option(None, "--plot", help="write a PNG of TTFT over time and its CDF",
+                                        callback=common.output_file),
     warmup_s: float = common.WARMUP, sglang_scheduler: bool = common.SGLANG_SCHEDULER,
     as_json: bool = common.JSON,
 ) -> None:
@@ -94,9 +124,11 @@ def simulate_cmd(
                                    warmup_s=warmup_s)
     if requests_out is not None:
         write_request_records(requests_out, (row.record() for row in engine.completed.rows()))
+        common.wrote(requests_out, "per-request records", as_json)
     if plot is not None:
         plots.run_timeline(engine.completed.column("arrival_s"), engine.completed.ttft_s(), plot,
                            f"{policy_label(spec)} on {hw.model.name} / {hw.gpu.name}")
+        common.wrote(plot, "plot", as_json)
     if as_json:
         common.print_json(summary)
         return
@@ -120,13 +152,14 @@ def sweep_cmd(
     rates: str = typer.Option("auto", "--rates", help="comma-separated req/s, or auto (light load to saturation)"),
     policies: str = typer.Option("fcfs,klpm:2,klpm:4,lpm", "--policies", help="comma-separated: " + common.POLICY_HELP),
     arrival: str = typer.Option("poisson", "--arrival", help="poisson | gamma:cv=2 | regular"),
-    num_requests: int = typer.Option(2000, "--num-requests", help="requests per run"),
-    seeds: int = typer.Option(1, "--seeds", help="runs per point (seeds 0..N-1); figures are their mean"),
+    num_requests: int = typer.Option(DEFAULT_NUM_REQUESTS, "--num-requests", min=1, help="requests per run"),
+    seeds: int = typer.Option(1, "--seeds", min=1, help="runs per point (seeds 0..N-1); figures are their mean"),
     gpu: str = common.GPU, model: str = common.MODEL, step_profile: Path | None = common.STEP_PROFILE,
     kv_capacity_tokens: int | None = common.KV_TOKENS, chunked_prefill_tokens: int = common.CHUNK,
     max_running_requests: int = common.MAX_RUNNING,
-    jobs: int = typer.Option(default_jobs(), "--jobs", help="parallel runs"),
-    plot: Path | None = typer.Option(None, "--plot", help="write a PNG of P99 TTFT against rate per policy"),
+    jobs: int = typer.Option(default_jobs(), "--jobs", min=1, help="parallel runs"),
+    plot: Path | None = typer.Option(None, "--plot", help="write a PNG of P99 TTFT against rate per policy",
+                                        callback=common.output_file),
     warmup_s: float = common.WARMUP, sglang_scheduler: bool = common.SGLANG_SCHEDULER,
     as_json: bool = common.JSON,
 ) -> None:
@@ -159,6 +192,7 @@ def sweep_cmd(
                      on_done=lambda: progress.advance(task), warmup_s=warmup_s)
     if plot is not None:
         plots.ttft_vs_rate(rows, plot, f"{spec.name} · {hw.model.name} on {hw.gpu.name}")
+        common.wrote(plot, "plot", as_json)
     if as_json:
         common.print_json(rows)
         return
