@@ -30,6 +30,7 @@ import argparse
 import itertools
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -171,9 +172,11 @@ def main() -> None:
             for pol in policies:
                 adapter.apply(parse_policy(pol))
                 httpx.post(f"{url}/flush_cache", timeout=30.0).raise_for_status()
+                load_before = os.getloadavg()[0]
                 live = run_load(reqs, load_cfg, rate=rate, seed=args.seed).summary
                 cell: dict[str, Any] = {"workload": wname, "policy": pol, "rate": rate,
-                                        "live": live.model_dump(include=set(FIGURES) | {"requests", "errors"})}
+                                        "live": live.model_dump(include=set(FIGURES) | {"requests", "errors"}),
+                                        "host_load_1min": [load_before, os.getloadavg()[0]]}
                 simulate_cell(cell, reqs, profile, settings)
                 cells.append(cell)
                 say(f"{wname:12s} {pol:7s} live P99 TTFT {live.ttft_p99_s:.3f} s, sim(sglang) "
@@ -262,6 +265,10 @@ def _print(cells: list[dict[str, Any]], rankings: dict[str, dict[str, Any]]) -> 
         ok = [c for c in cells if all(abs(c[f"{mode}_error"][f]) <= 0.15 for f in ("ttft_p50_s", "ttft_p99_s"))
               and abs(c[f"{mode}_error"]["throughput_rps"]) <= 0.10]
         print(f"sim {mode}: {len(ok)}/{len(cells)} cells with P50 and P99 TTFT within 15% and throughput within 10%")
+    loads = [x for c in cells for x in c.get("host_load_1min", [])]
+    if loads:
+        print(f"host load average (1 min) around the live runs: {min(loads):.1f}-{max(loads):.1f} on "
+              f"{os.cpu_count()} cores; above the core count the live figures measure the other work too")
     print("\npolicies ranked by P99 TTFT (best first; ~: within the tie margin); same: every pair both runs tell "
           "apart is ordered alike")
     for w, r in rankings.items():
