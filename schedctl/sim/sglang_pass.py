@@ -25,14 +25,16 @@ cache hit rates and tail TTFT, so this queue reproduces it, from ``srt/managers/
 With ``plugin=True`` the queue orders as the schedctl plugin does inside SGLang (``engine_adapter/sglang/
 plugin.py``, any k): fcfs by age; otherwise, at most 128 waiting, SGLang's deprioritisation as above, then the
 others by k-LPM on their match lengths (``klpm_order``, the pick counter advanced by the requests admitted since
-the previous pass) and the deprioritised ones last by age; above 128 waiting, k-LPM over all of them without
-deprioritisation (the plugin re-matches a budget of them per pass; here every match is fresh).
+the previous pass) and the deprioritised ones last by age; above 128 waiting, k-LPM over all of them, then the
+deprioritisation over the first 128 of that order (the plugin re-matches a budget of them per pass; here every
+match is fresh).
 """
 
 from __future__ import annotations
 
 from typing import Generic, TypeVar
 
+from schedctl.policies.inbatch import held_back
 from schedctl.policies.klpm import PrefixOracle, klpm_order
 from schedctl.policies.radix import Tokens
 from schedctl.tokens import as_tokens
@@ -40,8 +42,6 @@ from schedctl.tokens import as_tokens
 T = TypeVar("T")
 
 WAITING_QUEUE_PREFIX_MATCH_MAX = 128  # schedule_policy.py: LPM off above this many waiting
-IN_BATCH_PREFIX_CACHING_CHECK_THRESHOLD = 32  # schedule_policy.py: cached match <= this: check the waiting tree
-IN_BATCH_PREFIX_CACHING_DEPRIORITIZE_THRESHOLD = 32  # schedule_policy.py: waiting-tree match >= this: deprioritise
 
 
 class SGLangPassQueue(Generic[T]):
@@ -93,21 +93,10 @@ class SGLangPassQueue(Generic[T]):
 
     def _matches(self) -> list[tuple[int, bool]]:
         """(cached match, deprioritised) of each waiting request, in list order (``_compute_prefix_matches``)."""
-        seen_cold: set[tuple[int, ...]] = set()  # first 32 tokens of the cold prompts inserted in this pass
-        out: list[tuple[int, bool]] = []
-        for _item, tokens, _seq in self._items:
-            match = self._oracle.match_len(tokens)
-            deprioritised = False
-            if match <= IN_BATCH_PREFIX_CACHING_CHECK_THRESHOLD:
-                # a waiting-tree match >= 32 tokens <=> an earlier prompt of this pass with the same first 32
-                head = tuple(tokens[:IN_BATCH_PREFIX_CACHING_DEPRIORITIZE_THRESHOLD])
-                if len(head) >= IN_BATCH_PREFIX_CACHING_DEPRIORITIZE_THRESHOLD and head in seen_cold:
-                    deprioritised = True
-                else:
-                    seen_cold.add(head)
-            self.deprioritised += deprioritised
-            out.append((match, deprioritised))
-        return out
+        matches = [self._oracle.match_len(tokens) for _item, tokens, _seq in self._items]
+        held = held_back((m, tokens, None) for m, (_i, tokens, _s) in zip(matches, self._items, strict=True))
+        self.deprioritised += sum(held)
+        return list(zip(matches, held, strict=True))
 
     def _plugin_pass(self) -> None:
         by_age = sorted(self._items, key=lambda it: it[2])
@@ -115,11 +104,19 @@ class SGLangPassQueue(Generic[T]):
             self._items = by_age
             return
         if len(self._items) > WAITING_QUEUE_PREFIX_MATCH_MAX:
-            flags = [(self._oracle.match_len(t), False) for _i, t, _s in self._items]
+            # the plugin's long-queue path: k-LPM over all, then SGLang's deprioritisation over the head of that
+            # order (plugin.cold_prefix_duplicates), the held-back ones last by age
+            matches = {it[2]: self._oracle.match_len(it[1]) for it in by_age}
+            ordered = klpm_order(by_age, [matches[it[2]] for it in by_age], self.k, picks=self.picks,
+                                 ages=[it[2] for it in by_age])
+            head = ordered[:WAITING_QUEUE_PREFIX_MATCH_MAX]
+            held = held_back((matches[it[2]], it[1], None) for it in head)
+            flags = {it[2]: (matches[it[2]], h) for it, h in zip(head, held, strict=True)}
+            self.deprioritised += sum(held)
         else:
             self.sorted_passes += 1
-            flags = self._matches()
-        info = {it[2]: f for it, f in zip(self._items, flags, strict=True)}
+            flags = {it[2]: f for it, f in zip(self._items, self._matches(), strict=True)}
+        info = {it[2]: flags.get(it[2], (self._oracle.match_len(it[1]), False)) for it in by_age}
         head = [it for it in by_age if not info[it[2]][1]]
         tail = [it for it in by_age if info[it[2]][1]]
         ordered = klpm_order(head, [info[it[2]][0] for it in head], self.k, picks=self.picks,
