@@ -44,6 +44,19 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc; Linux)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
 def plugin_state(url: str) -> dict[str, Any]:
     """The plugin's readback on DP rank 0 (``/server_info`` → ``internal_states[0].schedctl``)."""
     info = httpx.get(f"{url}/server_info", timeout=10.0).json()

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from live_support import group_alive, live_server, plugin_state, set_internal_state, wait_until
+from live_support import child_pids, group_alive, live_server, plugin_state, set_internal_state, wait_until
 
 from schedctl import __version__
 from schedctl.engine_adapter.base import UnsupportedPolicy
@@ -144,7 +144,10 @@ def test_a_fault_in_the_plugins_ordering_leaves_sglang_serving(adapter: SGLangAd
 def test_serve_stops_its_whole_process_group_on_sigterm(server: ServerProcess) -> None:
     """Last in the module: SIGTERM to `schedctl sglang serve` alone (as systemd or kubelet sends it)."""
     assert server.proc is not None and server.healthy()
+    (launcher,) = child_pids(server.proc.pid)  # SGLang's launcher, in a process group of its own
+    sglang_group = os.getpgid(launcher)
+    assert sglang_group != os.getpgid(server.proc.pid) and len(child_pids(launcher)) >= 2  # scheduler, detokenizer
     os.kill(server.proc.pid, signal.SIGTERM)
     assert server.proc.wait(timeout=60) == 130
-    assert wait_until(lambda: not group_alive(server.proc.pid), 30), "SGLang's processes outlived serve"
+    assert wait_until(lambda: not group_alive(sglang_group), 30), "SGLang's processes outlived serve"
     assert not server.healthy()

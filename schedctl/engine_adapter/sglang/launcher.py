@@ -121,8 +121,10 @@ class ServerProcess:
     after ``stop_grace_s``; it is safe to call twice. Usable as a context manager.
     """
 
-    def __init__(self, argv: Sequence[str], env: Mapping[str, str], log_path: Path | None = None) -> None:
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str], log_path: Path | None = None,
+                 die_with_parent: bool = False) -> None:
         self.argv, self.env, self.log_path = list(argv), dict(env), log_path
+        self.die_with_parent = die_with_parent  # Linux: SIGKILL the server if this process dies, however it dies
         self.url = base_url_of(self.argv)
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -135,7 +137,8 @@ class ServerProcess:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(self.argv, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+                                     stdin=subprocess.DEVNULL, start_new_session=True,
+                                     preexec_fn=_kill_with_parent if self.die_with_parent else None)
         return self
 
     def healthy(self) -> bool:
@@ -185,6 +188,16 @@ class ServerProcess:
         self.stop()
 
 
+def _kill_with_parent() -> None:
+    """In the child, before exec: the kernel sends it SIGKILL when its parent dies (PR_SET_PDEATHSIG). SGLang's
+    own processes do the same towards the launcher, so nothing of the server outlives ``schedctl sglang serve``
+    even when serve is killed with SIGKILL."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+
+
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, sig)
@@ -197,7 +210,7 @@ def serve(
     """Run SGLang in the foreground: print its URL once healthy; Ctrl-C or SIGTERM stops its process group."""
     argv, env = build_command(sglang_args, request_metrics_dir=request_metrics_dir, cpu=cpu)
     print("schedctl: starting", " ".join(argv), f"(SGLANG_PLUGINS={env['SGLANG_PLUGINS']})", file=sys.stderr)
-    server = ServerProcess(argv, env).start()
+    server = ServerProcess(argv, env, die_with_parent=sys.platform == "linux").start()
 
     def _stop(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
