@@ -63,6 +63,10 @@ def test_every_command_answers_help_unknown_option_no_arguments_and_a_bad_value(
     monkeypatch.chdir(tmp_path)
     code, out, err = run_cli(capsys, monkeypatch, [*path, "--help"])
     assert code == 0 and "Usage" in out and not err.strip(), (path, code, err)
+    shown = "".join(out.split())  # the text, whatever the wrapping
+    for param in LEAVES[path].params:  # type: ignore[attr-defined]
+        text = "".join((getattr(param, "help", None) or "").split())
+        assert text in shown, f"help of {param.name} mangled: {text!r}"  # '[whatif]' eaten as markup, ':B:' an emoji
 
     cmd = LEAVES[path]
     if not cmd.context_settings.get("ignore_unknown_options"):  # type: ignore[attr-defined]  # `sglang serve` hands options it does not know to SGLang
