@@ -107,3 +107,32 @@ def test_time_of_a_real_engine_log_as_iso_and_a_simulated_one_refused(demo_log: 
 def test_a_tick_not_in_the_selection_is_one_error_line(demo_log: Path, capsys: Cap, monkeypatch: MP) -> None:
     code, _, err = run_cli(capsys, monkeypatch, ["decisions", str(demo_log), "--last", "5", "--tick", "3"])
     assert "--tick 3" in assert_one_error_line(code, err, [])
+
+
+def test_the_live_view_fits_80_columns_says_what_acted_and_counts_time_from_the_start(demo_log: Path) -> None:
+    import io
+
+    from rich.console import Console
+
+    from schedctl.cli.sidecar import Display
+    from schedctl.controller.decision import Decision
+    from schedctl.controller.decision_log import read_decisions
+
+    decisions, _ = read_decisions(demo_log)
+    epoch = 1_800_000_000.0  # as a real engine's log: epoch seconds
+    shifted = [Decision.model_validate({**d.model_dump(), "time_s": d.time_s + epoch, "window": {
+        **d.window.model_dump(), "start_s": d.window.start_s + epoch, "end_s": d.window.end_s + epoch}})
+        for d in decisions]
+    out = io.StringIO()
+    console = Console(file=out, width=80, force_terminal=False, color_system=None)
+    display = Display(console, "schedctl · SGLang at http://127.0.0.1:30000 · every 10 s\nAPI http://127.0.0.1:8787",
+                      None)
+    for d in shifted:
+        display(d)  # no Live here: each also printed as a plain line
+    console.print(display.render())  # what a terminal shows
+    lines = out.getvalue().splitlines()
+    assert max(len(ln) for ln in lines) <= 80, "\n".join(ln for ln in lines if len(ln) > 80)
+    assert lines[1].startswith("API ") and lines[2].startswith("tick 60 ")  # the header does not wrap ...
+    assert len(lines) == 3 + 4 + len(display.rows)  # ... nor any row: borders, the header and one line each
+    assert any(" 600 " in ln for ln in lines) and not any("1800000" in ln for ln in lines)
+    assert any(review.acted(shifted[-1])[:10] in ln for ln in lines)

@@ -16,6 +16,7 @@ import numpy as np
 import typer
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from schedctl.bench.adaptive import (
@@ -64,14 +65,15 @@ class Display:
         self.console, self.title, self.scenario = console, title, scenario
         self.rows: deque[Decision] = deque(maxlen=rows)
         self.live: Live | None = None
+        self.start_s: float | None = None  # times shown are seconds since the first window (not epoch seconds)
 
     def render(self) -> Group:
         last = self.rows[-1] if self.rows else None
         head = f"[bold]{self.title}[/]"
         if last is not None:
             phase = _phase(self.scenario, last.time_s) if self.scenario else ""
-            head += (f"\ntick {last.tick_id}  t={last.time_s:.0f} s  {phase}  policy [bold magenta]"
-                     f"{last.policy_label}[/]  mode {last.mode}")
+            head += (f"\ntick {last.tick_id}  t={self.since(last):.0f} s  {phase}  policy [bold magenta]"
+                     f"{escape(display_label(last.policy_label))}[/]  mode {last.mode}")
         wide = self.console.width >= 140
         cols = ["t (s)", "phase", "req/s", "queue", "hit", "policy", "reason", "P99 TTFT (s)", "reward", "detail"]
         if not wide:
@@ -83,7 +85,7 @@ class Display:
                          max_width={"detail": 48, "policy": 32, "reason": 30}.get(c, 18))
         for d in self.rows:
             w = d.window
-            cells = {"t (s)": f"{d.time_s:.0f}", "phase": _phase(self.scenario, d.time_s) if self.scenario else "",
+            cells = {"t (s)": f"{self.since(d):.0f}", "phase": _phase(self.scenario, d.time_s) if self.scenario else "",
                      "req/s": f"{w.arrival_rate_rps:.1f}", "queue": str(w.queue_len),
                      "hit": _fmt_s(w.cache_hit_rate), "policy": display_label(d.policy_label),
                      "reason": review.acted(d),
@@ -91,7 +93,12 @@ class Display:
             t.add_row(*[cells[c] for c in cols])
         return Group(head, t)
 
+    def since(self, d: Decision) -> float:
+        return d.time_s - (self.start_s or 0.0)
+
     def __call__(self, d: Decision) -> None:
+        if self.start_s is None:
+            self.start_s = d.window.start_s
         self.rows.append(d)
         if self.live is not None:
             self.live.update(self.render())
@@ -178,7 +185,7 @@ def _run_sim(settings: Settings, fast: bool, max_ticks: int | None, plot: Path |
     title = f"schedctl · {scenario.name} · {hw.model.name} on {hw.gpu.name} (simulated)"
     plot_title = f"{scenario.name} · {hw.model.name} on {hw.gpu.name} (simulated) · seed {sim.seed}"
     if server is not None:
-        title += f" · API http://{settings.api.host}:{server.port}"
+        title += f"\nAPI http://{settings.api.host}:{server.port}"
     display = Display(console, title, scenario)
     points = []
 
@@ -223,7 +230,7 @@ def _run_sglang(settings: Settings, max_ticks: int | None, console: Console, fre
     _stop_on_signals(stop)
     title = f"schedctl · SGLang at {sg.base_url} · every {settings.service.tick_interval_s:g} s"
     if server is not None:
-        title += f" · API http://{settings.api.host}:{server.port}"
+        title += f"\nAPI http://{settings.api.host}:{server.port}"
     display = Display(console, title, None)
     count = [0]
 
