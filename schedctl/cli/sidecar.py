@@ -158,7 +158,7 @@ def _compare(settings: Settings, scenario: Scenario, adaptive_p99_s: float, jobs
                         for p in statics], jobs)
     by = {r.policy: r for r in results}
     best = min(statics, key=lambda p: by[p].ttft_p99_s)
-    rows = [(ADAPTIVE + " (this run)", adaptive_p99_s, adaptive_tbt_s)] + [
+    rows = [(ADAPTIVE + ", this run", adaptive_p99_s, adaptive_tbt_s)] + [
         (p, by[p].ttft_p99_s, by[p].tbt_p99_s) for p in statics]
     slo = f"P99 TTFT ≤ {settings.slo.ttft_p99_target_ms / 1e3:g} s"
     if settings.deadline is not None:
@@ -166,9 +166,9 @@ def _compare(settings: Settings, scenario: Scenario, adaptive_p99_s: float, jobs
     return common.table(
         f"Over the whole scenario · {scenario.name} · seed {sim.seed} · SLO: {slo} (best static on TTFT: "
         f"{_static_name(best, settings)})",
-        ["policy", "P99 TTFT (s)", "vs adaptive", "adaptive vs it", "P99 TBT (ms)"],
-        [[_static_name(name, settings) + ("  ← best static" if name == best else ""), v, v / adaptive_p99_s,
-          adaptive_p99_s / v, tbt * 1e3] for name, v, tbt in rows],
+        ["policy", "P99 TTFT (s)", "÷ adaptive", "P99 TBT (ms)"],
+        [[_static_name(name, settings) + ("  ← best" if name == best else ""), v, v / adaptive_p99_s, tbt * 1e3]
+         for name, v, tbt in rows],
     )
 
 
