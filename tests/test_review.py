@@ -21,14 +21,23 @@ CONFIG = Path(__file__).resolve().parents[1] / "config" / "sidecar.sim.toml"
 @pytest.fixture(scope="module")
 def demo_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo's scenario for 60 ticks, through `schedctl run` (the same seed each time)."""
-    log = tmp_path_factory.mktemp("demo") / "decisions.jsonl"
+    return _run_log(tmp_path_factory.mktemp("demo") / "decisions.jsonl", CONFIG)
+
+
+@pytest.fixture(scope="module")
+def slai_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The SLAI demo (the DeadlineTuner moves Θ) for 60 ticks."""
+    return _run_log(tmp_path_factory.mktemp("slai") / "decisions.jsonl", CONFIG.with_name("sidecar.slai.toml"))
+
+
+def _run_log(log: Path, config: Path) -> Path:
     mp = pytest.MonkeyPatch()
     mp.setenv("SCHEDCTL_LOG__PATH", str(log))
     mp.setenv("SCHEDCTL_API__ENABLED", "false")
     try:
         from schedctl.cli import app
 
-        mp.setattr("sys.argv", ["schedctl", "run", "--config", str(CONFIG), "--fast", "--ticks", "60",
+        mp.setattr("sys.argv", ["schedctl", "run", "--config", str(config), "--fast", "--ticks", "60",
                                 "--no-compare", "--fresh"])
         from schedctl.cli.common import fail_cleanly
 
@@ -53,6 +62,12 @@ def test_one_line_per_tick_that_fits_the_terminal(demo_log: Path, capsys: Cap, m
     assert len(lines) == 2 + 60  # a title, a header, one line per tick
     ticks = [int(ln.split()[0]) for ln in lines[2:]]
     assert ticks == list(range(1, 61))
+
+
+def test_the_slai_log_fits_and_shows_the_knob_it_moves(slai_log: Path, capsys: Cap, monkeypatch: MP) -> None:
+    lines = _lines(capsys, monkeypatch, 80, str(slai_log))
+    assert max(len(ln) for ln in lines) <= 80 and len(lines) == 2 + 60
+    assert all(" slai Θ=" in ln and "deadline tuner: Θ " in ln for ln in lines[2:])
 
 
 def test_the_rule_that_acted_is_named_in_words_for_every_guard_rule() -> None:
