@@ -250,5 +250,6 @@ def decisions_cmd(
         settings = load_settings(config) if config is not None else None
         sim = settings.engine.sim if settings is not None and settings.engine.adapter == "sim" else None
         scenario = get_scenario(sim.scenario, sim.scenarios_file) if sim is not None else None
-        plot_run([tick_point(d) for d in shown], plot, f"decisions · {log.name}", settings, scenario)
+        title = f"decisions · {log.name} · ticks {shown[0].tick_id}-{shown[-1].tick_id}"
+        plot_run([tick_point(d) for d in shown], plot, title, settings, scenario)
         common.wrote(plot, "plot", as_json)
