@@ -64,10 +64,12 @@ def test_num_requests_takes_the_first_n_of_a_trace_and_bounds_a_workload_file(tm
     assert "--rate with --workload-file" in line
 
 
-def test_an_empty_trace_is_an_error_not_an_empty_table(tmp_path: Path, capsys: Cap, monkeypatch: MP) -> None:
+@pytest.mark.parametrize("command", [["simulate"], ["load", "--url", "http://127.0.0.1:9"]])
+def test_an_empty_trace_is_an_error_not_an_empty_table(tmp_path: Path, capsys: Cap, monkeypatch: MP,
+                                                       command: list[str]) -> None:
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
-    line = _error(capsys, monkeypatch, "simulate", "--trace", str(empty))
+    line = _error(capsys, monkeypatch, *command, "--trace", str(empty))
     assert str(empty) in line and "no requests" in line
 
 

@@ -151,3 +151,14 @@ def test_the_live_view_fits_80_columns_says_what_acted_and_counts_time_from_the_
     assert len(lines) == 3 + 4 + len(display.rows)  # ... nor any row: borders, the header and one line each
     assert any(" 600 " in ln for ln in lines) and not any("1800000" in ln for ln in lines)
     assert any(review.acted(shifted[-1])[:10] in ln for ln in lines)
+
+
+def test_held_or_fallen_back_on_stale_data_says_why(demo_log: Path) -> None:
+    from schedctl.controller.decision_log import read_decisions
+
+    d = read_decisions(demo_log)[0][0]
+    window = d.window.model_copy(update={"stale": True, "stale_reason": "engine unreachable: connection refused"})
+    held = d.model_copy(update={"reason": "guard", "rule": "stale", "window": window})
+    fallback = d.model_copy(update={"reason": "fallback", "rule": "stale", "window": window})
+    assert "connection refused" in review.acted(held) and review.acted(held).startswith("held")
+    assert "connection refused" in review.acted(fallback) and review.acted(fallback).startswith("fallback")

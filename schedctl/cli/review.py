@@ -55,6 +55,8 @@ def acted(d: Decision) -> str:
     if d.reason == "fallback":
         why = d.window.stale_reason or "stale metrics"
         return f"fallback: {why}"
+    if d.rule == "stale":  # held on stale data: say why the data is stale
+        return f"held: {d.window.stale_reason or 'stale metrics'}"
     if d.rule == "deadline" and d.detail:  # "theta 2.67 -> 1.67": the knob's move is the decision
         return "deadline tuner: " + d.detail.replace("theta", "Θ")
     words = RULE_WORDS.get(d.rule, d.rule or d.reason)
