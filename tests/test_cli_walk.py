@@ -101,3 +101,17 @@ def test_version(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyP
 
     code, out, err = run_cli(capsys, monkeypatch, ["--version"])
     assert code == 0 and out.strip() == f"schedctl {__version__}" and not err
+
+
+COUNTS = [(path, name) for path, cmd in LEAVES.items() for p in cmd.params  # type: ignore[attr-defined]
+          for name in getattr(p, "opts", []) if name in ("--jobs", "--seeds", "--num-requests")]
+
+
+@pytest.mark.parametrize(("path", "option"), COUNTS, ids=[f"{' '.join(p)} {o}" for p, o in COUNTS])
+def test_a_count_of_zero_is_refused_not_ignored(path: tuple[str, ...], option: str,
+                                                capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    required = ["--config", str(tmp_path / "none.toml")] if path == ("run",) else []
+    code, _, err = run_cli(capsys, monkeypatch, [*path, *required, option, "0"])
+    assert option in assert_one_error_line(code, err, [*path, option, "0"])
