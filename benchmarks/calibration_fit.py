@@ -1,6 +1,6 @@
 """How well the step-time model fits measured forward steps, on rows it saw and on rows it did not.
 
-Run: .venv/bin/python benchmarks/calibration_fit.py [--csv STEPS.csv] [--holdout 0.25] [--splits 5]
+Run: .venv/bin/python benchmarks/calibration_fit.py [--csv STEPS.csv] [--holdout 0.25] [--splits 5] [--form auto]
 
 Default input: config/profiles/cpu-small-llama/steps.csv (measured on this repository's CPU host with
 `schedctl profile`, see config/profiles/README.md). Prints:
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from schedctl.sim.calibrate import StepRow, evaluate_holdout, fit_rows, predicted_s, read_rows
-from schedctl.sim.fit import COEFFICIENTS
+from schedctl.sim.fit import ALL_COEFFICIENTS
 
 DEFAULT = Path(__file__).resolve().parents[1] / "config" / "profiles" / "cpu-small-llama" / "steps.csv"
 
@@ -37,20 +37,23 @@ def main() -> None:
     ap.add_argument("--csv", type=Path, default=DEFAULT, help="step CSV or SGLang log")
     ap.add_argument("--holdout", type=float, default=0.25)
     ap.add_argument("--splits", type=int, default=5)
+    ap.add_argument("--form", default="auto", choices=["auto", "roofline", "launch"],
+                    help="model form (auto: chosen from held-back rows of the training rows)")
     args = ap.parse_args()
 
     rows, _ = read_rows(args.csv)
-    profile, report = fit_rows(rows, "benchmark")
+    profile, report = fit_rows(rows, "benchmark", form=args.form)
     print(f"{args.csv}: {len(rows)} rows")
-    print(f"fit on all rows: MAPE {report.mape:.1%}, median {report.median_ape:.1%}, worst {report.worst_ape:.1%}; "
+    print(f"fit on all rows ({report.form} form): MAPE {report.mape:.1%}, "
+          f"median {report.median_ape:.1%}, worst {report.worst_ape:.1%}; "
           f"{report.compute_bound_rows} compute-bound, {report.rows - report.compute_bound_rows} memory-bound")
-    print("  " + ", ".join(f"{c}={getattr(profile, c):.3g}" for c in COEFFICIENTS))
+    print("  " + ", ".join(f"{c}={getattr(profile, c):.3g}" for c in ALL_COEFFICIENTS))
     if report.unidentified:
         print(f"  not separable from these rows: {', '.join(report.unidentified)}")
 
     maps, worsts = [], []
     for seed in range(args.splits):
-        held, _ = evaluate_holdout(rows, args.holdout, seed, "benchmark")
+        held, _ = evaluate_holdout(rows, args.holdout, seed, "benchmark", form=args.form)
         maps.append(float(held.ape.mean()))
         worsts.append(float(held.ape.max()))
         print(f"hold-out seed {seed}: {len(held.rows)} rows held back: MAPE {maps[-1]:.1%}, worst {worsts[-1]:.1%}")
@@ -59,7 +62,7 @@ def main() -> None:
 
     loo = []
     for i, r in enumerate(rows):
-        p, _ = fit_rows(rows[:i] + rows[i + 1:], "loo")
+        p, _ = fit_rows(rows[:i] + rows[i + 1:], "loo", form=args.form)
         loo.append(float(predicted_s(p, [r])[0]))
     measured = np.array([r.seconds for r in rows])
     err = (np.array(loo) - measured) / measured

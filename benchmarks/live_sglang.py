@@ -10,10 +10,10 @@ flushed before each run; cache hit rate is SGLang's own ``cached_tokens`` over `
 Two workloads (gsp: shared system prompts, unique questions, 8 output tokens):
 
 * ``stream``: 8 system prompts of 1,024 tokens (8,192 tokens of prefixes, twice the cache), 64-token questions,
-  Poisson arrivals at ``--rate`` (near FCFS's capacity here) for ``--duration-s`` — fewer than 128 wait, so
-  SGLang's own LPM matches prefixes. Policies: fcfs, SGLang's own ``--schedule-policy lpm`` (the plugin off),
-  the plugin's lpm, klpm:2, klpm:4, and the adaptive sidecar (``schedctl run``, a tick every 2 s,
-  arms k = 1, 2, 4, inf).
+  Poisson arrivals at ``--rate`` (past FCFS's capacity here, within LPM's) for ``--duration-s``; fewer
+  than 128 wait, so SGLang's own LPM matches prefixes. Policies: fcfs, SGLang's own ``--schedule-policy
+  lpm`` (the plugin off), the plugin's lpm, klpm:2, klpm:4, and the adaptive sidecar (``schedctl run``, a
+  tick every 2 s, arms k = 1, 2, 4, inf).
 * ``burst``: 32 system prompts of 512 tokens, 512 requests at once — more than 128 wait, where SGLang's own LPM
   turns into FCFS (``WAITING_QUEUE_PREFIX_MATCH_MAX``) and the plugin keeps ordering by prefix.
 
@@ -107,11 +107,12 @@ def table(title: str, rows: list[dict[str, Any]]) -> Table:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rate", type=float, default=9.0, help="stream: requests/s (Poisson)")
+    ap.add_argument("--rate", type=float, default=12.0, help="stream: requests/s (Poisson)")
     ap.add_argument("--duration-s", type=float, default=60.0, help="stream: seconds of arrivals")
     ap.add_argument("--burst", type=int, default=512, help="burst: requests at once")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="30 s of stream, a burst of 256")
+    ap.add_argument("--only", choices=["stream", "burst"], help="run one of the two workloads")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = ap.parse_args()
     duration_s, burst = (30.0, 256) if args.quick else (args.duration_s, args.burst)
@@ -124,19 +125,21 @@ def main() -> None:
             console.print(f"starting SGLang on the CPU at {server.url} (log: {workdir / 'server.log'}) ...")
             server.wait_healthy(600)
             n_stream = int(args.rate * duration_s)
-            stream = []
-            for policy in [*STATIC, "adaptive"]:
+            stream: list[dict[str, Any]] = []
+            for policy in [*STATIC, "adaptive"] if args.only != "burst" else []:
                 stream.append(run_one(server, workdir, STREAM, policy, args.rate, n_stream, args.seed))
                 console.print(f"  stream {policy}: done")
-            bursts = []
-            for policy in ["fcfs", "sglang-lpm", "lpm", "klpm:4"]:
+            bursts: list[dict[str, Any]] = []
+            for policy in ["fcfs", "sglang-lpm", "lpm", "klpm:4"] if args.only != "stream" else []:
                 bursts.append(run_one(server, workdir, BURST, policy, 1e6, burst, args.seed))
                 console.print(f"  burst {policy}: done")
     if args.json:
         print(json.dumps({"stream": stream, "burst": bursts}, indent=2))
         return
-    console.print(table(f"stream: {STREAM}, Poisson {args.rate:g} req/s for {duration_s:g} s", stream))
-    console.print(table(f"burst: {BURST}, {burst} at once (> 128 waiting)", bursts))
+    if stream:
+        console.print(table(f"stream: {STREAM}, Poisson {args.rate:g} req/s for {duration_s:g} s", stream))
+    if bursts:
+        console.print(table(f"burst: {BURST}, {burst} at once (> 128 waiting)", bursts))
     console.print(f"KV cache {KV_TOKENS} tokens, at most {MAX_RUNNING} running; sglang-lpm = SGLang's own "
                   "--schedule-policy lpm (plugin off); adaptive = the sidecar choosing k every "
                   f"{TICK_S:g} s")

@@ -8,10 +8,16 @@ tables) over the file over the defaults. Every field has its unit in its name. U
 file and in ``SCHEDCTL_*`` variables that name a field's table. A bad file stops start-up with one line:
 ``FILE: FIELD: REASON`` (naming the environment variable when the bad value came from one).
 
+The tables of the controller are its Params models themselves (one definition, one default each): ``[objective]``
+is ObjectiveParams, ``[tuner]`` KTunerParams (+ the initial policy), ``[guard]`` GuardParams, ``[deadline]``
+DeadlineTunerParams (+ the knob); values another table sets (the targets from ``[slo]``) are refused there.
+
 Tables: ``[slo]`` targets, ``[objective]`` how a window becomes a reward, ``[tuner]`` the k arms and the
 learner, ``[guard]`` the guard rules, ``[deadline]`` the SLAI DeadlineTuner (only with an slai initial policy),
-``[whatif]`` the what-if replay (off by default; controller/whatif.py), ``[engine]`` which adapter and its
-address, ``[service]`` tick interval and mode, ``[log]`` the decision log, ``[api]`` the HTTP API. Shipped
+``[whatif]`` the what-if replay (off by default; controller/whatif.py), ``[sanity]`` the bounds of a plausible
+window (controller/sanity.py), ``[reconcile]`` the backoff of refused pushes (controller/reconcile.py),
+``[engine]`` which adapter and its address, ``[service]`` tick interval and mode, ``[log]`` the decision log,
+``[api]`` the HTTP API. Shipped
 examples: ``config/sidecar.sim.toml``, ``config/sidecar.sglang.toml``.
 """
 
@@ -19,7 +25,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
@@ -27,11 +33,15 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from schedctl.controller.core import ControllerParams, DeadlineParams
 from schedctl.controller.deadline import DeadlineTunerParams
 from schedctl.controller.guard import GuardParams
+from schedctl.controller.guard_state import DEFAULT_POLICY
 from schedctl.controller.ktuner import KTuner, KTunerParams
 from schedctl.controller.objective import ObjectiveParams
+from schedctl.controller.reconcile import ReconcileParams
+from schedctl.controller.sanity import SanityParams
 from schedctl.controller.whatif import WhatIfParams
 from schedctl.files import InputFileError, read_toml, validation_message
-from schedctl.policies.spec import KValue, PolicySpec, parse_policy
+from schedctl.policies.spec import PolicySpec, parse_policy
+from schedctl.sim.engine import EngineConfig
 
 ENV_PREFIX = "SCHEDCTL_"
 _STRICT = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # every number finite
@@ -45,26 +55,30 @@ class SLOSettings(BaseModel):
                                      description="P99 time between tokens (the SLAI DeadlineTuner)")
 
 
-class ObjectiveSettings(BaseModel):
+def _derived(model: BaseModel, fields: dict[str, str]) -> None:
+    """Refuse a field another table sets (``fields``: name -> where it is set)."""
+    for name, where in fields.items():
+        if name in model.model_fields_set:
+            raise ValueError(f"{name} comes from {where}: set it there")
+
+
+class ObjectiveSettings(ObjectiveParams):
+    """How a window becomes a reward: ObjectiveParams itself (its defaults); the target comes from [slo]."""
+
     model_config = _STRICT
 
-    min_samples: int = Field(20, ge=1, le=1_000_000, description="first tokens a window needs to earn a reward")
-    attainment_weight: float = Field(0.3, ge=0, le=1)
-    tail_ratio_zero: float = Field(100.0, gt=1, le=1e6, description="tail / target ratio that scores 0")
-    idle_queue_len: int = Field(0, ge=-1, le=1_000_000,
-                                description="waiting requests at or below which a window within the SLO "
-                                "is idle (no reward); -1: never idle")
+    @model_validator(mode="after")
+    def _from_slo(self) -> ObjectiveSettings:
+        _derived(self, {"ttft_target_s": "slo.ttft_p99_target_ms"})
+        return self
 
 
-class TunerSettings(BaseModel):
+class TunerSettings(KTunerParams):
+    """The KTuner (KTunerParams itself: arms, learner and its parameters, scales) and the initial policy."""
+
     model_config = _STRICT
 
-    initial_policy: str = Field("klpm:4", description="the policy pushed at start (its family: k or slai)")
-    arms: list[KValue] = Field(default=[1, 2, 4, 8, "inf"], description='k values in increasing order')
-    learner: str = Field("contextual", description="a schedctl.bandits learner name")
-    learner_params: dict[str, Any] = Field(default_factory=lambda: KTunerParams().learner_params)
-    seed: int = Field(0, ge=0, le=2**63 - 1)
-    estimate_weight: float = Field(0.25, gt=0, le=1)
+    initial_policy: str = Field(DEFAULT_POLICY, description="the policy pushed at start (its family: k or slai)")
 
     @field_validator("initial_policy")
     @classmethod
@@ -72,34 +86,28 @@ class TunerSettings(BaseModel):
         parse_policy(v)
         return v
 
-    @field_validator("arms", mode="before")
-    @classmethod
-    def _arms(cls, v: Any) -> Any:
-        return KTunerParams.model_validate({"arms": v}).arms if isinstance(v, list) else v
-
     @model_validator(mode="after")
     def _learner(self) -> TunerSettings:
         # build the learner once: an unknown name or a bad parameter stops start-up here, naming it
-        KTuner(KTunerParams(arms=self.arms, learner=self.learner, learner_params=self.learner_params,
-                            seed=self.seed))
+        KTuner(self.params())
         return self
 
+    def params(self) -> KTunerParams:
+        return KTunerParams.model_validate(self.model_dump(exclude={"initial_policy"}))
 
-class DeadlineSettings(BaseModel):
-    """The DeadlineTuner's gains and limits (its target is slo.tbt_p99_target_ms)."""
+
+class DeadlineSettings(DeadlineTunerParams):
+    """The DeadlineTuner's gains and limits (DeadlineTunerParams itself) and the SLAI knob it moves; its target
+    is slo.tbt_p99_target_ms and its first dt service.tick_interval_s."""
 
     model_config = _STRICT
 
     knob: Literal["theta", "tbt_slack_s"] = "theta"
-    margin_fraction: float = Field(0.0, ge=0, lt=0.5)
-    knob_initial: float = Field(5.0, ge=-1e6, le=1e6)
-    knob_min: float = Field(0.0, ge=-1e6, le=1e6)
-    knob_max: float = Field(20.0, ge=-1e6, le=1e6)
-    kp: float = Field(4.0, ge=0, le=1e6)
-    ki_per_s: float = Field(2.0, ge=0, le=1e6)
-    kd_s: float = Field(0.0, ge=0, le=1e6)
-    dead_band_fraction: float = Field(0.02, ge=0, lt=1)
-    max_change_per_tick: float = Field(1.0, gt=0, le=1e6)
+
+    @model_validator(mode="after")
+    def _from_elsewhere(self) -> DeadlineSettings:
+        _derived(self, {"tbt_p99_target_s": "slo.tbt_p99_target_ms", "nominal_tick_s": "service.tick_interval_s"})
+        return self
 
 
 class SimEngineSettings(BaseModel):
@@ -112,8 +120,9 @@ class SimEngineSettings(BaseModel):
     scenario: str = Field("prefix-shift", description="a scenario name (config/scenarios.toml or scenarios_file)")
     scenarios_file: Path | None = None
     seed: int = Field(0, ge=0, le=2**63 - 1)
-    chunked_prefill_tokens: int = Field(8192, ge=1, le=10_000_000)
-    max_running_requests: int = Field(1024, ge=1, le=10_000_000)
+    chunked_prefill_tokens: int = Field(EngineConfig.model_fields["chunked_prefill_tokens"].default, ge=1,
+                                        le=10_000_000, description="token budget of one prefill round")
+    max_running_requests: int = Field(EngineConfig.model_fields["max_running_requests"].default, ge=1, le=10_000_000)
     demo_seconds: float = Field(60.0, ge=0, le=7 * 86400,
                                 description="wall seconds the paced demo takes for the whole scenario")
 
@@ -170,6 +179,8 @@ class Settings(BaseSettings):
     guard: GuardParams = Field(default_factory=GuardParams)
     deadline: DeadlineSettings | None = None
     whatif: WhatIfParams = Field(default_factory=WhatIfParams)
+    sanity: SanityParams = Field(default_factory=SanityParams)
+    reconcile: ReconcileParams = Field(default_factory=ReconcileParams)
     engine: EngineSettings = Field(default_factory=EngineSettings)
     service: ServiceSettings = Field(default_factory=ServiceSettings)
     log: LogSettings = Field(default_factory=LogSettings)
@@ -191,19 +202,17 @@ class Settings(BaseSettings):
     def controller_params(self) -> ControllerParams:
         deadline = None
         if self.deadline is not None:
-            d = self.deadline.model_dump()
-            knob = d.pop("knob")
-            deadline = DeadlineParams(knob=knob, tuner=DeadlineTunerParams(
-                tbt_p99_target_s=self.slo.tbt_p99_target_ms / 1000.0, nominal_tick_s=self.service.tick_interval_s,
-                **d))
-        tuner = self.tuner
+            tuner = DeadlineTunerParams.model_validate({
+                **self.deadline.model_dump(exclude={"knob"}),
+                "tbt_p99_target_s": self.slo.tbt_p99_target_ms / 1000.0, "nominal_tick_s": self.service.tick_interval_s,
+            })
+            deadline = DeadlineParams(knob=self.deadline.knob, tuner=tuner)
+        objective = ObjectiveParams.model_validate({**self.objective.model_dump(),
+                                                    "ttft_target_s": self.slo.ttft_p99_target_ms / 1000.0})
         return ControllerParams(
-            initial_policy=parse_policy(tuner.initial_policy), mode=self.service.mode,
-            objective=ObjectiveParams(ttft_target_s=self.slo.ttft_p99_target_ms / 1000.0,
-                                      **self.objective.model_dump()),
-            tuner=KTunerParams(arms=tuner.arms, learner=tuner.learner, learner_params=tuner.learner_params,
-                               seed=tuner.seed, estimate_weight=tuner.estimate_weight),
-            guard=self.guard, deadline=deadline, whatif=self.whatif,
+            initial_policy=parse_policy(self.tuner.initial_policy), mode=self.service.mode, objective=objective,
+            tuner=self.tuner.params(), guard=self.guard, deadline=deadline, whatif=self.whatif, sanity=self.sanity,
+            reconcile=self.reconcile,
         )
 
     def initial_policy(self) -> PolicySpec:

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,6 +211,12 @@ def test_restart_between_two_ticks_is_reconciled_in_the_next_tick(sidecar: Sidec
     assert "restarted" in (d.reconcile or "") and sidecar.engine_runs() == code(LEARNED)
     assert d.learner.credited is None  # the engine ran its own order in that window: not evidence about ours
     assert not sidecar.tick().push
+    shown = subprocess.run([sys.executable, "-c", "from schedctl.cli import main; main()", "decisions",
+                            str(sidecar.log_path), "--last", "2"], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "COLUMNS": "300"})
+    assert shown.returncode == 0, shown.stderr
+    repush = next(line for line in shown.stdout.splitlines() if re.match(r"^\s*7\s", line))
+    assert "yes" in repush and "engine restarted" in repush  # the operator sees the re-push and why
 
 
 @pytest.mark.parametrize("answer", ["http500", "not_json"])
@@ -241,3 +251,58 @@ def test_a_refused_policy_is_a_condition_with_backoff_not_a_retry_every_tick(sid
     sidecar.fake.accept_push = True
     ds = [sidecar.tick() for _ in range(cond["retry_at_tick"] - ds[-1].tick_id)]
     assert ds[-1].applied and sidecar.engine_runs() == code(LEARNED)
+
+
+def _wait_for(what: str, cond: Callable[[], bool], proc: subprocess.Popen[str], limit_s: float = 60.0) -> None:
+    """Poll ``cond`` until it holds (a guard against hanging, not a timing assertion)."""
+    deadline = time.monotonic() + limit_s
+    while not cond():
+        if proc.poll() is not None:
+            raise AssertionError(f"schedctl run ended before {what}: {proc.communicate()[1][-2000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {limit_s:.0f} s")
+        time.sleep(0.05)
+
+
+def test_schedctl_run_against_a_server_that_is_killed_and_restarts_without_the_policy(tmp_path: Path) -> None:
+    """The whole sidecar (``schedctl run``, APScheduler, real time) while the server dies and comes back."""
+    from schedctl.sim.profiles import config_dir
+
+    log = tmp_path / "d.jsonl"
+    want = parse_policy("klpm:4")  # sidecar.sglang.toml's initial policy; the safe policy is set to fcfs below
+
+    def logged() -> list[Decision]:
+        return read_decisions(log)[0] if log.exists() else []
+
+    with running_standin() as server:
+        env = {**os.environ, "SCHEDCTL_ENGINE__SGLANG__BASE_URL": server.url,
+               "SCHEDCTL_SERVICE__TICK_INTERVAL_S": "0.3", "SCHEDCTL_ENGINE__SGLANG__RETRIES": "0",
+               "SCHEDCTL_ENGINE__SGLANG__TIMEOUT_S": "1.0",
+               "SCHEDCTL_SERVICE__MODE": "active", "SCHEDCTL_API__ENABLED": "false", "SCHEDCTL_LOG__PATH": str(log),
+               "SCHEDCTL_GUARD__SAFE_POLICY": "fcfs", "SCHEDCTL_LOG__FSYNC": "false"}
+        proc = subprocess.Popen([sys.executable, "-c", "from schedctl.cli import main; main()", "run", "--config",
+                                 str(config_dir() / "sidecar.sglang.toml"), "--ticks", "200"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            _wait_for("first push", lambda: sidecar_runs(server.fake) == code(want) and len(logged()) >= 3, proc)
+            server.die()
+            _wait_for("fallback decision", lambda: any(d.reason == "fallback" for d in logged()), proc)
+            server.fake.lose_state()
+            server.start()
+            _wait_for("re-push", lambda: sidecar_runs(server.fake) == code(want), proc)
+            _wait_for("two ticks after it", lambda: sum(not d.window.stale for d in logged()[-2:]) == 2, proc)
+        finally:
+            proc.terminate()
+            _out, err = proc.communicate(timeout=60)
+    assert proc.returncode in (0, -15) and "Traceback" not in err, err[-2000:]
+    ds = logged()
+    first_down = next(i for i, d in enumerate(ds) if d.window.stale)
+    back = next(i for i in range(first_down, len(ds)) if not ds[i].window.stale)
+    assert [d.reason for d in ds[first_down:first_down + 3]] == ["guard", "guard", "fallback"]
+    assert not any(d.push for d in ds[first_down:back])  # nothing pushed at a dead server
+    assert ds[back].policy == want and ds[back].push and ds[back].applied  # re-pushed in the first tick back
+    assert all(code(SAFE) != (p[channel.KEY_KIND], p[channel.KEY_K]) for p in server.fake.pushes)  # no fallback push
+
+
+def sidecar_runs(fake: FakeSGLang) -> tuple[int, int]:
+    return fake.plugin_state[channel.KEY_KIND], fake.plugin_state[channel.KEY_K]

@@ -68,7 +68,7 @@ def test_every_request_finishes_exactly_once(policy: PolicySpec, kv_tokens: int)
     if kv_tokens == 8_000:
         assert eng.retractions > 0, "the tight cache should have forced retractions"
     assert eng.cache.inflight_tokens == 0 and eng.cache.evictable_tokens == eng.cache.tree_tokens  # all released
-    assert eng._ctx_sum == 0 and eng._remaining == 0
+    assert eng.running_set.ctx_tokens == 0 and eng.running_set.remaining_tokens == 0
 
 
 @pytest.mark.parametrize("policy", POLICIES, ids=IDS)

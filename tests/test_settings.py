@@ -136,3 +136,30 @@ def test_a_huge_k_is_refused_in_one_line_wherever_it_enters(tmp_path: Path) -> N
             load_settings(f)
         assert err.value.where.startswith(field) and "k must be <= 1000000" in err.value.reason
         assert huge not in str(err.value)  # named by its length, not written out
+
+
+def test_the_settings_defaults_are_the_controllers_own() -> None:
+    from schedctl.controller.core import ControllerParams
+
+    assert load_settings(None).controller_params() == ControllerParams()  # one default each, in one place
+
+
+def test_everything_tunable_in_the_core_is_settable_from_the_file_and_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    f = tmp_path / "s.toml"
+    f.write_text("[objective]\ntail_quantile = 0.95\ncount_oldest_waiting = false\n"
+                 "[tuner]\nlearner = \"linucb\"\nlearner_params = {}\nrate_scale_rps = 40.0\nqueue_scale = 16\n"
+                 "[reconcile]\nunsupported_backoff_ticks = 3\n")
+    monkeypatch.setenv("SCHEDCTL_SANITY__MAX_LATENCY_S", "600")
+    p = load_settings(f).controller_params()
+    assert (p.objective.tail_quantile, p.objective.count_oldest_waiting) == (0.95, False)
+    assert (p.tuner.rate_scale_rps, p.tuner.queue_scale) == (40.0, 16.0)
+    assert p.sanity.max_latency_s == 600 and p.reconcile.unsupported_backoff_ticks == 3
+
+
+def test_a_value_another_table_sets_is_refused_where_it_does_not_belong(tmp_path: Path) -> None:
+    f = tmp_path / "s.toml"
+    f.write_text("[objective]\nttft_target_s = 5\n")
+    with pytest.raises(InputFileError, match=r"slo\.ttft_p99_target_ms"):
+        load_settings(f)

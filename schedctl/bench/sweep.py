@@ -40,11 +40,13 @@ class RunSpec(BaseModel):
     policy: PolicySpec
     hardware: Hardware
     engine: EngineConfig = EngineConfig()
+    warmup_s: float = 0.0  # requests arriving before this are left out of the figures
 
 
 def run_one(spec: RunSpec) -> SimSummary:
     reqs = make_requests(spec.workload, spec.rate, spec.arrival, num_requests=spec.num_requests, seed=spec.seed)
-    _engine, summary = simulate(reqs, spec.policy, spec.hardware, spec.engine, rate=spec.rate, seed=spec.seed)
+    _engine, summary = simulate(reqs, spec.policy, spec.hardware, spec.engine, rate=spec.rate, seed=spec.seed,
+                                warmup_s=spec.warmup_s)
     return summary
 
 
@@ -90,6 +92,7 @@ class SweepRow(BaseModel):
     throughput_rps: float
     cache_hit_rate: float
     retractions: float
+    warmup_s: float = 0.0
 
 
 def aggregate(rate: float, policy: str, runs: Sequence[SimSummary]) -> SweepRow:
@@ -101,6 +104,7 @@ def aggregate(rate: float, policy: str, runs: Sequence[SimSummary]) -> SweepRow:
         ttft_p50_s=mean("ttft_p50_s"), ttft_p90_s=mean("ttft_p90_s"), ttft_p99_s=mean("ttft_p99_s"),
         ttft_max_s=mean("ttft_max_s"), tbt_p50_s=mean("tbt_p50_s"), tbt_p99_s=mean("tbt_p99_s"),
         throughput_rps=mean("throughput_rps"), cache_hit_rate=mean("cache_hit_rate"), retractions=mean("retractions"),
+        warmup_s=runs[0].warmup_s if runs else 0.0,
     )
 
 
@@ -135,11 +139,11 @@ def run_many(specs: Sequence[RunSpec], jobs: int, on_done: Callable[[], None] | 
 def sweep(
     workload: WorkloadSpec, rates: Sequence[float], policies: Sequence[PolicySpec], hw: Hardware,
     engine: EngineConfig, num_requests: int, seeds: Sequence[int], arrival: str = "poisson", jobs: int = 1,
-    on_done: Callable[[], None] | None = None,
+    on_done: Callable[[], None] | None = None, warmup_s: float = 0.0,
 ) -> list[SweepRow]:
     specs = [
         RunSpec(workload=workload, arrival=arrival, rate=r, num_requests=num_requests, seed=s, policy=p,
-                hardware=hw, engine=engine)
+                hardware=hw, engine=engine, warmup_s=warmup_s)
         for r in rates for p in policies for s in seeds
     ]
     results = run_many(specs, jobs, on_done)

@@ -22,7 +22,7 @@ from schedctl.sim.calibrate import (
     write_profile,
     write_steps_csv,
 )
-from schedctl.sim.fit import COEFFICIENTS
+from schedctl.sim.fit import ALL_COEFFICIENTS
 from schedctl.sim.profiles import GPUProfile, ModelProfile, load_gpu, load_model
 from schedctl.sim.step_time import StepTimeProfile
 
@@ -55,11 +55,21 @@ def calibrate_cmd(
                                                          "vs measured on them (the written profile uses all rows)"),
     seed: int = typer.Option(0, "--seed", help="seed of the held-back choice"),
     show: int = typer.Option(20, "--show", help="held-back rows to print"),
+    form: str = typer.Option("auto", "--form", help="model form: roofline (overhead + max(compute, memory)), launch "
+                                                    "(+ a prefill kernel-launch roof and a per-context-token cost) "
+                                                    "or auto (the one with the lower error on held-back rows)"),
+    prior_weight: float = typer.Option(0.0, "--prior-weight", help="with --gpu and --model: pull the weight-read "
+                                       "time toward the datasheet's (0: off; 0.3 made profiles carry to another "
+                                       "GPU better, see benchmarks/step_time_forms.py)"),
     as_json: bool = common.JSON,
 ) -> None:
     """Fit the step-time model's coefficients (non-negative least squares) to measured step timings."""
     if fmt not in ("auto", "csv", "sglang-log"):
         raise UsageError(f"--format {fmt!r}: expected auto, csv or sglang-log")
+    if form not in ("auto", "roofline", "launch"):
+        raise UsageError(f"--form {form!r}: expected auto, roofline or launch")
+    if not prior_weight >= 0:
+        raise UsageError(f"--prior-weight {prior_weight}: expected a weight >= 0")
     if not 0 <= holdout < 1:
         raise UsageError(f"--holdout {holdout}: expected a fraction in [0, 1)")
     gpu_p, model_p = _hardware(gpu, model, gpus_file, models_file)
@@ -70,8 +80,8 @@ def calibrate_cmd(
     label = f"fit:{source.parent.name}/{source.name}" if source.parent.name else f"fit:{source.name}"
     held: Holdout | None = None
     if holdout:
-        held, _ = evaluate_holdout(rows, holdout, seed, label, initial)
-    profile, report = fit_rows(rows, label, initial)
+        held, _ = evaluate_holdout(rows, holdout, seed, label, initial, form, prior_weight)
+    profile, report = fit_rows(rows, label, initial, form, prior_weight)
     table = fit_table(report, str(source), profile, gpu_p, model_p, held)
     if out is not None:
         write_profile(out, profile, table)
@@ -85,10 +95,11 @@ def calibrate_cmd(
     console = Console()
     for reason, n in skipped.most_common():
         console.print(f"[yellow]skipped {n} batch line(s): {reason}[/]")
-    console.print(common.table(f"step-time profile fitted to {report.rows} rows of {source.name}",
-                               ["coefficient", "value"], [[c, getattr(profile, c)] for c in COEFFICIENTS]))
+    console.print(common.table(f"step-time profile ({report.form} form) fitted to {report.rows} rows of {source.name}",
+                               ["coefficient", "value"], [[c, getattr(profile, c)] for c in ALL_COEFFICIENTS]))
     console.print(f"fit error over all rows: MAPE {report.mape:.2%}, median {report.median_ape:.2%}, "
-                  f"worst {report.worst_ape:.2%}; {report.compute_bound_rows}/{report.rows} rows compute-bound")
+                  f"worst {report.worst_ape:.2%}; {report.compute_bound_rows}/{report.rows} rows compute-bound, "
+                  f"{report.launch_bound_rows} launch-bound")
     if report.unidentified:
         console.print(f"[yellow]not separable from these rows (their split is arbitrary): "
                       f"{', '.join(report.unidentified)}[/]")

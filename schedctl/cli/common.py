@@ -19,7 +19,7 @@ from schedctl.bench.scenarios import default_scenarios_path, load_scenarios
 from schedctl.files import InputFileError, validation_message
 from schedctl.policies.spec import PolicySpec, parse_policy, split_policies
 from schedctl.settings import Settings
-from schedctl.sim.engine import EngineConfig
+from schedctl.sim.engine import EngineConfig, sglang_engine_config
 from schedctl.sim.profiles import known_gpus, known_models, load_gpu, load_model
 from schedctl.sim.run import Hardware
 from schedctl.sim.step_time import StepTimeProfile
@@ -146,7 +146,11 @@ def check_sim_settings(settings: Settings, config: Path | None) -> None:
                              f"(known: {', '.join(names)})")
 
 
-def engine_config(chunked_prefill_tokens: int, max_running_requests: int) -> EngineConfig:
+def engine_config(chunked_prefill_tokens: int, max_running_requests: int,
+                  sglang_scheduler: bool = False) -> EngineConfig:
+    if sglang_scheduler:
+        return sglang_engine_config(chunked_prefill_tokens=chunked_prefill_tokens,
+                                    max_running_requests=max_running_requests)
     return EngineConfig(chunked_prefill_tokens=chunked_prefill_tokens, max_running_requests=max_running_requests)
 
 
@@ -179,10 +183,16 @@ GPU = typer.Option("h100-sxm", "--gpu", help="GPU profile (config/gpus.toml)")
 MODEL = typer.Option("llama-3.1-8b", "--model", help="model shape (config/models.toml)")
 STEP_PROFILE = typer.Option(None, "--step-profile", help="fitted step-time profile TOML (schedctl calibrate)")
 KV_TOKENS = typer.Option(None, "--kv-capacity-tokens", help="KV cache size (default: what fits beside weights)")
-CHUNK = typer.Option(8192, "--chunked-prefill-tokens", help="token budget of one prefill round")
-MAX_RUNNING = typer.Option(1024, "--max-running-requests", help="cap on running requests")
+CHUNK = typer.Option(EngineConfig.model_fields["chunked_prefill_tokens"].default, "--chunked-prefill-tokens",
+                     help="token budget of one prefill round")
+MAX_RUNNING = typer.Option(EngineConfig.model_fields["max_running_requests"].default, "--max-running-requests",
+                           help="cap on running requests")
 POLICY_HELP = ("fcfs | lpm | klpm:K | sarathi | slai | rad, with knobs after a colon: "
                "slai:theta_low=5,token_budget=256 (see docs in schedctl/policies/spec.py)")
 SEED = typer.Option(0, "--seed", help="seed of the workload (same seed, same run)")
 JSON = typer.Option(False, "--json", help="print only JSON (for scripts)")
-
+WARMUP = typer.Option(0.0, "--warmup-s", help="leave requests arriving in the first N s out of the summary "
+                                             "(as `schedctl load --warmup-s`)")
+SGLANG_SCHEDULER = typer.Option(False, "--sglang-scheduler", help="fcfs/lpm as SGLang 0.5.23's own scheduler: LPM off "
+                                "above 128 waiting, cold shared prefixes deprioritised, its reserve share "
+                                "(docs/fidelity.md); off: the idealised engine")

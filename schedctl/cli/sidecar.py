@@ -105,8 +105,10 @@ class Display:
             self.live.update(self.render())
         else:
             w = d.window
-            print(f"tick {d.tick_id} t={d.time_s:.0f} policy={d.policy_label} reason={d.reason} "
-                  f"p99_ttft_s={_fmt_s(w.ttft_p99_s)} queue={w.queue_len} applied={d.applied}", flush=True)
+            sync = f" reconcile={d.reconcile!r}" if d.reconcile else ""
+            print(f"tick {d.tick_id} t={d.time_s:.0f} policy={d.policy_label} reason={d.reason} rule={d.rule} "
+                  f"p99_ttft_s={_fmt_s(w.ttft_p99_s)} queue={w.queue_len} push={d.push} applied={d.applied}{sync}",
+                  flush=True)
 
 
 def _stop_on_signals(stop: threading.Event) -> None:

@@ -101,12 +101,15 @@ def simulate_cmd(
                                              callback=common.output_file),
     plot: Path | None = typer.Option(None, "--plot", help="write a PNG of TTFT over time and its CDF",
                                         callback=common.output_file),
+    warmup_s: float = common.WARMUP, sglang_scheduler: bool = common.SGLANG_SCHEDULER,
     as_json: bool = common.JSON,
 ) -> None:
     """Serve one workload on the embedded engine under one policy and summarise the run."""
     spec = parse_or_usage(parse_policy, policy, "--policy")
+    if not warmup_s >= 0:
+        raise UsageError(f"--warmup-s {warmup_s:g}: expected seconds >= 0")
     hw = common.hardware(gpu, model, step_profile, kv_capacity_tokens)
-    cfg = common.engine_config(chunked_prefill_tokens, max_running_requests)
+    cfg = common.engine_config(chunked_prefill_tokens, max_running_requests, sglang_scheduler)
     reqs, rate_rps = _requests(workload, workload_file, trace, rate, arrival, num_requests, duration_s, seed)
     show = not as_json and sys.stderr.isatty()
     with _progress(show, None, "simulating") as progress:
@@ -118,7 +121,8 @@ def simulate_cmd(
             if events[0] % 2000 == 0:
                 progress.update(task, completed=len(eng.completed))
 
-        engine, summary = simulate(reqs, spec, hw, cfg, on_event=tick if show else None, rate=rate_rps, seed=seed)
+        engine, summary = simulate(reqs, spec, hw, cfg, on_event=tick if show else None, rate=rate_rps, seed=seed,
+                                   warmup_s=warmup_s)
     if requests_out is not None:
         write_request_records(requests_out, (row.record() for row in engine.completed.rows()))
         common.wrote(requests_out, "per-request records", as_json)
@@ -139,6 +143,9 @@ def simulate_cmd(
     ))
     if s.aborted or s.unfinished:
         console.print(f"[yellow]{s.aborted} aborted (too large for the KV cache), {s.unfinished} unfinished[/]")
+    if s.warmup_excluded:
+        console.print(f"{s.warmup_excluded} requests arriving in the first {s.warmup_s:g} s (warm-up) are left out "
+                      "of the figures")
 
 
 def sweep_cmd(
@@ -157,9 +164,12 @@ def sweep_cmd(
     jobs: int = typer.Option(default_jobs(), "--jobs", min=1, help="parallel runs"),
     plot: Path | None = typer.Option(None, "--plot", help="write a PNG of P99 TTFT against rate per policy",
                                         callback=common.output_file),
+    warmup_s: float = common.WARMUP, sglang_scheduler: bool = common.SGLANG_SCHEDULER,
     as_json: bool = common.JSON,
 ) -> None:
     """Run every rate × policy and compare P99 TTFT (one line per policy)."""
+    if not warmup_s >= 0:
+        raise UsageError(f"--warmup-s {warmup_s:g}: expected seconds >= 0")
     spec = parse_or_usage(parse_workload, workload, "--workload")
     pols = common.parse_policies(policies)
     if not pols:
@@ -168,7 +178,7 @@ def sweep_cmd(
     if seeds < 1:
         raise UsageError("--seeds must be >= 1")
     hw = common.hardware(gpu, model, step_profile, kv_capacity_tokens)
-    cfg = common.engine_config(chunked_prefill_tokens, max_running_requests)
+    cfg = common.engine_config(chunked_prefill_tokens, max_running_requests, sglang_scheduler)
     if rates.strip() == "auto":
         rate_list = auto_rates(spec, hw, cfg, num_requests, 0)
     else:
@@ -183,7 +193,7 @@ def sweep_cmd(
     with _progress(show, total, "sweeping") as progress:
         task = progress.add_task("sweep", total=total)
         rows = sweep(spec, rate_list, pols, hw, cfg, num_requests, list(range(seeds)), arrival, jobs,
-                     on_done=lambda: progress.advance(task))
+                     on_done=lambda: progress.advance(task), warmup_s=warmup_s)
     if plot is not None:
         plots.ttft_vs_rate(rows, plot, f"{workload} · {hw.model.name} on {hw.gpu.name}")
         common.wrote(plot, "plot", as_json)
@@ -192,7 +202,8 @@ def sweep_cmd(
         return
     best = best_policy_per_rate(rows)
     Console().print(common.table(
-        f"P99 TTFT (s) · {workload} · {hw.model.name} on {hw.gpu.name} · {num_requests} requests × {seeds} seed(s)",
+        f"P99 TTFT (s) · {workload} · {hw.model.name} on {hw.gpu.name} · {num_requests} requests × {seeds} seed(s)"
+        + (f" · first {warmup_s:g} s left out" if warmup_s else ""),
         ["rate", *[policy_label(p) for p in pols], "best", "hit rate (best)"],
         [[r, *[next(x.ttft_p99_s for x in rows if x.rate == r and x.policy == policy_label(p)) for p in pols],
           best.get(r, "-"), next(x.cache_hit_rate for x in rows if x.rate == r and x.policy == best.get(r))]

@@ -17,9 +17,12 @@ Two tuning modes, chosen by the family of the initial policy:
 With the what-if replay on (``[whatif]``, off by default) the shell also passes ``step`` the counterfactual
 windows of this window's arms (``whatif.py``): a prior for the KTuner or a filter on its explorations.
 
-In both the guard's pin, hold and fallback come first (``guard.py``). ``push`` is set when the policy differs
-from what the engine runs, and also after an apply failed, the engine was unreachable, or the engine reported a
-policy other than ours (it restarted): then the chosen policy is pushed again.
+Each tick: the observation passes the sanity gate (``sanity.py``: implausible values make it stale), the
+learner is credited, the guard's chain of rules chooses the policy (``guard.py``: pin, stale/fallback, restore,
+rollback, dwell, idle, learner, locality, explore filter, hysteresis, step limit; ``Decision.rule`` names the
+one that acted), and the reconciler compares it with what the engine reports it runs (``reconcile.py``):
+``push`` is set, with the why in ``Decision.reconcile``, whenever they differ — a restart, a lost policy, a
+failed push — and never toward an engine that did not answer this tick.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from schedctl.controller.deadline import DeadlineTuner, DeadlineTunerParams
 from schedctl.controller.decision import Decision, LearnerSummary, Mode, Reason, WindowSummary
 from schedctl.controller.guard import Guard, GuardParams, Tick, run_chain
+from schedctl.controller.guard_state import DEFAULT_POLICY
 from schedctl.controller.ktuner import KTuner, KTunerParams, arm_label, k_of
 from schedctl.controller.objective import ObjectiveParams, Score, evaluate
 from schedctl.controller.reconcile import ReconcileParams, Reconciler
@@ -56,7 +60,7 @@ class DeadlineParams(BaseModel):
 class ControllerParams(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    initial_policy: PolicySpec = Field(default_factory=lambda: parse_policy("klpm:4"))
+    initial_policy: PolicySpec = Field(default_factory=lambda: parse_policy(DEFAULT_POLICY))
     mode: Mode = "active"
     objective: ObjectiveParams = Field(default_factory=ObjectiveParams)
     tuner: KTunerParams = Field(default_factory=KTunerParams)
@@ -290,6 +294,7 @@ class Controller:
         return {
             "run_id": self.run_id, "tick_id": self.tick, "mode": self.mode, "target": policy_label(self.target),
             "deadline_mode": self.deadline_mode, "guard": self.guard.summary(self.tick),
+            "conditions": self.reconciler.summary(), "engine_generation": self.reconciler.generation,
             "learner": self.params.tuner.learner,
             "knowledge": {ctx: self.ktuner.summary(ctx) for ctx in sorted(self.ktuner.stats)},
             **({"whatif": {ctx: self.whatif.summary(ctx) for ctx in sorted(self.whatif.stats)}}

@@ -39,19 +39,20 @@ STATE_VERSION = 1
 
 
 class DeadlineTunerParams(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    tbt_p99_target_s: float = Field(gt=0, description="P99 time between tokens to hold")
+    tbt_p99_target_s: float = Field(default=0.2, gt=0, le=3600, description="P99 time between tokens to hold")
     margin_fraction: float = Field(default=0.0, ge=0, lt=0.5, description="aim this fraction below the target")
-    knob_initial: float = 5.0
-    knob_min: float = 0.0
-    knob_max: float = 20.0
-    kp: float = Field(default=4.0, ge=0, description="knob units per unit of relative TBT error")
-    ki_per_s: float = Field(default=2.0, ge=0, description="knob units per unit of relative error per second")
-    kd_s: float = Field(default=0.0, ge=0, description="knob units per (unit of relative error per second)")
+    knob_initial: float = Field(default=5.0, ge=-1e6, le=1e6, description="the knob at start")
+    knob_min: float = Field(default=0.0, ge=-1e6, le=1e6)
+    knob_max: float = Field(default=20.0, ge=-1e6, le=1e6)
+    kp: float = Field(default=4.0, ge=0, le=1e6, description="knob units per unit of relative TBT error")
+    ki_per_s: float = Field(default=2.0, ge=0, le=1e6, description="knob units per unit of relative error per second")
+    kd_s: float = Field(default=0.0, ge=0, le=1e6, description="knob units per (unit of relative error per second)")
     dead_band_fraction: float = Field(default=0.02, ge=0, lt=1, description="hold while |relative error| <= this")
-    max_change_per_tick: float = Field(default=1.0, gt=0, description="largest knob change in one step")
-    nominal_tick_s: float = Field(default=1.0, gt=0, description="dt of the first step (no previous time yet)")
+    max_change_per_tick: float = Field(default=1.0, gt=0, le=1e6, description="largest knob change in one step")
+    nominal_tick_s: float = Field(default=1.0, gt=0, le=86400,
+                                  description="dt of the first step (no previous time yet)")
     larger_knob_protects_tbt: bool = True
 
     @model_validator(mode="after")

@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schedctl.policies.spec import PolicySpec, parse_policy, policy_label
 
+DEFAULT_POLICY = "klpm:4"  # the initial and the safe policy unless configured (one place)
+
 
 class GuardParams(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
@@ -43,7 +45,7 @@ class GuardParams(BaseModel):
     )
     stale_hold_ticks: int = Field(default=2, ge=0, le=1_000_000,
                                   description="stale ticks in a row that hold before the fallback")
-    safe_policy: PolicySpec = Field(default_factory=lambda: parse_policy("klpm:4"), description="fallback policy")
+    safe_policy: PolicySpec = Field(default_factory=lambda: parse_policy(DEFAULT_POLICY), description="fallback policy")
 
     @field_validator("safe_policy", mode="before")
     @classmethod

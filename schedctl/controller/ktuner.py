@@ -45,16 +45,16 @@ def _k_sort_key(k: KValue) -> float:
 
 
 class KTunerParams(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     arms: list[KValue] = Field(default=[1, 2, 4, 8, "inf"], description='k values, increasing; 1 = FCFS, "inf" = LPM')
     learner: str = Field(default="contextual", description="factory name of the learner (schedctl.bandits)")
     learner_params: dict[str, Any] = Field(
         default_factory=lambda: dict(DEFAULT_LEARNER_PARAMS), description="the learner's parameters (checked by it)"
     )
-    seed: int = 0
-    rate_scale_rps: float = Field(default=10.0, gt=0, description="linucb: arrival rate that maps to 1.0")
-    queue_scale: float = Field(default=64.0, gt=0, description="linucb: queue length that maps to 1.0")
+    seed: int = Field(default=0, ge=0, le=2**63 - 1)
+    rate_scale_rps: float = Field(default=10.0, gt=0, le=1e9, description="linucb: arrival rate that maps to 1.0")
+    queue_scale: float = Field(default=64.0, gt=0, le=1e9, description="linucb: queue length that maps to 1.0")
     estimate_weight: float = Field(
         default=0.25, gt=0, le=1, description="weight of a new reward in an arm's running mean (1/n until then)"
     )

@@ -33,17 +33,17 @@ from schedctl.engine_adapter.base import Observation
 
 
 class ObjectiveParams(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    ttft_target_s: float = Field(default=2.0, gt=0, description="TTFT SLO: the P99 to hold")
+    ttft_target_s: float = Field(default=2.0, gt=0, le=3600, description="TTFT SLO: the P99 to hold")
     tail_quantile: float = Field(default=0.99, gt=0, lt=1, description="the tail the SLO is about")
-    min_samples: int = Field(default=20, ge=1, description="first tokens a window needs to earn a reward")
+    min_samples: int = Field(default=20, ge=1, le=1_000_000, description="first tokens a window needs to earn a reward")
     attainment_weight: float = Field(default=0.3, ge=0, le=1, description="weight of attainment vs tail score")
-    tail_ratio_zero: float = Field(default=100.0, gt=1, description="tail / target ratio that scores 0")
+    tail_ratio_zero: float = Field(default=100.0, gt=1, le=1e6, description="tail / target ratio that scores 0")
     count_oldest_waiting: bool = Field(default=True, description="count the oldest waiting request's age as tail")
     idle_queue_len: int = Field(
-        default=0, ge=-1, description="a window ending with at most this many waiting and its tail within the "
-        "target is idle: the order had no choice to make (-1: never idle)"
+        default=0, ge=-1, le=1_000_000, description="a window ending with at most this many waiting and its tail "
+        "within the target is idle: the order had no choice to make (-1: never idle)"
     )
 
 

@@ -48,7 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from schedctl.controller.ktuner import ArmStats, KTuner, arm_label
 from schedctl.controller.objective import ObjectiveParams, Score, evaluate
 from schedctl.engine_adapter.base import Counterfactual, Observation, ReplayReport
-from schedctl.policies.spec import KLPMSpec, KValue
+from schedctl.policies.spec import KValue, check_k
 
 WhatIfMode = Literal["prior", "filter"]
 
@@ -73,7 +73,7 @@ class WhatIfParams(BaseModel):
     @classmethod
     def _parse_arms(cls, v: Any) -> Any:
         if isinstance(v, list):
-            return [KLPMSpec(k=a).k for a in v]
+            return [check_k(a) for a in v]
         return v
 
 

@@ -3,15 +3,13 @@ a live run has — errors, timeouts, the client's own lag, the warm-up it left o
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
 
 from schedctl.loadgen.client import RequestResult
-from schedctl.sim.records import ServingSummary
-from schedctl.stats import quantile
+from schedctl.sim.records import ServingSummary, serving_figures
 
 StopReason = Literal["completed", "duration", "interrupted", "input_error"]
 
@@ -54,21 +52,16 @@ def summarize(
     with_cache = [r for r in done if r.cached_tokens is not None and r.prompt_tokens]
     prompt_total = sum(r.prompt_tokens or 0 for r in with_cache)
 
-    def q(p: float) -> float:
-        return quantile(ttft, p)
-
     def count(status: str) -> int:
         return sum(1 for r in kept if r.status == status)
 
+    figures = serving_figures(  # the same computation as the simulator's summary
+        requests=n, ttft_s=ttft, tbt=gaps, span_s=span_s, output_tokens=sum(r.output_tokens for r in done),
+        cached_tokens=sum(r.cached_tokens or 0 for r in with_cache) if prompt_total else None,
+        prompt_tokens=prompt_total)
     return LoadSummary(
-        requests=n, ttft_mean_s=float(ttft.mean()) if ttft.size else math.nan,
-        ttft_p50_s=q(0.5), ttft_p90_s=q(0.9), ttft_p99_s=q(0.99),
-        ttft_max_s=float(ttft.max()) if ttft.size else math.nan,
-        tbt_p50_s=quantile(gaps, 0.5), tbt_p99_s=quantile(gaps, 0.99),
-        throughput_rps=n / span_s if span_s > 0 else 0.0,
-        output_tokens_per_s=sum(r.output_tokens for r in done) / span_s if span_s > 0 else 0.0,
-        cache_hit_rate=sum(r.cached_tokens or 0 for r in with_cache) / prompt_total if prompt_total else math.nan,
-        api=api, url=url, rate=rate, seed=seed, sent=len(kept), errors=count("error"), timeouts=count("timeout"),
+        **figures, api=api, url=url, rate=rate, seed=seed, sent=len(kept), errors=count("error"),
+        timeouts=count("timeout"),
         cancelled=count("cancelled") + count("pending"), warmup_s=warmup_s, warmup_excluded=len(results) - len(kept),
         duration_s=duration_s, send_lag_max_s=max((r.send_s - r.scheduled_s for r in results), default=0.0),
         stop_reason=stop_reason,

@@ -5,9 +5,11 @@ A PolicySpec is what the controller decides and what an engine adapter pushes. I
 
 Two families, and the family decides how an engine forms batches (:func:`is_token_budget`):
 
-* queue ordering (SGLang-like prefill-first rounds): ``fcfs`` is k-LPM with k=1, ``lpm`` is k-LPM with k=inf,
-  ``klpm`` takes any k >= 1 or "inf". :func:`queue_k` maps each of them to the k the shared k-LPM queue
-  (``policies/klpm.py``) runs with.
+* queue ordering (SGLang-like prefill-first rounds): ONE spec, :class:`KLPMSpec` with ``k: int | None`` — every
+  k-th admission goes to the oldest waiting request, the others by longest prefix match; ``k = 1`` is FCFS and
+  ``k = None`` (no oldest-first turn) is LPM. ``fcfs``, ``lpm`` and ``klpm:inf`` are parse aliases (also as JSON
+  ``{"kind": "fcfs"}`` / ``{"kind": "lpm"}``), so one policy has one spec; labels are ``fcfs``, ``lpm`` and
+  ``klpm:K``. :func:`queue_k` is the k the shared k-LPM queue (``policies/klpm.py``) runs with.
 * token-budget hybrid batches (every iteration one batch of decode tokens and prefill chunks under a budget):
   ``sarathi`` (Sarathi-Serve), ``slai`` (SLO-aware, REFERENCES §2) and ``rad`` (resource-aware dynamic, §2).
   Their per-iteration rules live in ``policies/slai.py`` and ``policies/rad.py``.
@@ -22,7 +24,16 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 SPEC_VERSION: Literal[1] = 1
 
@@ -65,28 +76,38 @@ class _Spec(BaseModel):
     version: Literal[1] = SPEC_VERSION
 
 
-class FCFSSpec(_Spec):
-    """First come, first served (k-LPM with k=1)."""
-
-    kind: Literal["fcfs"] = "fcfs"
-
-
-class LPMSpec(_Spec):
-    """Longest prefix match first (k-LPM with k=inf); ties go to the oldest request."""
-
-    kind: Literal["lpm"] = "lpm"
-
-
 class KLPMSpec(_Spec):
-    """k-LPM: the oldest waiting request, then k-1 requests by longest prefix match, repeated."""
+    """k-LPM: the oldest waiting request, then k-1 requests by longest prefix match, repeated. k = 1 is FCFS;
+    k = None is LPM (no oldest-first turn; ties go to the oldest request). ``"inf"`` is accepted for None."""
 
     kind: Literal["klpm"] = "klpm"
-    k: KValue = Field(description='k >= 1, or "inf" for pure LPM')
+    k: int | None = Field(ge=1, le=K_MAX, description="k >= 1; None: pure LPM (never an oldest-first turn)")
 
     @field_validator("k", mode="before")
     @classmethod
     def _check_k(cls, v: object) -> object:
-        return check_k(v)
+        return None if v is None else _k_or_none(check_k(v))
+
+
+def _k_or_none(k: KValue) -> int | None:
+    return None if k == "inf" else int(k)
+
+
+def FCFSSpec() -> KLPMSpec:
+    """First come, first served: k-LPM with k = 1 (the same spec as ``klpm:1``)."""
+    return KLPMSpec(k=1)
+
+
+def LPMSpec() -> KLPMSpec:
+    """Longest prefix match first: k-LPM with k = None (the same spec as ``klpm:inf``)."""
+    return KLPMSpec(k=None)
+
+
+def _aliases(data: Any) -> Any:
+    """JSON input: ``{"kind": "fcfs"}`` and ``{"kind": "lpm"}`` (older logs, hand-written pins) are k-LPM."""
+    if isinstance(data, dict) and data.get("kind") in ("fcfs", "lpm") and "k" not in data:
+        return {**data, "kind": "klpm", "k": 1 if data["kind"] == "fcfs" else None}
+    return data
 
 
 # --- token-budget hybrid batches ----------------------------------------------------------------------------
@@ -159,7 +180,9 @@ class RADSpec(_Spec):
 
 TokenBudgetSpec = SarathiSpec | SLAISpec | RADSpec
 
-PolicySpec = Annotated[FCFSSpec | LPMSpec | KLPMSpec | SarathiSpec | SLAISpec | RADSpec, Field(discriminator="kind")]
+PolicySpec = Annotated[
+    Annotated[KLPMSpec | SarathiSpec | SLAISpec | RADSpec, Field(discriminator="kind")], BeforeValidator(_aliases)
+]
 
 _ADAPTER: TypeAdapter[PolicySpec] = TypeAdapter(PolicySpec)
 
@@ -240,7 +263,7 @@ def split_policies(text: str) -> list[str]:
 def policy_label(spec: PolicySpec) -> str:
     """The command-line form of a spec; ``parse_policy(policy_label(s)) == s``. Knobs at their defaults are left out."""
     if isinstance(spec, KLPMSpec):
-        return f"klpm:{spec.k}"
+        return "fcfs" if spec.k == 1 else ("lpm" if spec.k is None else f"klpm:{spec.k}")
     if isinstance(spec, SarathiSpec | SLAISpec | RADSpec):
         knobs = [f"{name}={_knob_text(getattr(spec, name))}" for name in changed_knobs(spec)]
         return spec.kind + (":" + ",".join(knobs) if knobs else "")
@@ -273,20 +296,12 @@ def is_token_budget(spec: PolicySpec) -> bool:
 
 
 def spec_for(k: KValue) -> PolicySpec:
-    """The PolicySpec of a k-LPM arm: 1 is FCFS, "inf" is LPM, anything else k-LPM (the inverse of queue_k)."""
-    if k == 1:
-        return FCFSSpec()
-    if k == "inf":
-        return LPMSpec()
-    return KLPMSpec(k=k)
+    """The PolicySpec of a k-LPM arm (an arm label: an int, or "inf" for LPM); the inverse of queue_k."""
+    return KLPMSpec(k=_k_or_none(k))
 
 
 def queue_k(spec: PolicySpec) -> int | None:
-    """The k of the shared k-LPM queue for a queue-ordering spec; None means k=inf (pure LPM)."""
-    if isinstance(spec, FCFSSpec):
-        return 1
-    if isinstance(spec, LPMSpec):
-        return None
+    """The k of the shared k-LPM queue for a queue-ordering spec; None means no oldest-first turn (pure LPM)."""
     if isinstance(spec, KLPMSpec):
-        return None if spec.k == "inf" else spec.k
+        return spec.k
     raise TypeError(f"{spec.kind} is not a queue-ordering policy")

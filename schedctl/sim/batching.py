@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from schedctl.policies.klpm import KLPMQueue
 from schedctl.policies.spec import PolicySpec, queue_k
+from schedctl.sim.sglang_pass import SGLangPassQueue
 from schedctl.sim.step_time import DecodeRun, StepBatch
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 class SGLangBatcher:
     def __init__(self, engine: SimEngine, spec: PolicySpec) -> None:
         self.eng = engine
-        self.queue: KLPMQueue[_Live] = KLPMQueue(queue_k(spec), oracle=engine.cache)
+        self.queue: KLPMQueue[_Live] | SGLangPassQueue[_Live] = self._make_queue(spec)
         engine.cache.add_insert_listener(self.queue.on_cache_insert)
         self._chunked: _Live | None = None
         self._finish_heap: list[tuple[int, int]] = []  # (decode step at which it finishes, seq)
@@ -42,8 +43,26 @@ class SGLangBatcher:
     def push(self, live: _Live) -> None:
         self.queue.push(live, live.seq, tokens=live.tokens)
 
+    def _make_queue(self, spec: PolicySpec) -> KLPMQueue[_Live] | SGLangPassQueue[_Live]:
+        """SGLang's own pass order for fcfs/lpm under the ``sglang_lpm`` option, else the shared k-LPM queue."""
+        k = queue_k(spec)
+        if self.eng.cfg.sglang_plugin_order:
+            return SGLangPassQueue(k, oracle=self.eng.cache, plugin=True)
+        if self.eng.cfg.sglang_lpm and k in (None, 1):
+            return SGLangPassQueue(k, oracle=self.eng.cache)
+        return KLPMQueue(k, oracle=self.eng.cache)
+
     def set_policy(self, spec: PolicySpec) -> None:
-        self.queue.set_k(queue_k(spec))
+        new = self._make_queue(spec)
+        if type(new) is type(self.queue):
+            self.queue.set_k(queue_k(spec))
+            return
+        old = self.queue  # a switch between SGLang's pass order and the k-LPM queue: move the waiting requests
+        for live in sorted(old.items(), key=lambda live: live.seq):
+            new.push(live, live.seq, tokens=live.tokens)
+        self.eng.cache.remove_insert_listener(old.on_cache_insert)
+        self.eng.cache.add_insert_listener(new.on_cache_insert)
+        self.queue = new
 
     def close(self) -> None:
         self.eng.cache.remove_insert_listener(self.queue.on_cache_insert)
@@ -59,7 +78,7 @@ class SGLangBatcher:
     def step(self, until_s: float) -> bool:
         if (self.queue or self._chunked is not None) and self._prefill_round():
             return True
-        if self.eng._running:
+        if self.eng.running_set:
             self._decode(until_s)
             return True
         return False
@@ -69,17 +88,22 @@ class SGLangBatcher:
         e = self.eng
         budget = e.cfg.chunked_prefill_tokens
         batch: list[tuple[_Live, int, int]] = []  # (request, new tokens, cached context)
+        e.cache.round += 1  # what this round's admissions insert is not cached to each other under sglang_lpm
         chunked, self._chunked = self._chunked, None
         candidates = [chunked] if chunked is not None else []
+        if isinstance(self.queue, SGLangPassQueue) and self.queue and (
+            chunked is not None or len(e.running_set) < e.cfg.max_running_requests
+        ):
+            self.queue.begin_pass()  # scheduler.py: calc_priority runs unless the running cap stops the pass
         while budget > 0 and (candidates or self.queue):
-            if not candidates and len(e._running) + len(batch) >= e.cfg.max_running_requests:
+            if not candidates and len(e.running_set) + len(batch) >= e.cfg.max_running_requests:
                 break
             live = candidates.pop() if candidates else self.queue.peek()
             assert live is not None
             if not e._admit(live, budget, batch):
                 if live is chunked:
                     self._chunked = chunked  # keeps its lock and progress; tries again next round
-                elif not e._running and not batch and self._chunked is None:
+                elif not e.running_set and not batch and self._chunked is None:
                     e._abort(self.queue.pop())  # cannot fit even in an empty engine
                     continue
                 break
@@ -101,19 +125,17 @@ class SGLangBatcher:
     def _join(self, live: _Live) -> None:
         e = self.eng
         seq = live.seq
-        e._running[seq] = live
         self._fresh[seq] = live
         live.join_step = e.decode_steps
         live.join_ctx = len(live.tokens)
-        e._ctx_sum += live.join_ctx
         left = live.req.output_len - live.generated
-        e._remaining += left
+        e.running_set.join(live, live.join_ctx, left)
         heapq.heappush(self._finish_heap, (e.decode_steps + left, seq))
 
     # -- decode --------------------------------------------------------------------------------------------
     def _decode(self, until_s: float) -> None:
         e = self.eng
-        running = e._running
+        running = e.running_set.requests
         batch = len(running)
         heap = self._finish_heap
         while heap[0][1] not in running or self._finish_step(heap[0][1]) != heap[0][0]:
@@ -127,7 +149,7 @@ class SGLangBatcher:
             live = self._chunked if self._chunked is not None else self.queue.peek()
             capped = batch >= e.cfg.max_running_requests
             limit = e._steps_until_admissible(live, e.cfg.chunked_prefill_tokens, batch, limit, capped)
-        run = e.model.decode_run(batch, e._ctx_sum)
+        run = e.model.decode_run(batch, e.running_set.ctx_tokens)
         horizon = min(e.next_arrival_s, until_s)
         n = run.steps_to_reach(horizon - e.now_s, limit) if horizon < math.inf else limit
         e.cache.make_room(n * batch)
@@ -150,12 +172,10 @@ class SGLangBatcher:
                 live.times.extend(times)
         e.now_s += run.total_s(n)
         e.decode_steps += n
-        e._ctx_sum += n * batch
-        e._remaining -= n * batch
+        e.running_set.advance(n, batch)
         self._last_decode_end_s = e.now_s
         self._common = batch
         self._fresh.clear()
-        e._ratio = max(e.cfg.new_token_ratio, e._ratio - n * e.cfg.token_ratio_decay_per_step)
         while heap and heap[0][0] <= e.decode_steps:
             step, seq = heapq.heappop(heap)
             done = running.get(seq)
@@ -166,7 +186,7 @@ class SGLangBatcher:
     def _tbt_by_class(self, run: DecodeRun, n: int, first_end: float) -> None:
         """The gaps of this run, per SLO class (``_common`` is the running requests not in ``_fresh``)."""
         e = self.eng
-        counts = Counter(live.req.slo_class for live in e._running.values())
+        counts = Counter(live.req.slo_class for live in e.running_set.requests.values())
         fresh = Counter(live.req.slo_class for live in self._fresh.values())
         for slo_class, count in counts.items():
             hist = e._class_tbt(slo_class)
@@ -177,7 +197,7 @@ class SGLangBatcher:
             e._class_tbt(live.req.slo_class).add(first_end - live.last_token_s)
 
     def _finish_step(self, seq: int) -> int:
-        live = self.eng._running[seq]
+        live = self.eng.running_set.requests[seq]
         return live.join_step + live.req.output_len - live.generated
 
     def _leave_decode(self, live: _Live) -> None:
@@ -186,18 +206,16 @@ class SGLangBatcher:
         While a request decodes, ``generated`` holds its count at join; the steps since then are added here.
         """
         e = self.eng
-        del e._running[live.seq]
         if self._fresh.pop(live.seq, None) is None:
             self._common -= 1
         steps = e.decode_steps - live.join_step
-        e._ctx_sum -= live.join_ctx + steps
-        e._remaining -= live.req.output_len - live.generated - steps
+        e.running_set.leave(live, live.join_ctx + steps, live.req.output_len - live.generated - steps)
         e.cache.inflight_tokens -= steps
         live.generated += steps
 
     def _retract_newest(self) -> None:
-        seq = next(reversed(self.eng._running))
-        live = self.eng._running[seq]
+        live = self.eng.running_set.newest()
+        seq = live.seq
         was_fresh = seq in self._fresh
         self._leave_decode(live)
         live.last_token_s = live.last_token_s if was_fresh else self._last_decode_end_s

@@ -44,7 +44,7 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from schedctl.files import AtomicWriter, InputFileError, validation_message
-from schedctl.sim.fit import FitReport, design_matrix, fit_step_profile, predict_s
+from schedctl.sim.fit import FitReport, Form, choose_form, design_matrix, fit_step_profile, holdout_split, predict_s
 from schedctl.sim.profiles import GPUProfile, ModelProfile
 from schedctl.sim.step_time import StepBatch, StepTimeProfile
 
@@ -303,23 +303,23 @@ def neutral_profile() -> StepTimeProfile:
 
 
 def fit_rows(
-    rows: Sequence[StepRow], source: str, initial: StepTimeProfile | None = None
+    rows: Sequence[StepRow], source: str, initial: StepTimeProfile | None = None, form: Form | str = "auto",
+    prior_weight: float = 0.0,
 ) -> tuple[StepTimeProfile, FitReport]:
-    return fit_step_profile([r.batch() for r in rows], [r.seconds for r in rows], initial or neutral_profile(),
-                            source)
+    """Fit ``form`` (roofline | launch) to the rows; ``auto``: the form with the lower error on rows held back
+    from these rows (:func:`schedctl.sim.fit.choose_form`)."""
+    batches, seconds = [r.batch() for r in rows], [r.seconds for r in rows]
+    start = initial or neutral_profile()
+    if form == "auto":
+        form, _ = choose_form(batches, seconds, start, prior_weight=prior_weight)
+    if form not in ("roofline", "launch"):
+        raise ValueError(f"unknown model form {form!r} (auto, roofline, launch)")
+    return fit_step_profile(batches, seconds, start, source, form=form,  # type: ignore[arg-type]
+                            prior_weight=prior_weight)
 
 
 def predicted_s(profile: StepTimeProfile, rows: Sequence[StepRow]) -> np.ndarray:
     return predict_s(profile, design_matrix([r.batch() for r in rows]))
-
-
-def holdout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train, held-back) row indices: a seeded random ``fraction`` held back (at least 1 if fraction > 0)."""
-    if not 0 <= fraction < 1:
-        raise ValueError("the held-back fraction must be in [0, 1)")
-    order = np.random.default_rng(seed).permutation(n)
-    k = 0 if fraction == 0 else max(1, round(n * fraction))
-    return np.sort(order[k:]), np.sort(order[:k])
 
 
 class Holdout(BaseModel):
@@ -335,12 +335,14 @@ class Holdout(BaseModel):
 
 
 def evaluate_holdout(rows: Sequence[StepRow], fraction: float, seed: int, source: str,
-                     initial: StepTimeProfile | None = None) -> tuple[Holdout, FitReport]:
-    """Fit on the rows not held back; predict the held-back ones. Returns them and the training fit's report."""
+                     initial: StepTimeProfile | None = None, form: Form | str = "auto",
+                     prior_weight: float = 0.0) -> tuple[Holdout, FitReport]:
+    """Fit on the rows not held back (``auto`` chooses the form from those rows alone); predict the held-back
+    ones. Returns them and the training fit's report."""
     train, held = holdout_split(len(rows), fraction, seed)
     if len(held) == 0:
         raise ValueError("nothing held back")
-    profile, report = fit_rows([rows[i] for i in train], source, initial)
+    profile, report = fit_rows([rows[i] for i in train], source, initial, form, prior_weight)
     held_rows = [rows[i] for i in held]
     return Holdout(rows=held_rows, predicted_s=predicted_s(profile, held_rows).tolist()), report
 
@@ -362,7 +364,8 @@ def fit_table(report: FitReport, source: str, profile: StepTimeProfile, gpu: GPU
     """The ``[fit]`` table of a profile TOML."""
     out: dict[str, Any] = {
         "source": source, "rows": report.rows, "mape": report.mape, "median_ape": report.median_ape,
-        "worst_ape": report.worst_ape, "compute_bound_rows": report.compute_bound_rows,
+        "worst_ape": report.worst_ape, "compute_bound_rows": report.compute_bound_rows, "form": report.form,
+        "launch_bound_rows": report.launch_bound_rows,
         "unidentified": list(report.unidentified), "from_initial": list(report.from_initial),
     }
     if model is not None:

@@ -31,9 +31,10 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schedctl.policies.spec import FCFSSpec, PolicySpec, is_token_budget
+from schedctl.policies.spec import FCFSSpec, PolicySpec, is_token_budget, policy_label
 from schedctl.sim.radix_cache import KVNode, RadixKVCache
 from schedctl.sim.records import RequestLog, RequestRow, TBTHistogram
+from schedctl.sim.running import RunningSet
 from schedctl.sim.step_time import StepTimeModel
 from schedctl.tokens import SYNTHETIC_TOKEN_BASE, IdAllocator, TokenArray
 from schedctl.workloads.types import Request
@@ -50,6 +51,9 @@ class EngineConfig(BaseModel):
     new_token_ratio: float = Field(default=0.4, ge=0, le=1, description="share of remaining outputs reserved")
     retract_token_ratio: float = Field(default=0.9, ge=0, le=1, description="reserve share right after a retraction")
     token_ratio_decay_per_step: float = Field(default=0.001, ge=0)
+    init_new_token_ratio: float | None = Field(default=None, ge=0, le=1, description=(
+        "reserve share at start and whenever the engine falls idle, decaying to new_token_ratio (SGLang's "
+        "NewTokenRatioTracker); unset: new_token_ratio from the start"))
     record_token_times: bool = False
     max_decode_run_steps: int | None = Field(
         default=None, ge=1, description="cap on decode steps advanced at once (1 = the step-by-step loop; tests)"
@@ -57,6 +61,28 @@ class EngineConfig(BaseModel):
     tbt_by_class: bool = Field(default=False, description="also keep one TBT histogram per request SLO class")
     tile_tokens: int | None = Field(default=None, ge=1, description="GPU matmul tile width (RAD); unset: 128")
     trace_iterations: bool = Field(default=False, description="hybrid mode: keep a record of every iteration")
+    sglang_lpm: bool = Field(default=False, description=(
+        "fcfs/lpm order the waiting queue as SGLang 0.5.23's own scheduler does (sim/sglang_pass.py): LPM off above "
+        "128 waiting, requests sharing a cold prefix deprioritised within a pass; off: the idealised k-LPM queue"))
+    sglang_plugin_order: bool = Field(default=False, description=(
+        "every queue policy orders as the schedctl plugin inside SGLang does (sim/sglang_pass.py): SGLang's "
+        "deprioritisation, then k-LPM; with sglang_lpm or this, a batch's requests do not share uncached prefixes"))
+
+
+def sglang_engine_config(schedule_conservativeness: float = 1.0, **fields: object) -> EngineConfig:
+    """The engine as SGLang 0.5.23's scheduler runs: its own pass order (``sglang_lpm``) and its reserve share.
+
+    ``srt/managers/scheduler_components/new_token_ratio_tracker.py``: init = min(0.7 * schedule_conservativeness,
+    1), min = init * 0.14, decay = (init - min) / 600 per decode step, reset to init when the server is idle
+    (``SGLANG_INIT_NEW_TOKEN_RATIO``, ``SGLANG_MIN_NEW_TOKEN_RATIO_FACTOR``, ``SGLANG_NEW_TOKEN_RATIO_DECAY_STEPS``
+    in ``srt/environ.py``). A retraction there sets the share from what the retracted requests decoded; here it
+    is raised to ``retract_token_ratio``.
+    """
+    init = min(0.7 * schedule_conservativeness, 1.0)
+    floor = min(init * 0.14, 1.0)
+    base: dict[str, object] = dict(new_token_ratio=floor, init_new_token_ratio=init,
+                                   token_ratio_decay_per_step=(init - floor) / 600, sglang_lpm=True)
+    return EngineConfig.model_validate({**base, **fields})
 
 
 class PolicyFamilyError(ValueError):
@@ -121,10 +147,7 @@ class SimEngine:
         self.retractions = 0
         self._source: Iterator[Request] = iter(())
         self._next: Request | None = None
-        self._running: dict[int, _Live] = {}  # decoding requests; insertion order = admission order (newest last)
-        self._ctx_sum = 0  # KV tokens of the decoding requests
-        self._remaining = 0  # output tokens still to come for the decoding requests
-        self._ratio = config.new_token_ratio
+        self.running_set = RunningSet(config)  # the decoding requests and their KV accounting
         self._out_ids = IdAllocator(_OUTPUT_TOKEN_BASE)
         self._batcher: Batcher = self._make_batcher(self.policy)
         self.add_requests(requests)
@@ -154,9 +177,9 @@ class SimEngine:
         (their batchers keep different per-request bookkeeping); otherwise :class:`PolicyFamilyError`.
         """
         if is_token_budget(spec) != is_token_budget(self.policy):
-            if self._running or self._batcher.has_work:
+            if self.running_set or self._batcher.has_work:
                 raise PolicyFamilyError(
-                    f"cannot switch from {self.policy.kind} to {spec.kind} while requests are in flight: the "
+                    f"cannot switch from {self.policy.kind} to {policy_label(spec)} while requests are in flight: the "
                     "queue-ordering (fcfs/lpm/klpm) and token-budget (sarathi/slai/rad) families form batches "
                     "differently; switch within a family, or before the first arrival"
                 )
@@ -174,7 +197,7 @@ class SimEngine:
 
     @property
     def running(self) -> int:
-        return len(self._running)
+        return len(self.running_set)
 
     @property
     def kv_utilization(self) -> float:
@@ -182,11 +205,16 @@ class SimEngine:
         return 1.0 - self.cache.available_tokens / self.cache.capacity_tokens
 
     @property
+    def new_token_ratio(self) -> float:
+        """The share of the outputs still to come that admission reserves KV for, now."""
+        return self.running_set.ratio
+
+    @property
     def next_arrival_s(self) -> float:
         return self._next.arrival_s if self._next is not None else math.inf
 
     def done(self) -> bool:
-        return self._next is None and not self._batcher.has_work and not self._running
+        return self._next is None and not self._batcher.has_work and not self.running_set
 
     # -- the loop ------------------------------------------------------------------------------------------
     def run(self, until_s: float = math.inf, on_event: Callable[[SimEngine], None] | None = None) -> None:
@@ -196,6 +224,7 @@ class SimEngine:
             if self.now_s >= until_s:
                 return
             if not self._batcher.step(until_s):
+                self.running_set.idle()
                 if self._next is None:
                     return
                 self.now_s = min(self._next.arrival_s, until_s)  # idle until the next arrival
@@ -235,10 +264,11 @@ class SimEngine:
         cache = self.cache
         tokens = live.tokens
         fresh = live.node is None
-        others = bool(self._running or batch)
+        others = bool(self.running_set or batch)
+        rs = self.running_set
         if fresh and whole_prompt:
             cached, pinned = cache.prefix_unlocked(tokens, len(tokens) - 1)
-            if self._need(live, cached, len(tokens), others, self._ratio, self._remaining) > (
+            if self._need(live, cached, len(tokens), others, rs.ratio, rs.remaining_tokens) > (
                 cache.available_tokens - pinned
             ):
                 return False
@@ -247,19 +277,24 @@ class SimEngine:
         else:
             assert live.node is not None
             node, cached = live.node, live.done_tokens
-        need = self._need(live, cached, budget, others, self._ratio, self._remaining)
+        need = self._need(live, cached, budget, others, rs.ratio, rs.remaining_tokens)
         if need > cache.available_tokens:
             if fresh:
                 cache.unlock(node)
             return False
         take = min(len(tokens) - cached, budget)
+        # SGLang matches a request against the tree as it was before this batch: requests of one batch that share
+        # an uncached prefix each compute it (scheduler.py inserts a batch's KV after its forward). The idealised
+        # engine shares it within the round.
+        sglang = self.cfg.sglang_lpm or self.cfg.sglang_plugin_order
+        seen = cache.depth_before_round(node) if fresh and sglang and not whole_prompt else cached
         if fresh and live.cached_tokens < 0:
-            live.cached_tokens = cached
-            cache.record_lookup(len(tokens), cached)
+            live.cached_tokens = seen
+            cache.record_lookup(len(tokens), seen)
         cache.make_room(take)
         live.node = cache.extend_locked(node, tokens, cached + take)
         live.done_tokens = cached + take
-        batch.append((live, take, cached))
+        batch.append((live, take + cached - seen, seen))
         return True
 
     def _steps_until_admissible(
@@ -273,7 +308,8 @@ class SimEngine:
         ``capped``: the running-request cap stops a fresh admission anyway (until a completion, an event).
         ``reserved``: KV tokens allocated before the admission check (a hybrid iteration's decodes go first).
         """
-        if live is None or self._ratio <= self.cfg.new_token_ratio:
+        rs = self.running_set
+        if live is None or rs.ratio <= self.cfg.new_token_ratio:
             return limit
         if live.node is None and capped:
             return limit
@@ -284,8 +320,8 @@ class SimEngine:
         available = self.cache.available_tokens - pinned - reserved  # locking its prefix pins those
         decay, floor = self.cfg.token_ratio_decay_per_step, self.cfg.new_token_ratio
         for j in range(1, limit):
-            ratio = max(floor, self._ratio - j * decay)
-            if self._need(live, cached, budget, True, ratio, self._remaining - j * batch) <= available - j * batch:
+            ratio = max(floor, rs.ratio - j * decay)
+            if self._need(live, cached, budget, True, ratio, rs.remaining_tokens - j * batch) <= available - j * batch:
                 return j
         return limit
 
@@ -345,7 +381,7 @@ class SimEngine:
         live.done_tokens = 0
         live.retractions += 1
         self.retractions += 1
-        self._ratio = max(self._ratio, self.cfg.retract_token_ratio)
+        self.running_set.retracted()
         self._batcher.push(live)
 
     def _output_ids(self, live: _Live) -> TokenArray:

@@ -119,7 +119,7 @@ class HybridBatcher:
         return self.batch_time_s / self.batches if self.batches else 0.0
 
     def step(self, until_s: float) -> bool:
-        if not (self.eng._running or self._waiting or self._partials):
+        if not (self.eng.running_set.requests or self._waiting or self._partials):
             return False
         return self._bulk(until_s) or self._iterate()
 
@@ -132,7 +132,7 @@ class HybridBatcher:
     def _iterate(self) -> bool:
         e, spec, budget = self.eng, self.spec, self._budget
         start_s, kv, mean_s = e.now_s, e.kv_utilization, self.mean_batch_s
-        first = list(e._running.values())  # the decodes that get their token before any prefill
+        first = list(e.running_set.requests.values())  # the decodes that get their token before any prefill
         rest: list[_Live] = []  # SLAI: the non-critical decodes, in deadline order
         chunks: list[tuple[_Live, int, int]] = []
         theta = math.nan
@@ -172,7 +172,7 @@ class HybridBatcher:
                 cache.inflight_tokens += extra
                 first += rest[:extra]
         if not first and not chunks:
-            if e._running:
+            if e.running_set.requests:
                 self._retract_newest()  # no memory even for one decode token
                 return True
             return False
@@ -189,12 +189,12 @@ class HybridBatcher:
             if budget <= 0 or not e._admit(live, budget, chunks):
                 return budget  # head of line: nothing overtakes a partial prefill that does not fit
             budget -= chunks[-1][1]
-        in_flight = len(e._running) + len(self._partials)
+        in_flight = len(e.running_set.requests) + len(self._partials)
         while budget > 0 and self._waiting and in_flight < self.spec.max_running_requests:
             live = self._waiting[0][1]
             too_long = len(live.tokens) > e.cache.capacity_tokens
             if too_long or not e._admit(live, budget, chunks, whole_prompt=True):
-                if too_long or not (e._running or chunks or self._partials):
+                if too_long or not (e.running_set.requests or chunks or self._partials):
                     heapq.heappop(self._waiting)
                     e._abort(live)  # cannot fit even in an empty engine
                     continue
@@ -211,13 +211,15 @@ class HybridBatcher:
                    mean_s: float, theta: float, critical: tuple[int, ...]) -> None:
         e = self.eng
         n = len(decodes)
-        ctx = e._ctx_sum if n == len(e._running) else sum(d.join_ctx + d.decoded for d in decodes)
-        new, seqs, attn, kv_tokens = n, n, ctx + n, ctx + n
+        rs = e.running_set
+        ctx = rs.ctx_tokens if n == len(rs.requests) else sum(d.join_ctx + d.decoded for d in decodes)
+        new, seqs, attn, kv_tokens, prefill_ctx = n, n, ctx + n, ctx + n, 0
         for _live, take, cached in chunks:
             new, seqs = new + take, seqs + 1
             attn += take * cached + take * (take + 1) // 2
             kv_tokens += cached + take
-        dt = e.model.step_s(StepBatch(new, seqs, attn, kv_tokens))
+            prefill_ctx += cached
+        dt = e.model.step_s(StepBatch(new, seqs, attn, kv_tokens, len(chunks), prefill_ctx))
         decoding = self._snapshot()
         e.now_s = now = start_s + dt
         self.batches += 1
@@ -237,8 +239,7 @@ class HybridBatcher:
                 d.times.append(now)
         for (last_s, slo_class), count in gaps.items():
             e._add_tbt(now - last_s, count, slo_class)
-        e._ctx_sum += n
-        e._remaining -= n
+        e.running_set.advance(1, n)
         self._finish_done(decodes)
         for live, _take, _cached in chunks:
             if live.done_tokens == len(live.tokens):
@@ -246,14 +247,13 @@ class HybridBatcher:
                     self._partials.remove(live)
                 if e._emit_prefill_token(live):
                     self._join(live)
-        e._ratio = max(e.cfg.new_token_ratio, e._ratio - e.cfg.token_ratio_decay_per_step)
         if decoding is not None:
             self._record(start_s, 1, decodes, chunks, decoding, kv, mean_s, theta, critical)
 
     # -- bulk runs of decode-only iterations ---------------------------------------------------------------
     def _bulk(self, until_s: float) -> bool:
         e, spec = self.eng, self.spec
-        running = e._running
+        running = e.running_set.requests
         batch = len(running)
         if batch == 0 or e.cfg.max_decode_run_steps == 1 or batch > self._budget:
             return False
@@ -298,15 +298,15 @@ class HybridBatcher:
             cached, pinned = e.cache.prefix_unlocked(live.tokens, len(live.tokens) - 1)
         else:
             cached, pinned = live.done_tokens, 0
-        need = e._need(live, cached, budget, True, e._ratio, e._remaining)
+        need = e._need(live, cached, budget, True, e.running_set.ratio, e.running_set.remaining_tokens)
         return need <= e.cache.available_tokens - pinned - reserved
 
     def _advance(self, limit: int, until_s: float) -> None:
         """Run up to ``limit`` decode-only iterations of every running decode at once (closed-form durations)."""
         e = self.eng
-        decodes = list(e._running.values())
+        decodes = list(e.running_set.requests.values())
         batch = len(decodes)
-        run = e.model.decode_run(batch, e._ctx_sum)
+        run = e.model.decode_run(batch, e.running_set.ctx_tokens)
         horizon = min(e.next_arrival_s, until_s)
         n = run.steps_to_reach(horizon - e.now_s, limit) if horizon < math.inf else limit
         start_s, kv, mean_s = e.now_s, e.kv_utilization, self.mean_batch_s
@@ -343,9 +343,7 @@ class HybridBatcher:
         self.batches += n
         self.batch_time_s += run.total_s(n)
         self._cycle_prefills = 0
-        e._ctx_sum += n * batch
-        e._remaining -= n * batch
-        e._ratio = max(e.cfg.new_token_ratio, e._ratio - n * e.cfg.token_ratio_decay_per_step)
+        e.running_set.advance(n, batch)
         self._finish_done(decodes)
         if decoding is not None:
             theta = slai.theta(self.spec, kv) if isinstance(self.spec, SLAISpec) else math.nan
@@ -355,18 +353,14 @@ class HybridBatcher:
     # -- joining and leaving the decode batch --------------------------------------------------------------
     def _join(self, live: _Live) -> None:
         e = self.eng
-        e._running[live.seq] = live
         live.join_ctx = len(live.tokens)
         live.decoded = 0
-        e._ctx_sum += live.join_ctx
-        e._remaining += live.req.output_len - live.generated
+        e.running_set.join(live, live.join_ctx, live.req.output_len - live.generated)
 
     def _leave(self, live: _Live) -> None:
         e = self.eng
-        del e._running[live.seq]
         e.cache.inflight_tokens -= live.decoded
-        e._ctx_sum -= live.join_ctx + live.decoded
-        e._remaining -= live.req.output_len - live.generated
+        e.running_set.leave(live, live.join_ctx + live.decoded, live.req.output_len - live.generated)
         live.decoded = 0
 
     def _finish_done(self, decodes: list[_Live]) -> None:
@@ -378,7 +372,7 @@ class HybridBatcher:
             self.eng._finish(d)
 
     def _retract_newest(self) -> None:
-        live = self.eng._running[next(reversed(self.eng._running))]
+        live = self.eng.running_set.newest()
         self._leave(live)
         self.eng._requeue(live)  # keeps its last-token time: the stall shows in its next gap
 
@@ -386,7 +380,8 @@ class HybridBatcher:
     def _snapshot(self) -> tuple[tuple[int, float, str], ...] | None:
         if self.iterations is None:
             return None
-        return tuple((d.req.request_id, d.last_token_s, d.req.slo_class) for d in self.eng._running.values())
+        running = self.eng.running_set.requests.values()
+        return tuple((d.req.request_id, d.last_token_s, d.req.slo_class) for d in running)
 
     def _record(self, start_s: float, steps: int, decodes: list[_Live], chunks: list[tuple[_Live, int, int]],
                 decoding: tuple[tuple[int, float, str], ...], kv: float, mean_s: float, theta: float,

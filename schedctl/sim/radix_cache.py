@@ -23,12 +23,13 @@ InsertListener = Callable[[Tokens, int, int], None]
 
 
 class KVNode(RadixNode):
-    __slots__ = ("last_access", "lock_ref")
+    __slots__ = ("born_round", "last_access", "lock_ref")
 
     def __init__(self, key: TokenArray, parent: RadixNode | None, depth: int) -> None:
         super().__init__(key, parent, depth)
         self.lock_ref = 0
         self.last_access = 0
+        self.born_round = -1  # the prefill round whose admission inserted these tokens (-1: a finished request)
 
 
 class _KVTree(RadixTree[KVNode]):
@@ -39,6 +40,7 @@ class _KVTree(RadixTree[KVNode]):
     def _on_split(self, mid: KVNode, child: KVNode) -> None:
         mid.lock_ref = child.lock_ref  # whatever locks the child's path locks the new middle node too
         mid.last_access = child.last_access
+        mid.born_round = child.born_round
         self.version += 1
 
     def remove_leaf(self, node: KVNode) -> None:
@@ -63,6 +65,7 @@ class RadixKVCache:
         self._lru: list[tuple[int, int, KVNode]] = []  # (last_access, tiebreak, leaf); lazily invalidated
         self._tiebreak = 0
         self._listeners: list[InsertListener] = []
+        self.round = 0  # the current prefill round, as the engine counts them (stamps what admission inserts)
 
     # -- queries -------------------------------------------------------------------------------------------
     @property
@@ -141,6 +144,13 @@ class RadixKVCache:
                     self._push_lru(cur)
             cur = cur.parent  # type: ignore[assignment]
 
+    def depth_before_round(self, node: KVNode) -> int:
+        """How much of the path ending at ``node`` was cached before the current round's admissions."""
+        cur = node
+        while cur.born_round == self.round and cur.parent is not None:
+            cur = cur.parent  # type: ignore[assignment]
+        return cur.depth
+
     def prefix_unlocked(self, tokens: Tokens, limit: int) -> tuple[int, int]:
         """(cached length of ``tokens[:limit]``, how many of those cached tokens are unlocked) — no side effects.
 
@@ -170,6 +180,9 @@ class RadixKVCache:
         tokens = as_tokens(tokens)
         path = tokens if end == len(tokens) else tokens[:end]
         leaf, matched, new_nodes = self.tree.insert(path, start=node)
+        for n in new_nodes:
+            if n.depth > matched:  # not a split node: those hold tokens that were there before
+                n.born_round = self.round
         self.tree.version += 1
         added = end - matched
         self.tree_tokens += added

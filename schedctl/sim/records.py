@@ -15,7 +15,7 @@ import itertools
 import math
 import os
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from schedctl.files import AtomicWriter
 from schedctl.sim.step_time import DecodeRun
-from schedctl.stats import LatencyDist, histogram_quantile
+from schedctl.stats import LatencyDist, histogram_quantile, quantile
 
 _LO_S = 1e-5
 _RATIO = 1.01
@@ -196,6 +196,25 @@ class ServingSummary(BaseModel):
     throughput_rps: float
     output_tokens_per_s: float
     cache_hit_rate: float
+
+
+def serving_figures(
+    *, requests: int, ttft_s: Sequence[float] | np.ndarray, tbt: TBTHistogram | Sequence[float] | np.ndarray,
+    span_s: float, output_tokens: int, cached_tokens: int | None, prompt_tokens: int,
+) -> dict[str, float | int]:
+    """ServingSummary's fields, computed one way for a simulated and a live run (callers choose the requests:
+    finished ones, warm-up left out). ``tbt``: every gap between two consecutive tokens, or the simulator's
+    histogram of them; ``span_s``: first arrival to last finish; ``cached_tokens`` None: no cache figure (NaN)."""
+    ttft = np.asarray(ttft_s, dtype=float)
+    tbt_q = tbt.quantile if isinstance(tbt, TBTHistogram) else (lambda q: quantile(tbt, q))
+    return dict(
+        requests=requests, ttft_mean_s=float(ttft.mean()) if ttft.size else math.nan,
+        ttft_p50_s=quantile(ttft, 0.5), ttft_p90_s=quantile(ttft, 0.9), ttft_p99_s=quantile(ttft, 0.99),
+        ttft_max_s=float(ttft.max()) if ttft.size else math.nan, tbt_p50_s=tbt_q(0.5), tbt_p99_s=tbt_q(0.99),
+        throughput_rps=requests / span_s if span_s > 0 else 0.0,
+        output_tokens_per_s=output_tokens / span_s if span_s > 0 else 0.0,
+        cache_hit_rate=cached_tokens / prompt_tokens if cached_tokens is not None and prompt_tokens else math.nan,
+    )
 
 
 class RequestLog:

@@ -1,20 +1,30 @@
 """Step-time model: how long one forward step of a serving engine takes, from the GPU and the LLM.
 
 A step processes, for each sequence i in the batch, e_i new tokens on top of c_i cached context tokens (a
-prefill chunk has e_i >= 1; a decode has e_i = 1). Four batch features carry everything the model needs:
+prefill chunk has e_i >= 1; a decode has e_i = 1). Six batch features carry everything the model needs:
 
-    new_tokens      = sum e_i                                  dense matmul work (FFN + projections)
-    seqs            = number of sequences                      one LM-head row (logits) per sequence
-    attn_ctx_tokens = sum e_i*c_i + e_i*(e_i+1)/2             (query, key) pairs of causal attention
-    kv_tokens       = sum (c_i + e_i)                          KV-cache tokens read or written
+    new_tokens         = sum e_i                               dense matmul work (FFN + projections)
+    seqs               = number of sequences                   one LM-head row (logits) per sequence
+    attn_ctx_tokens    = sum e_i*c_i + e_i*(e_i+1)/2          (query, key) pairs of causal attention
+    kv_tokens          = sum (c_i + e_i)                       KV-cache tokens read or written
+    prefill_seqs       = prefill chunks in the step            (0: a decode-only step)
+    prefill_ctx_tokens = sum c_i over the prefill chunks       cached context a prefill attends to
 
-    compute_s = cn*new_tokens + cs*seqs + ca*attn_ctx_tokens   (FLOPs / achieved FLOP/s)
+    compute_s = cn*new_tokens + cs*seqs + ca*attn_ctx_tokens + cp*prefill_ctx_tokens   (FLOPs / achieved FLOP/s)
     memory_s  = m0 + mk*kv_tokens                              (weight bytes + KV bytes) / achieved bandwidth
-    step_s    = overhead_s + max(compute_s, memory_s)          roofline: the slower of the two, plus overhead
+    launch_s  = l0*[prefill_seqs > 0] + lc*[prefill_ctx_tokens > 0]    host time to launch a prefill's kernels
+    step_s    = overhead_s + max(compute_s, memory_s, launch_s)   the slowest of the three, plus overhead
 
-From a datasheet the coefficients are FLOPs or bytes per feature divided by peak throughput times an
-efficiency; `fit_step_profile` instead fits them to measured step timings (non-negative least squares, one fit
-per roofline regime, alternating until the regimes settle).
+The first two roofs are the datasheet roofline: from a datasheet the coefficients are FLOPs or bytes per feature
+divided by peak throughput times an efficiency, and the launch roof and ``cp`` are 0. The launch roof and the
+per-context-token cost are what measured small steps show the roofline misses (config/profiles/README.md,
+docs/fidelity.md): a prefill run eagerly (no CUDA graph) cannot finish before the host has launched its
+kernels, a few per layer, so a prefill of 128 tokens takes as long as one of 512; and a short chunk over a long
+cached context keeps few attention tiles busy, so its attention costs per context token, not per (query, key)
+pair. With every new coefficient 0 the model is exactly the roofline. `fit_step_profile` fits the coefficients
+to measured step timings (non-negative least squares of the relative error, one fit per regime, alternating
+until the regimes settle); :func:`transfer_profile` carries a fitted profile to another GPU or model through
+the datasheet ratios.
 
 Decode steps between scheduler events are advanced in bulk: with a fixed batch every feature grows linearly
 with the step index j, so compute and memory times are lines in j and a run of n steps has a closed-form
@@ -35,23 +45,26 @@ from schedctl.sim.profiles import GPUProfile, ModelProfile
 
 @dataclass(frozen=True, slots=True)
 class StepBatch:
-    """The four features of one forward step (see the module docstring)."""
+    """The features of one forward step (see the module docstring)."""
 
     new_tokens: float
     seqs: float
     attn_ctx_tokens: float
     kv_tokens: float
+    prefill_seqs: float = 0.0
+    prefill_ctx_tokens: float = 0.0
 
     @staticmethod
     def of(chunks: Sequence[tuple[int, int]]) -> StepBatch:
-        """Features of a batch given (new tokens e_i, cached context c_i) per sequence."""
-        new = seqs = attn = kv = 0
+        """Features of a prefill step given (new tokens e_i, cached context c_i) per prefill chunk."""
+        new = seqs = attn = kv = ctx = 0
         for e, c in chunks:
             new += e
             seqs += 1
             attn += e * c + e * (e + 1) // 2
             kv += c + e
-        return StepBatch(new, seqs, attn, kv)
+            ctx += c
+        return StepBatch(new, seqs, attn, kv, seqs, ctx)
 
     @staticmethod
     def from_counts(
@@ -69,11 +82,16 @@ class StepBatch:
         attn = prefill_tokens * (prefill_context_tokens / p_seqs if p_seqs else 0.0) + p_seqs * per_e * (per_e + 1) / 2
         attn += decode_context_tokens + decode_seqs
         kv = prefill_context_tokens + prefill_tokens + decode_context_tokens + decode_seqs
-        return StepBatch(prefill_tokens + decode_seqs, p_seqs + decode_seqs, attn, kv)
+        return StepBatch(prefill_tokens + decode_seqs, p_seqs + decode_seqs, attn, kv, p_seqs,
+                         prefill_context_tokens if p_seqs else 0)
 
 
 class StepTimeProfile(BaseModel):
-    """Coefficients of the step-time model, in seconds per unit of each feature."""
+    """Coefficients of the step-time model, in seconds per unit of each feature.
+
+    The last three (the launch roof and the per-prefill-context-token cost) default to 0: a profile written
+    before they existed loads unchanged and predicts what it did.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -83,6 +101,9 @@ class StepTimeProfile(BaseModel):
     s_per_attn_ctx_token: float = Field(ge=0)
     memory_base_s: float = Field(ge=0)
     s_per_kv_token: float = Field(ge=0)
+    s_per_prefill_ctx_token: float = Field(default=0.0, ge=0)
+    prefill_launch_s: float = Field(default=0.0, ge=0)
+    prefill_ctx_launch_s: float = Field(default=0.0, ge=0)
     source: str = "datasheet"  # "datasheet" or what it was fitted from
 
     @staticmethod
@@ -116,6 +137,7 @@ class StepTimeModel:
         self.profile = profile
         p = profile
         self._coef = (p.s_per_new_token, p.s_per_seq, p.s_per_attn_ctx_token, p.memory_base_s, p.s_per_kv_token)
+        self._cp, self._l0, self._lc = p.s_per_prefill_ctx_token, p.prefill_launch_s, p.prefill_ctx_launch_s
 
     @staticmethod
     def for_hardware(gpu: GPUProfile, model: ModelProfile) -> StepTimeModel:
@@ -124,11 +146,18 @@ class StepTimeModel:
     def terms(self, b: StepBatch) -> tuple[float, float]:
         """(compute_s, memory_s) of a step, before the max and the overhead."""
         cn, cs, ca, m0, mk = self._coef
-        return cn * b.new_tokens + cs * b.seqs + ca * b.attn_ctx_tokens, m0 + mk * b.kv_tokens
+        compute = cn * b.new_tokens + cs * b.seqs + ca * b.attn_ctx_tokens + self._cp * b.prefill_ctx_tokens
+        return compute, m0 + mk * b.kv_tokens
+
+    def launch_s(self, b: StepBatch) -> float:
+        """The launch roof: 0 for a decode-only step (decodes replay CUDA graphs)."""
+        if b.prefill_seqs <= 0:
+            return 0.0
+        return self._l0 + (self._lc if b.prefill_ctx_tokens > 0 else 0.0)
 
     def step_s(self, b: StepBatch) -> float:
         compute, memory = self.terms(b)
-        return self.profile.overhead_s + max(compute, memory)
+        return self.profile.overhead_s + max(compute, memory, self.launch_s(b))
 
     def decode_run(self, batch_size: int, context_tokens: int) -> DecodeRun:
         """A run of decode steps of ``batch_size`` sequences whose contexts total ``context_tokens`` now."""
@@ -194,3 +223,32 @@ class DecodeRun:
         """Durations of steps j0..j1-1 as an array (for TBT histograms)."""
         j = np.arange(j0, j1, dtype=float)
         return self.overhead_s + np.maximum(self.c0 + self.c1 * j, self.m0 + self.m1 * j)
+
+
+def transfer_profile(profile: StepTimeProfile, src_gpu: GPUProfile, src_model: ModelProfile, dst_gpu: GPUProfile,
+                     dst_model: ModelProfile) -> StepTimeProfile:
+    """A profile fitted on one GPU and model, carried to another through the datasheet ratios.
+
+    Each compute coefficient scales with the FLOPs of its feature over the peak FLOP/s, each memory coefficient
+    with the bytes of its feature over the peak bandwidth (the achieved efficiencies are assumed to carry over),
+    the launch roof with the number of layers (kernels are launched per layer by the same kind of host), and
+    the per-step overhead with the GPUs' ``step_overhead_s`` (1 when the source's is 0).
+    """
+    flops = src_gpu.peak_flops / dst_gpu.peak_flops
+    bw = src_gpu.bandwidth_bytes_per_s / dst_gpu.bandwidth_bytes_per_s
+    attn = dst_model.num_layers * dst_model.q_dim / (src_model.num_layers * src_model.q_dim) * flops
+    over = dst_gpu.step_overhead_s / src_gpu.step_overhead_s if src_gpu.step_overhead_s else 1.0
+    layers = dst_model.num_layers / src_model.num_layers
+    p = profile
+    return StepTimeProfile(
+        overhead_s=p.overhead_s * over,
+        s_per_new_token=p.s_per_new_token * dst_model.layer_matmul_params / src_model.layer_matmul_params * flops,
+        s_per_seq=p.s_per_seq * dst_model.lm_head_params / src_model.lm_head_params * flops,
+        s_per_attn_ctx_token=p.s_per_attn_ctx_token * attn,
+        s_per_prefill_ctx_token=p.s_per_prefill_ctx_token * attn,
+        memory_base_s=p.memory_base_s * dst_model.weight_bytes / src_model.weight_bytes * bw,
+        s_per_kv_token=p.s_per_kv_token * dst_model.kv_bytes_per_token / src_model.kv_bytes_per_token * bw,
+        prefill_launch_s=p.prefill_launch_s * layers,
+        prefill_ctx_launch_s=p.prefill_ctx_launch_s * layers,
+        source=f"{p.source} -> {dst_gpu.name}/{dst_model.name} (datasheet ratios)",
+    )

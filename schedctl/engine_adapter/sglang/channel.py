@@ -30,7 +30,7 @@ from __future__ import annotations
 from typing import Any
 
 from schedctl.engine_adapter.base import UnsupportedPolicy
-from schedctl.policies.spec import FCFSSpec, KLPMSpec, LPMSpec, PolicySpec, SLAISpec, changed_knobs
+from schedctl.policies.spec import KLPMSpec, PolicySpec, SLAISpec, changed_knobs
 
 KEY_KIND = "schedctl_policy_kind"
 KEY_K = "schedctl_k"
@@ -72,12 +72,8 @@ def encode_policy(spec: PolicySpec | None, version: int) -> dict[str, int]:
         raise ValueError(f"policy version must be >= 1, got {version}")
     if spec is None:
         kind, k = KIND_OFF, K_INF
-    elif isinstance(spec, FCFSSpec):
-        kind, k = KIND_FCFS, 1
-    elif isinstance(spec, LPMSpec):
-        kind, k = KIND_LPM, K_INF
-    elif isinstance(spec, KLPMSpec):
-        kind, k = KIND_KLPM, K_INF if spec.k == "inf" else spec.k
+    elif isinstance(spec, KLPMSpec):  # one spec, three codes (the plugin's prefix-match check reads the code)
+        kind, k = (KIND_FCFS, 1) if spec.k == 1 else ((KIND_LPM, K_INF) if spec.k is None else (KIND_KLPM, spec.k))
     elif isinstance(spec, SLAISpec):
         unusable = sorted(set(changed_knobs(spec)) - SLAI_PREFILL_KNOBS)
         if unusable:
@@ -99,12 +95,8 @@ def decode_policy(kind: int, k: int) -> PolicySpec | None:
     """The PolicySpec for channel numbers (None for off); ValueError for codes this version does not know."""
     if kind == KIND_OFF:
         return None
-    if kind == KIND_FCFS:
-        return FCFSSpec()
-    if kind == KIND_LPM:
-        return LPMSpec()
-    if kind == KIND_KLPM:
-        return KLPMSpec(k="inf" if k == K_INF else k)
+    if kind in (KIND_FCFS, KIND_LPM, KIND_KLPM):
+        return KLPMSpec(k=queue_k_of(kind, k))
     if kind == KIND_SLAI:
         if k > SLAI_STRICT_FIRST + SLAI_FCFS_ORDER:
             raise ValueError(f"slai flags must be 0..3, got {k}")

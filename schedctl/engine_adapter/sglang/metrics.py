@@ -127,8 +127,8 @@ def _add_sample(scrape: Scrape, name: str, labels: dict[str, str], value: float)
     if not isinstance(value, int | float) or not math.isfinite(value):
         if _read(name):
             scrape.problems.append(f"{name}={value!r}")  # the adapter says so once, for the whole scrape
-        else:
-            logger.warning("skipping metric %s with value %r", name, value)
+        else:  # a metric schedctl does not read (SGLang's CPU build exports sglang:fwd_occupancy as NaN every scrape)
+            logger.debug("skipping metric %s with value %r", name, value)
         return
     if name in COUNTS and (value < 0 or value > MAX_COUNT):
         scrape.problems.append(f"{name}={value:.3g}")

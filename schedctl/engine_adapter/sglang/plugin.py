@@ -43,13 +43,14 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from schedctl.engine_adapter.sglang import channel
 from schedctl.policies import slai
+from schedctl.policies.inbatch import held_back
 from schedctl.policies.klpm import klpm_order
-from schedctl.policies.spec import SLAISpec, policy_label
+from schedctl.policies.spec import KLPMSpec, PolicySpec, SLAISpec, policy_label
 
 logger = logging.getLogger("schedctl.sglang.plugin")
 
@@ -107,21 +108,33 @@ class PluginState:
         self.low_values_first = False  # the server's priority direction, read at each pass
         self.inject_fault = False  # test-only (KEY_TEST_FAULT): order() raises, as a bug in our code would
         self._pending: dict[str, int] = {}  # values validated in the push SGLang is validating
+        self._decoded: tuple[int, int, PolicySpec | None] | None = None  # (kind, k, spec): decoded once per push
 
     @property
     def active(self) -> bool:
         return self.kind != channel.KIND_OFF
 
+    @property
+    def spec(self) -> PolicySpec | None:
+        """The pushed policy (None: off), decoded from the channel numbers once after each push, not every pass."""
+        if self._decoded is None or self._decoded[:2] != (self.kind, self.k):
+            self._decoded = (self.kind, self.k, channel.decode_policy(self.kind, self.k))
+        return self._decoded[2]
+
     def queue_k(self) -> int | None:
         """The k-LPM k of the pushed policy (fcfs, lpm, klpm only)."""
-        return channel.queue_k_of(self.kind, self.k)
+        spec = self.spec
+        if not isinstance(spec, KLPMSpec):
+            raise ValueError(f"{self.label()} does not order the queue by k-LPM")
+        return spec.k
 
     def matches_prefixes(self) -> bool:
         """Whether the pushed policy orders by SGLang's prefix matches (lpm, klpm with k > 1)."""
-        return channel.KIND_CODES[self.kind] in channel.PREFIX_MATCH_KINDS and self.queue_k() != 1
+        spec = self.spec
+        return isinstance(spec, KLPMSpec) and spec.k != 1
 
     def label(self) -> str:
-        spec = channel.decode_policy(self.kind, self.k)
+        spec = self.spec
         return "off" if spec is None else policy_label(spec)
 
     # -- control channel ------------------------------------------------------------------------------------
@@ -215,13 +228,12 @@ class PluginState:
         if self.inject_fault:
             raise RuntimeError("injected ordering fault (schedctl_test_fault)")
         by_age = sorted(reqs, key=_seq)
-        if self.kind != channel.KIND_SLAI and not self.matches_prefixes():
+        spec = self.spec
+        if not isinstance(spec, SLAISpec) and not self.matches_prefixes():
             return by_age  # fcfs, klpm:1
         head = [r for r in by_age if r.rid not in deprioritized]
         tail = [r for r in by_age if r.rid in deprioritized]
-        if self.kind == channel.KIND_SLAI:
-            spec = channel.decode_policy(self.kind, self.k)
-            assert isinstance(spec, SLAISpec)
+        if isinstance(spec, SLAISpec):
             head.sort(key=lambda r: slai.prefill_key(spec.prefill_order, spec.strict_first, len(r.origin_input_ids),
                                                      slo_class_of(r, self.low_values_first), _seq(r), False))
             return head + tail
@@ -308,16 +320,9 @@ def _order_long_queue(policy: Any, waiting_queue: list[Any]) -> None:
     waiting_queue[:] = ordered
 
 
-def cold_prefix_duplicates(reqs: Iterable[Any]) -> set[str]:
-    """SGLang's in-batch deprioritisation (``SchedulePolicy._compute_prefix_matches``) over ``reqs`` in order.
-
-    A request whose cached prefix is at most the check threshold (32 tokens) and whose first 32 tokens (the
-    deprioritise threshold) equal those of an earlier such request is held back for this pass: the earlier one
-    computes the shared prefix once and the others then find it in the cache. SGLang asks a per-pass radix tree
-    "is the match >= 32"; that holds exactly when the first 32 tokens equal an inserted request's (with the same
-    extra key and cache salt), so a set of those keys answers the same. SGLang's thresholds (env-configurable)
-    are read from its own module.
-    """
+def cold_prefix_duplicates(reqs: Sequence[Any]) -> set[str]:
+    """The requests SGLang's in-batch deprioritisation holds back this pass (``policies/inbatch.py``), over
+    ``reqs`` in order, with SGLang's own thresholds (env-configurable, read from its module)."""
     from sglang.srt.managers.schedule_policy import (
         IN_BATCH_PREFIX_CACHING_CHECK_THRESHOLD as CHECK_TOKENS,
     )
@@ -325,20 +330,10 @@ def cold_prefix_duplicates(reqs: Iterable[Any]) -> set[str]:
         IN_BATCH_PREFIX_CACHING_DEPRIORITIZE_THRESHOLD as SHARED_TOKENS,
     )
 
-    seen: set[tuple[Any, ...]] = set()
-    held: set[str] = set()
-    for r in reqs:
-        if int(r.prefix_len) > CHECK_TOKENS:
-            continue
-        ids = list(r.origin_input_ids[:SHARED_TOKENS])
-        if len(ids) < SHARED_TOKENS:
-            ids.extend(r.output_ids[: SHARED_TOKENS - len(ids)])
-        key = (getattr(r, "extra_key", None), getattr(r, "cache_salt", None), *ids)
-        if len(ids) >= SHARED_TOKENS and key in seen:
-            held.add(r.rid)
-        else:
-            seen.add(key)
-    return held
+    entries = ((int(r.prefix_len), [*r.origin_input_ids[:SHARED_TOKENS], *r.output_ids[:SHARED_TOKENS]],
+                (getattr(r, "extra_key", None), getattr(r, "cache_salt", None))) for r in reqs)
+    held = held_back(entries, CHECK_TOKENS, SHARED_TOKENS)
+    return {r.rid for r, h in zip(reqs, held, strict=True) if h}
 
 
 class _ChannelHandler:

@@ -1,0 +1,74 @@
+"""The running set: the decoding requests and their KV accounting, one owner for both batchers.
+
+The engine owns one :class:`RunningSet`; the batch-formation strategies (``batching.py``, ``hybrid.py``) change it
+only through :meth:`join`, :meth:`leave` and :meth:`advance`, and the engine's admission reads it. It keeps, beside
+the requests (insertion order = admission order, newest last):
+
+- ``ctx_tokens``: KV tokens of the decoding requests (the context their next decode step reads);
+- ``remaining_tokens``: output tokens still to come for them (what admission reserves a share of);
+- ``ratio``: that share (SGLang's ``new_token_ratio``), which decays per decode step to
+  ``EngineConfig.new_token_ratio``, is raised by a retraction and, with ``init_new_token_ratio``, starts over
+  when the engine falls idle.
+
+How much a request adds when it joins and takes when it leaves is the batcher's to say (an SGLang-like batcher
+settles its decode steps in bulk, the hybrid one per iteration); the sums live here, written in one place.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from schedctl.sim.engine import EngineConfig, _Live
+
+
+class RunningSet:
+    __slots__ = ("_decay", "_floor", "_idle_ratio", "_reset_when_idle", "_retract", "ctx_tokens", "ratio",
+                 "remaining_tokens", "requests")
+
+    def __init__(self, cfg: EngineConfig) -> None:
+        self.requests: dict[int, _Live] = {}  # by arrival seq; insertion order = admission order (newest last)
+        self.ctx_tokens = 0
+        self.remaining_tokens = 0
+        self._floor = cfg.new_token_ratio
+        self._decay = cfg.token_ratio_decay_per_step
+        self._retract = cfg.retract_token_ratio
+        self._reset_when_idle = cfg.init_new_token_ratio is not None
+        self._idle_ratio = cfg.new_token_ratio if cfg.init_new_token_ratio is None else cfg.init_new_token_ratio
+        self.ratio = self._idle_ratio
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+    def __bool__(self) -> bool:
+        return bool(self.requests)
+
+    def join(self, live: _Live, ctx_tokens: int, outputs_left: int) -> None:
+        """``live`` starts decoding with ``ctx_tokens`` of KV and ``outputs_left`` tokens still to produce."""
+        self.requests[live.seq] = live
+        self.ctx_tokens += ctx_tokens
+        self.remaining_tokens += outputs_left
+
+    def leave(self, live: _Live, ctx_tokens: int, outputs_left: int) -> None:
+        """``live`` stops decoding (finished or retracted), holding ``ctx_tokens`` of KV, ``outputs_left`` to go."""
+        del self.requests[live.seq]
+        self.ctx_tokens -= ctx_tokens
+        self.remaining_tokens -= outputs_left
+
+    def advance(self, steps: int, tokens_per_step: int) -> None:
+        """``steps`` decode steps ran, each producing ``tokens_per_step`` tokens (one per decoding request in it)."""
+        self.ctx_tokens += steps * tokens_per_step
+        self.remaining_tokens -= steps * tokens_per_step
+        self.ratio = max(self._floor, self.ratio - steps * self._decay)
+
+    def newest(self) -> _Live:
+        return self.requests[next(reversed(self.requests))]
+
+    def retracted(self) -> None:
+        """A request went back to the queue: reserve more for a while."""
+        self.ratio = max(self.ratio, self._retract)
+
+    def idle(self) -> None:
+        """Nothing runs: SGLang's reserve share starts over (only with ``init_new_token_ratio``)."""
+        if self._reset_when_idle and not self.requests:
+            self.ratio = self._idle_ratio
