@@ -144,3 +144,13 @@ def test_trace_write_saves_a_scenario_that_simulate_replays_the_same(tmp_path: P
     assert a.read_bytes() == b.read_bytes() and a.stat().st_size > 0  # same seed, same trace
     line = _error(capsys, monkeypatch, "trace", "write", str(a), "--scenario", "demo", "--rate", "3")
     assert "--rate with --scenario" in line
+
+
+@pytest.mark.parametrize(("arms", "words"), [('["infinity"]', ["at least two arms"]),
+                                             ('[1, "x"]', ["'x'", '"inf"'])])
+def test_a_bad_arm_names_the_field_once(tmp_path: Path, capsys: Cap, monkeypatch: MP, arms: str,
+                                        words: list[str]) -> None:
+    f = _settings(tmp_path, f"[tuner]\narms = {arms}\n")
+    line = _error(capsys, monkeypatch, "run", "--config", str(f), "--ticks", "1")
+    assert line.startswith(f"error: {f}: tuner.arms: ") and "arms.arms" not in line
+    assert all(w in line for w in words), line
