@@ -162,3 +162,20 @@ def test_held_or_fallen_back_on_stale_data_says_why(demo_log: Path) -> None:
     fallback = d.model_copy(update={"reason": "fallback", "rule": "stale", "window": window})
     assert "connection refused" in review.acted(held) and review.acted(held).startswith("held")
     assert "connection refused" in review.acted(fallback) and review.acted(fallback).startswith("fallback")
+
+
+def test_the_plain_tick_line_names_the_stale_cause_and_counts_from_the_start(demo_log: Path, capsys: Cap) -> None:
+    from rich.console import Console
+
+    from schedctl.cli.sidecar import Display
+    from schedctl.controller.decision_log import read_decisions
+
+    d = read_decisions(demo_log)[0][1]
+    epoch = 1_800_000_000.0
+    window = d.window.model_copy(update={"stale": True, "stale_reason": "engine unreachable: connection refused",
+                                         "start_s": d.window.start_s + epoch, "end_s": d.window.end_s + epoch})
+    display = Display(Console(width=80), "t", None)
+    capsys.readouterr()
+    display(d.model_copy(update={"reason": "fallback", "window": window, "time_s": d.time_s + epoch}))
+    line = capsys.readouterr().out
+    assert "stale='engine unreachable: connection refused'" in line and " t=10 " in line

@@ -106,7 +106,9 @@ class Display:
         else:
             w = d.window
             sync = f" reconcile={d.reconcile!r}" if d.reconcile else ""
-            print(f"tick {d.tick_id} t={d.time_s:.0f} policy={d.policy_label} reason={d.reason} rule={d.rule} "
+            sync += f" stale={w.stale_reason!r}" if w.stale else ""  # the cause, not only reason=guard/fallback
+            print(f"tick {d.tick_id} t={self.since(d):.0f} policy={display_label(d.policy_label)} reason={d.reason} "
+                  f"rule={d.rule} "
                   f"p99_ttft_s={_fmt_s(w.ttft_p99_s)} queue={w.queue_len} push={d.push} applied={d.applied}{sync}",
                   flush=True)
 
