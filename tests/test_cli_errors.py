@@ -154,3 +154,12 @@ def test_a_bad_arm_names_the_field_once(tmp_path: Path, capsys: Cap, monkeypatch
     line = _error(capsys, monkeypatch, "run", "--config", str(f), "--ticks", "1")
     assert line.startswith(f"error: {f}: tuner.arms: ") and "arms.arms" not in line
     assert all(w in line for w in words), line
+
+
+def test_sglang_serve_without_sglang_installed_says_how_to_get_it(capsys: Cap, monkeypatch: MP) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sglang" else real(name, *a))
+    line = _error(capsys, monkeypatch, "sglang", "serve", "--", "--model-path", "m")
+    assert "not installed" in line and "setup-sglang-cpu.sh" in line
