@@ -64,10 +64,12 @@ def test_num_requests_takes_the_first_n_of_a_trace_and_bounds_a_workload_file(tm
     assert "--rate with --workload-file" in line
 
 
-def test_an_empty_trace_is_an_error_not_an_empty_table(tmp_path: Path, capsys: Cap, monkeypatch: MP) -> None:
+@pytest.mark.parametrize("command", [["simulate"], ["load", "--url", "http://127.0.0.1:9"]])
+def test_an_empty_trace_is_an_error_not_an_empty_table(tmp_path: Path, capsys: Cap, monkeypatch: MP,
+                                                       command: list[str]) -> None:
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
-    line = _error(capsys, monkeypatch, "simulate", "--trace", str(empty))
+    line = _error(capsys, monkeypatch, *command, "--trace", str(empty))
     assert str(empty) in line and "no requests" in line
 
 
@@ -142,3 +144,22 @@ def test_trace_write_saves_a_scenario_that_simulate_replays_the_same(tmp_path: P
     assert a.read_bytes() == b.read_bytes() and a.stat().st_size > 0  # same seed, same trace
     line = _error(capsys, monkeypatch, "trace", "write", str(a), "--scenario", "demo", "--rate", "3")
     assert "--rate with --scenario" in line
+
+
+@pytest.mark.parametrize(("arms", "words"), [('["infinity"]', ["at least two arms"]),
+                                             ('[1, "x"]', ["'x'", '"inf"'])])
+def test_a_bad_arm_names_the_field_once(tmp_path: Path, capsys: Cap, monkeypatch: MP, arms: str,
+                                        words: list[str]) -> None:
+    f = _settings(tmp_path, f"[tuner]\narms = {arms}\n")
+    line = _error(capsys, monkeypatch, "run", "--config", str(f), "--ticks", "1")
+    assert line.startswith(f"error: {f}: tuner.arms: ") and "arms.arms" not in line
+    assert all(w in line for w in words), line
+
+
+def test_sglang_serve_without_sglang_installed_says_how_to_get_it(capsys: Cap, monkeypatch: MP) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sglang" else real(name, *a))
+    line = _error(capsys, monkeypatch, "sglang", "serve", "--", "--model-path", "m")
+    assert "not installed" in line and "setup-sglang-cpu.sh" in line

@@ -63,6 +63,10 @@ def test_every_command_answers_help_unknown_option_no_arguments_and_a_bad_value(
     monkeypatch.chdir(tmp_path)
     code, out, err = run_cli(capsys, monkeypatch, [*path, "--help"])
     assert code == 0 and "Usage" in out and not err.strip(), (path, code, err)
+    shown = "".join(out.split())  # the text, whatever the wrapping
+    for param in LEAVES[path].params:  # type: ignore[attr-defined]
+        text = "".join((getattr(param, "help", None) or "").split())
+        assert text in shown, f"help of {param.name} mangled: {text!r}"  # '[whatif]' eaten as markup, ':B:' an emoji
 
     cmd = LEAVES[path]
     if not cmd.context_settings.get("ignore_unknown_options"):  # type: ignore[attr-defined]  # `sglang serve` hands options it does not know to SGLang
@@ -97,3 +101,17 @@ def test_version(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyP
 
     code, out, err = run_cli(capsys, monkeypatch, ["--version"])
     assert code == 0 and out.strip() == f"schedctl {__version__}" and not err
+
+
+COUNTS = [(path, name) for path, cmd in LEAVES.items() for p in cmd.params  # type: ignore[attr-defined]
+          for name in getattr(p, "opts", []) if name in ("--jobs", "--seeds", "--num-requests")]
+
+
+@pytest.mark.parametrize(("path", "option"), COUNTS, ids=[f"{' '.join(p)} {o}" for p, o in COUNTS])
+def test_a_count_of_zero_is_refused_not_ignored(path: tuple[str, ...], option: str,
+                                                capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    required = ["--config", str(tmp_path / "none.toml")] if path == ("run",) else []
+    code, _, err = run_cli(capsys, monkeypatch, [*path, *required, option, "0"])
+    assert option in assert_one_error_line(code, err, [*path, option, "0"])

@@ -19,7 +19,7 @@ def _points(deadline: bool) -> list[TickPoint]:
     return [TickPoint(time_s=10.0 * i, policy="slai" if deadline else ("klpm:4" if i % 3 else "lpm"),
                       reason="guard", arrival_rate_rps=5.0 + i, queue_len=i % 4, ttft_p99_s=0.1 * i,
                       cache_hit_rate=0.5, tbt_p99_s=0.02 + 0.001 * i, knob="theta" if deadline else None,
-                      knob_value=float(i % 5) if deadline else None) for i in range(1, 40)]
+                      knob_value=float(i % 5) if deadline else None) for i in range(1, 92)]
 
 
 def _lines_and_legends(fig: object) -> tuple[list[str], list[str]]:
@@ -76,3 +76,14 @@ def test_the_run_plot_has_no_api_address_and_no_float_noise(tmp_path: Path,
     monkeypatch.setenv("SCHEDCTL_API__PORT", "0")
     assert fail_cleanly(app) == 0
     assert titles and "http" not in titles[0] and "API" not in titles[0]
+
+
+def test_a_selection_shows_only_the_phases_it_spans() -> None:
+    phases = scenario_phases(get_scenario("demo"))
+    late = [p for p in _points(False) if 200 <= p.time_s <= 390]
+    fig = timeline_figure(late, "late", ttft_target_s=2.0, phases=phases)
+    spanned = [ph for ph in phases if ph.end_s > 190 and ph.start_s < 390]
+    assert 0 < len(spanned) < len(phases)
+    assert {t.get_text() for t in fig.axes[0].texts} == {ph.label for ph in spanned}
+    lo, hi = fig.axes[0].get_xlim()
+    assert 185 <= lo <= 200 and 390 <= hi < 400

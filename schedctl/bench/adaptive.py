@@ -31,7 +31,8 @@ from schedctl.controller.decision import Decision
 from schedctl.controller.service import Service
 from schedctl.engine_adapter.replay import SimReplayer
 from schedctl.engine_adapter.sim import SimAdapter
-from schedctl.policies.spec import parse_policy, policy_label, spec_for
+from schedctl.policies.slai import with_tbt_slack, with_theta
+from schedctl.policies.spec import SLAISpec, parse_policy, policy_label, spec_for
 from schedctl.sim.engine import EngineConfig
 from schedctl.sim.run import Hardware, new_engine
 
@@ -93,6 +94,7 @@ class RunResult(BaseModel):
     unserved: int  # requests with no first token when the drain limit was reached
     ttft_p50_s: float
     ttft_p99_s: float
+    tbt_p99_s: float = math.nan
     ticks: int
     changes: int  # ticks whose decision changed the policy
     reasons: dict[str, int]
@@ -133,7 +135,8 @@ def run_job(job: RunJob) -> RunResult:
     return RunResult(
         scenario=job.scenario.name, seed=job.seed, policy=job.policy, requests=int(allv.size),
         unserved=unserved, ttft_p50_s=float(np.quantile(allv, 0.5)) if allv.size else math.nan,
-        ttft_p99_s=float(np.quantile(allv, 0.99)) if allv.size else math.nan, ticks=service.controller.tick,
+        ttft_p99_s=float(np.quantile(allv, 0.99)) if allv.size else math.nan,
+        tbt_p99_s=float(engine.tbt.quantile(0.99)), ticks=service.controller.tick,
         changes=changes, reasons=reasons, timeline=timeline,
         replay_ms_p50=float(np.quantile(replay_ms, 0.5)) if replay_ms else None,
         replay_ms_p99=float(np.quantile(replay_ms, 0.99)) if replay_ms else None,
@@ -157,6 +160,14 @@ class BenchRow(BaseModel):
 
 
 def static_policies(params: ControllerParams) -> list[str]:
+    """What the adaptive controller is compared with: every k arm; in deadline mode (SLAI) its policy with the
+    knob held at the tuner's minimum, initial and maximum."""
+    start = params.initial_policy
+    if params.deadline is not None and isinstance(start, SLAISpec):
+        d = params.deadline
+        setter = with_theta if d.knob == "theta" else with_tbt_slack
+        values = sorted({d.tuner.knob_min, d.tuner.knob_initial, d.tuner.knob_max})
+        return [policy_label(setter(start, v)) for v in values]
     return [policy_label(spec_for(k)) for k in params.tuner.arms]
 
 

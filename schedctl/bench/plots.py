@@ -47,7 +47,8 @@ def ttft_vs_rate(rows: Sequence[object], path: str | os.PathLike[str], title: st
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=pol)
     ax.set_yscale("log")
     ax.set_xlabel("request rate (req/s)")
-    ax.set_ylabel(metric.replace("_s", " (s)").replace("_", " "))
+    ax.set_ylabel({"ttft_p99_s": "P99 TTFT (s)", "ttft_p50_s": "median TTFT (s)"}.get(
+        metric, metric.replace("_s", " (s)").replace("_", " ")))
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()

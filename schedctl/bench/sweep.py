@@ -1,8 +1,8 @@
 """Sweeps: one workload over a grid of rates × policies (× seeds), on the embedded engine.
 
 Runs are independent, so they go to a process pool (one run per task; same seed, same result, whatever the
-pool). ``rates="auto"`` spans light load to just past saturation: the saturation throughput is measured by
-serving a burst (every request at once) under FCFS and under LPM, and the grid is fractions of the larger.
+pool). ``rates="auto"`` spans light load to clearly past saturation: the capacity is measured by serving a burst
+(every request at once) under FCFS and under LPM, and the grid runs from a fraction of FCFS's to 1.5 × LPM's.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from schedctl.sim.engine import EngineConfig
 from schedctl.sim.run import Hardware, SimSummary, simulate
 from schedctl.workloads.registry import WorkloadSpec, make_requests
 
-AUTO_RATE_FRACTIONS = (0.2, 0.4, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2)
+KNEE_FRACTIONS = (0.3, 0.6, 0.8, 0.9, 1.0)  # of FCFS's capacity: light load up to its knee
+PAST_KNEE, PAST_KNEE_POINTS = 1.5, 4  # then 4 rates on to 1.5 × LPM's capacity
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -49,19 +50,30 @@ def run_one(spec: RunSpec) -> SimSummary:
     return summary
 
 
-def saturation_rps(workload: WorkloadSpec, hw: Hardware, engine: EngineConfig, num_requests: int, seed: int) -> float:
-    """Throughput when every request arrives at once (the larger of FCFS and LPM): the engine's capacity."""
-    best = 0.0
+def burst_capacities_rps(workload: WorkloadSpec, hw: Hardware, engine: EngineConfig, num_requests: int,
+                         seed: int) -> tuple[float, float]:
+    """Throughput when every request arrives at once, under FCFS and under LPM: the engine's capacity without and
+    with the best prefix reuse an order can give (equal when every prefix fits in the KV cache)."""
+    caps = []
     for policy in (FCFSSpec(), LPMSpec()):
         spec = RunSpec(workload=workload, arrival="regular", rate=1e9, num_requests=num_requests, seed=seed,
                        policy=policy, hardware=hw, engine=engine)
-        best = max(best, run_one(spec).throughput_rps)
-    return best
+        caps.append(run_one(spec).throughput_rps)
+    return caps[0], caps[1]
+
+
+def saturation_rps(workload: WorkloadSpec, hw: Hardware, engine: EngineConfig, num_requests: int, seed: int) -> float:
+    """The engine's capacity under the better of FCFS and LPM (req/s)."""
+    return max(burst_capacities_rps(workload, hw, engine, num_requests, seed))
 
 
 def auto_rates(workload: WorkloadSpec, hw: Hardware, engine: EngineConfig, num_requests: int, seed: int) -> list[float]:
-    cap = saturation_rps(workload, hw, engine, num_requests, seed)
-    return [float(f"{f * cap:.3g}") for f in AUTO_RATE_FRACTIONS]
+    """Light load to clearly past the knee: fractions of FCFS's capacity up to it, then on to
+    ``PAST_KNEE`` × LPM's capacity, where every policy's queue grows (and where the order matters, they part)."""
+    fcfs_rps, lpm_rps = burst_capacities_rps(workload, hw, engine, num_requests, seed)
+    low, high = min(fcfs_rps, lpm_rps), max(fcfs_rps, lpm_rps) * PAST_KNEE
+    rates = [f * low for f in KNEE_FRACTIONS] + [float(r) for r in np.linspace(low, high, PAST_KNEE_POINTS + 1)[1:]]
+    return sorted({float(f"{r:.3g}") for r in rates})
 
 
 class SweepRow(BaseModel):

@@ -47,6 +47,11 @@ def timeline_figure(points: Sequence[TickPoint], title: str, ttft_target_s: floa
     """The figure of :func:`plot_timeline` (a matplotlib Figure)."""
     plt = _pyplot()
     t = [p.time_s for p in points]
+    if t:  # a selection (decisions --since/--last): the phases it spans, cut to it
+        step = t[1] - t[0] if len(t) > 1 else 0.0
+        lo, hi = t[0] - step, t[-1]
+        phases = [PhaseSpan(max(ph.start_s, lo), min(ph.end_s, hi), ph.label) for ph in phases
+                  if ph.end_s > lo and ph.start_s < hi]
     knob = next((p.knob for p in points if p.knob is not None), None)
     n = 4 if knob is not None else 3
     fig, axes = plt.subplots(n, 1, figsize=(10, 2.3 * n + 0.6), sharex=True)
@@ -80,7 +85,7 @@ def timeline_figure(points: Sequence[TickPoint], title: str, ttft_target_s: floa
     queue.plot(t, [p.queue_len for p in points], color="tab:gray", alpha=0.7, label="waiting (requests)")
     queue.set_ylabel("waiting (requests)")
     lines = load.get_legend_handles_labels()[0] + queue.get_legend_handles_labels()[0]
-    load.legend(lines, [str(h.get_label()) for h in lines], loc="upper left", fontsize=8)
+    load.legend(lines, [str(h.get_label()) for h in lines], loc="best", fontsize=8)
     ttft = axes[-1]
     ttft.plot(t, [_nan(p.ttft_p99_s) for p in points], color="tab:red", label="window P99 TTFT")
     if ttft_target_s is not None:
@@ -99,5 +104,7 @@ def timeline_figure(points: Sequence[TickPoint], title: str, ttft_target_s: floa
             for ph in phases:
                 a.text((ph.start_s + ph.end_s) / 2, 1.01, ph.label, transform=a.get_xaxis_transform(),
                        ha="center", va="bottom", fontsize=8, color="dimgray")
+    if t:
+        axes[-1].set_xlim(t[0] - (t[1] - t[0] if len(t) > 1 else 1.0), t[-1] + (t[-1] - t[0]) * 0.02)
     fig.suptitle(title)
     return fig

@@ -15,7 +15,7 @@ from schedctl import __version__
 from schedctl.cli.common import fail_cleanly
 
 app = typer.Typer(
-    name="schedctl", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    name="schedctl", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
     help="Adaptive scheduling controller for LLM serving, with an embedded serving simulator.",
 )
 

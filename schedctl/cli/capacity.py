@@ -60,7 +60,7 @@ def capacity_cmd(
     new_token_ratio: float = typer.Option(
         0.4, "--new-token-ratio", help="KV reserved for this share of future outputs at admission (0: vLLM-like)"
     ),
-    jobs: int = typer.Option(default_jobs(), "--jobs", help="parallel runs"),
+    jobs: int = typer.Option(default_jobs(), "--jobs", min=1, help="parallel runs"),
     plot: Path | None = typer.Option(None, "--plot", help="write a PNG of latency against rate per policy",
                                         callback=common.output_file),
     as_json: bool = common.JSON,

@@ -57,6 +57,8 @@ def _stream(workload: str | None, trace: Path | None, rate: str | None, num_requ
         except InputFileError as exc:
             raise InputFileError(exc.path, exc.where, f"{exc.reason} (the trace is checked whole before sending: "
                                  "nothing was sent)") from None
+        if not requests:
+            raise InputFileError(trace, "", "no requests in this trace (nothing to send)")
         if vocab_size is None and any(r.prompt and max(r.prompt) >= SYNTHETIC_TOKEN_BASE for r in requests):
             raise UsageError(f"--trace {trace}: it has synthetic token ids (>= 2**24, from a schedctl workload), "
                              "which no model's vocabulary holds: pass --vocab-size N (the model's vocabulary)")

@@ -55,6 +55,10 @@ def acted(d: Decision) -> str:
     if d.reason == "fallback":
         why = d.window.stale_reason or "stale metrics"
         return f"fallback: {why}"
+    if d.rule == "stale":  # held on stale data: say why the data is stale
+        return f"held: {d.window.stale_reason or 'stale metrics'}"
+    if d.rule == "deadline" and d.detail:  # "theta 2.67 -> 1.67": the knob's move is the decision
+        return "deadline tuner: " + d.detail.replace("theta", "Θ")
     words = RULE_WORDS.get(d.rule, d.rule or d.reason)
     if d.reason in ("explore", "exploit") and d.rule not in ("learner",):
         return f"{d.reason}: {words}"
@@ -92,7 +96,21 @@ def _since_s(text: str, decisions: Sequence[Decision], start_s: float) -> float:
 
 
 def _fit(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
+    """``text`` cut to ``width`` characters, a cut marked with '~' (ASCII: byte-counting tools agree)."""
+    return text if len(text) <= width else text[: max(0, width - 1)] + "~"
+
+
+def compact_label(label: str) -> str:
+    """A policy label for a narrow column: SLAI by its knob (``slai Θ=1.67``), others as they are."""
+    label = display_label(label)
+    if not label.startswith("slai:"):
+        return label
+    knobs = dict(kv.split("=", 1) for kv in label.removeprefix("slai:").split(",") if "=" in kv)
+    if "theta_low" in knobs:
+        return f"slai Θ={float(knobs['theta_low']):.3g}"
+    if "tbt_slack_s" in knobs:
+        return f"slai slack={float(knobs['tbt_slack_s']):.3g}s"
+    return label
 
 
 def _num(v: float | None, fmt: str = ".3g") -> str:
@@ -124,7 +142,7 @@ def tick_lines(decisions: Sequence[Decision], width: int, iso: bool, start_s: fl
         end = [_num(w.ttft_p99_s) + (" s" if w.ttft_p99_s is not None else ""), att, pushed(d)]
         if wide:
             end = [_num(w.arrival_rate_rps, ".1f"), str(w.queue_len), *end[:2], _num(d.learner.reward, ".2f"), end[2]]
-        cells = [str(d.tick_id), when, display_label(d.policy_label), *mid, *end]
+        cells = [str(d.tick_id), when, compact_label(d.policy_label), *mid, *end]
         if detail_w:
             cells.append(((f"{d.reconcile}; " if d.reconcile else "") + d.detail).replace("\n", " "))
         lines.append(row(cells))
@@ -234,5 +252,6 @@ def decisions_cmd(
         settings = load_settings(config) if config is not None else None
         sim = settings.engine.sim if settings is not None and settings.engine.adapter == "sim" else None
         scenario = get_scenario(sim.scenario, sim.scenarios_file) if sim is not None else None
-        plot_run([tick_point(d) for d in shown], plot, f"decisions · {log.name}", settings, scenario)
+        title = f"decisions · {log.name} · ticks {shown[0].tick_id}-{shown[-1].tick_id}"
+        plot_run([tick_point(d) for d in shown], plot, title, settings, scenario)
         common.wrote(plot, "plot", as_json)

@@ -7,7 +7,9 @@ sidecar's API instead).
 
 from __future__ import annotations
 
+import importlib.util
 import shlex
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,6 +56,9 @@ def serve_cmd(
     Prints the server's URL once it answers; Ctrl-C or SIGTERM stops its whole process group.
     """
     argv, env = build_command(ctx.args, request_metrics_dir=request_metrics_dir, cpu=cpu)
+    if not dry_run and importlib.util.find_spec("sglang") is None:
+        raise UsageError(f"sglang serve: SGLang is not installed beside this schedctl ({sys.executable}); on a CPU: "
+                         "bash scripts/setup-sglang-cpu.sh, then .venv-sglang/bin/schedctl sglang serve --cpu ...")
     if dry_run:
         changed = {k: v for k, v in env.items() if k == "SGLANG_PLUGINS" or (cpu and k in _CPU_ENV_SHOWN)}
         print(" ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(changed.items())), shlex.join(argv))

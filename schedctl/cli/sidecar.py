@@ -16,6 +16,7 @@ import numpy as np
 import typer
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from schedctl.bench.adaptive import (
@@ -38,6 +39,7 @@ from schedctl.engine_adapter.base import EngineAdapter, Replayer
 from schedctl.engine_adapter.replay import SimReplayer
 from schedctl.engine_adapter.sim import SimAdapter
 from schedctl.files import InputFileError
+from schedctl.policies.spec import parse_policy
 from schedctl.settings import Settings, load_settings
 from schedctl.sim.run import new_engine
 
@@ -64,14 +66,15 @@ class Display:
         self.console, self.title, self.scenario = console, title, scenario
         self.rows: deque[Decision] = deque(maxlen=rows)
         self.live: Live | None = None
+        self.start_s: float | None = None  # times shown are seconds since the first window (not epoch seconds)
 
     def render(self) -> Group:
         last = self.rows[-1] if self.rows else None
         head = f"[bold]{self.title}[/]"
         if last is not None:
             phase = _phase(self.scenario, last.time_s) if self.scenario else ""
-            head += (f"\ntick {last.tick_id}  t={last.time_s:.0f} s  {phase}  policy [bold magenta]"
-                     f"{last.policy_label}[/]  mode {last.mode}")
+            head += (f"\ntick {last.tick_id}  t={self.since(last):.0f} s  {phase}  policy [bold magenta]"
+                     f"{escape(display_label(last.policy_label))}[/]  mode {last.mode}")
         wide = self.console.width >= 140
         cols = ["t (s)", "phase", "req/s", "queue", "hit", "policy", "reason", "P99 TTFT (s)", "reward", "detail"]
         if not wide:
@@ -83,7 +86,7 @@ class Display:
                          max_width={"detail": 48, "policy": 32, "reason": 30}.get(c, 18))
         for d in self.rows:
             w = d.window
-            cells = {"t (s)": f"{d.time_s:.0f}", "phase": _phase(self.scenario, d.time_s) if self.scenario else "",
+            cells = {"t (s)": f"{self.since(d):.0f}", "phase": _phase(self.scenario, d.time_s) if self.scenario else "",
                      "req/s": f"{w.arrival_rate_rps:.1f}", "queue": str(w.queue_len),
                      "hit": _fmt_s(w.cache_hit_rate), "policy": display_label(d.policy_label),
                      "reason": review.acted(d),
@@ -91,14 +94,21 @@ class Display:
             t.add_row(*[cells[c] for c in cols])
         return Group(head, t)
 
+    def since(self, d: Decision) -> float:
+        return d.time_s - (self.start_s or 0.0)
+
     def __call__(self, d: Decision) -> None:
+        if self.start_s is None:
+            self.start_s = d.window.start_s
         self.rows.append(d)
         if self.live is not None:
             self.live.update(self.render())
         else:
             w = d.window
             sync = f" reconcile={d.reconcile!r}" if d.reconcile else ""
-            print(f"tick {d.tick_id} t={d.time_s:.0f} policy={d.policy_label} reason={d.reason} rule={d.rule} "
+            sync += f" stale={w.stale_reason!r}" if w.stale else ""  # the cause, not only reason=guard/fallback
+            print(f"tick {d.tick_id} t={self.since(d):.0f} policy={display_label(d.policy_label)} reason={d.reason} "
+                  f"rule={d.rule} "
                   f"p99_ttft_s={_fmt_s(w.ttft_p99_s)} queue={w.queue_len} push={d.push} applied={d.applied}{sync}",
                   flush=True)
 
@@ -139,7 +149,9 @@ def _open(settings: Settings, adapter: EngineAdapter, run_id: str, clock: Any,
     return service, server
 
 
-def _compare(settings: Settings, scenario: Scenario, adaptive_p99_s: float, jobs: int) -> Table:
+def _compare(settings: Settings, scenario: Scenario, adaptive_p99_s: float, jobs: int,
+             adaptive_tbt_s: float = math.nan) -> Table:
+    """The run against every static policy through the same loop: P99 TTFT, and P99 TBT (what SLAI's Θ trades)."""
     sim = settings.engine.sim
     hw = common.hardware(sim.gpu, sim.model, None, None)
     params = settings.controller_params()
@@ -148,15 +160,29 @@ def _compare(settings: Settings, scenario: Scenario, adaptive_p99_s: float, jobs
     results = run_jobs([RunJob(scenario=scenario, seed=sim.seed, policy=p, controller=params, hardware=hw, engine=cfg,
                                tick_interval_s=settings.service.tick_interval_s, drain_limit_s=DRAIN_LIMIT_S)
                         for p in statics], jobs)
-    p99 = {r.policy: r.ttft_p99_s for r in results}
-    best = min(statics, key=lambda p: p99[p])
-    rows = [(ADAPTIVE + " (this run)", adaptive_p99_s)] + [(p, p99[p]) for p in statics]
+    by = {r.policy: r for r in results}
+    best = min(statics, key=lambda p: by[p].ttft_p99_s)
+    rows = [(ADAPTIVE + ", this run", adaptive_p99_s, adaptive_tbt_s)] + [
+        (p, by[p].ttft_p99_s, by[p].tbt_p99_s) for p in statics]
+    slo = f"P99 TTFT ≤ {settings.slo.ttft_p99_target_ms / 1e3:g} s"
+    if settings.deadline is not None:
+        slo += f", P99 TBT ≤ {settings.slo.tbt_p99_target_ms:g} ms"
     return common.table(
-        f"P99 TTFT over the whole scenario · {scenario.name} · seed {sim.seed} (best static: {best})",
-        ["policy", "P99 TTFT (s)", "vs adaptive", "adaptive vs it"],
-        [[name + ("  ← best static" if name == best else ""), v, v / adaptive_p99_s, adaptive_p99_s / v]
-         for name, v in rows],
+        f"Over the whole scenario · {scenario.name} · seed {sim.seed} · SLO: {slo} (best static on TTFT: "
+        f"{_static_name(best, settings)})",
+        ["policy", "P99 TTFT (s)", "÷ adaptive", "P99 TBT (ms)"],
+        [[_static_name(name, settings) + ("  ← best" if name == best else ""), v, v / adaptive_p99_s, tbt * 1e3]
+         for name, v, tbt in rows],
     )
+
+
+def _static_name(label: str, settings: Settings) -> str:
+    """A static policy as the table names it: in deadline mode by the knob it holds (``Θ fixed at 5``)."""
+    if settings.deadline is None or label.startswith(ADAPTIVE):
+        return display_label(label)
+    knob = settings.deadline.knob
+    value = getattr(parse_policy(label), "theta_low" if knob == "theta" else knob)
+    return f"{'Θ' if knob == 'theta' else knob} fixed at {value:.3g}"
 
 
 def _run_sim(settings: Settings, fast: bool, max_ticks: int | None, plot: Path | None, compare: bool,
@@ -180,7 +206,7 @@ def _run_sim(settings: Settings, fast: bool, max_ticks: int | None, plot: Path |
     title = f"schedctl · {scenario.name} · {hw.model.name} on {hw.gpu.name} (simulated)"
     plot_title = f"{scenario.name} · {hw.model.name} on {hw.gpu.name} (simulated) · seed {sim.seed}"
     if server is not None:
-        title += f" · API http://{settings.api.host}:{server.port}"
+        title += f"\nAPI http://{settings.api.host}:{server.port}"
     display = Display(console, title, scenario)
     points = []
 
@@ -211,7 +237,7 @@ def _run_sim(settings: Settings, fast: bool, max_ticks: int | None, plot: Path |
         common.wrote(plot, "plot")
     if compare and not stop.is_set() and max_ticks is None:
         console.print("running the static policies through the same loop for comparison ...")
-        console.print(_compare(settings, scenario, p99, default_workers()))
+        console.print(_compare(settings, scenario, p99, default_workers(), adapter.engine.tbt.quantile(0.99)))
 
 
 def _run_sglang(settings: Settings, max_ticks: int | None, console: Console, fresh: bool = False) -> None:
@@ -225,7 +251,7 @@ def _run_sglang(settings: Settings, max_ticks: int | None, console: Console, fre
     _stop_on_signals(stop)
     title = f"schedctl · SGLang at {sg.base_url} · every {settings.service.tick_interval_s:g} s"
     if server is not None:
-        title += f" · API http://{settings.api.host}:{server.port}"
+        title += f"\nAPI http://{settings.api.host}:{server.port}"
     display = Display(console, title, None)
     count = [0]
 

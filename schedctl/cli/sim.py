@@ -31,6 +31,7 @@ from schedctl.workloads.trace import read_trace
 
 WORKLOAD_HELP = "workload by name and parameters, e.g. gsp or gsp:num_groups=32 (see `schedctl workloads`)"
 DEFAULT_WORKLOAD, DEFAULT_RATE, DEFAULT_ARRIVAL, DEFAULT_NUM_REQUESTS = "gsp", "10", "poisson", 2000
+SWEEP_WORKLOAD = "gsp:num_groups=256,system_prompt_len=4096"  # the scenarios' big-prefix stream
 
 
 def _progress(enabled: bool, total: float | None, what: str) -> Progress:
@@ -148,8 +149,11 @@ def simulate_cmd(
 
 
 def sweep_cmd(
-    workload: str = typer.Option("gsp", "--workload", help=WORKLOAD_HELP),
-    rates: str = typer.Option("auto", "--rates", help="comma-separated req/s, or auto (light load to saturation)"),
+    workload: str = typer.Option(SWEEP_WORKLOAD, "--workload", help=WORKLOAD_HELP + "; the default is the "
+                                 "big-prefix workload: more shared prefix (1M tokens) than the KV cache holds, so the "
+                                 "order decides the cache hits"),
+    rates: str = typer.Option("auto", "--rates", help="comma-separated req/s, or auto: light load to clearly past "
+                              "saturation (from FCFS's capacity to 1.5 × LPM's, measured on a burst)"),
     policies: str = typer.Option("fcfs,klpm:2,klpm:4,lpm", "--policies", help="comma-separated: " + common.POLICY_HELP),
     arrival: str = typer.Option("poisson", "--arrival", help="poisson | gamma:cv=2 | regular"),
     num_requests: int = typer.Option(DEFAULT_NUM_REQUESTS, "--num-requests", min=1, help="requests per run"),
@@ -191,14 +195,14 @@ def sweep_cmd(
         rows = sweep(spec, rate_list, pols, hw, cfg, num_requests, list(range(seeds)), arrival, jobs,
                      on_done=lambda: progress.advance(task), warmup_s=warmup_s)
     if plot is not None:
-        plots.ttft_vs_rate(rows, plot, f"{spec.name} · {hw.model.name} on {hw.gpu.name}")
+        plots.ttft_vs_rate(rows, plot, f"{workload} · {hw.model.name} on {hw.gpu.name}")
         common.wrote(plot, "plot", as_json)
     if as_json:
         common.print_json(rows)
         return
     best = best_policy_per_rate(rows)
     Console().print(common.table(
-        f"P99 TTFT (s) · {spec.name} · {hw.model.name} on {hw.gpu.name} · {num_requests} requests × {seeds} seed(s)"
+        f"P99 TTFT (s) · {workload} · {hw.model.name} on {hw.gpu.name} · {num_requests} requests × {seeds} seed(s)"
         + (f" · first {warmup_s:g} s left out" if warmup_s else ""),
         ["rate", *[policy_label(p) for p in pols], "best", "hit rate (best)"],
         [[r, *[next(x.ttft_p99_s for x in rows if x.rate == r and x.policy == policy_label(p)) for p in pols],

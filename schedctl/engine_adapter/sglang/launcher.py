@@ -8,7 +8,7 @@
 * ``--schedule-policy lpm`` (the plugin's lpm/klpm order SGLang's own LPM pass; fcfs works on any base policy).
 
 With ``cpu=True`` (``serve --cpu``) it adds what a CPU-only machine needs (measured on SGLang 0.5.23, torch 2.13.0
-CPU, 2 cores; ``shared/SGLANG.md``): ``--device cpu --attention-backend torch_native --disable-cuda-graph
+CPU, 2 cores; ``docs/sglang-cpu.md``): ``--device cpu --attention-backend torch_native --disable-cuda-graph
 --disable-overlap-schedule --dtype float32 --tp 1`` and an explicit KV size; ``SGLANG_USE_CPU_ENGINE=1`` (else
 SGLang's ``is_cpu()`` is false and CUDA paths are taken); ``OMP_NUM_THREADS=1`` (with two threads every forward
 pass took 0.4-0.5 s whatever the batch, with one 5-6x less); offline Hugging Face; and on ``PYTHONPATH`` the shim
