@@ -39,7 +39,7 @@ pip_install() {
 # for torch 2.14.1; its scheduler, radix cache and plugin code run on 2.13.0.
 pip_install "torch==$TORCH_VERSION"
 pip_install --no-deps "sglang==$SGLANG_VERSION"
-# What SGLang's scheduler, radix cache, plugin loader, metrics and server args import (SGLANG.md), at the
+# What SGLang's scheduler, radix cache, plugin loader, metrics and server args import (docs/sglang-cpu.md), at the
 # versions sglang 0.5.23 pins where it pins one. triton must be the real package: torch imports triton.backends.
 pip_install "torch==$TORCH_VERSION" numpy orjson psutil pybase64 requests triton packaging pillow starlette \
   msgspec pydantic pyzmq tqdm IPython aiohttp dill "transformers==5.19.0" "tokenizers==0.23.2" \
