@@ -10,8 +10,12 @@ if [ ! -x .venv/bin/schedctl ]; then
 fi
 out="${SCHEDCTL_DEMO_DIR:-out/demo}"
 mkdir -p "$out"
-export SCHEDCTL_LOG__PATH="${SCHEDCTL_LOG__PATH:-$out/decisions.jsonl}"
-.venv/bin/schedctl run --config config/sidecar.sim.toml --plot "$out/timeline.png" "$@"
+if [ -z "${SCHEDCTL_LOG__PATH:-}" ]; then
+  # the demo's own log: each demo starts over (no decisions appended to the last one's, no learner state resumed)
+  export SCHEDCTL_LOG__PATH="$out/decisions.jsonl"
+  rm -f "$out"/decisions.jsonl "$out"/decisions.jsonl.*
+fi
+.venv/bin/schedctl run --config config/sidecar.sim.toml --fresh --plot "$out/timeline.png" "$@"
 echo
 echo "decision log: $SCHEDCTL_LOG__PATH   (review it: .venv/bin/schedctl decisions $SCHEDCTL_LOG__PATH)"
 echo "timeline:     $out/timeline.png"
