@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from schedctl.engine_adapter.sglang import channel, metrics, plugin
+from schedctl.engine_adapter.sglang import channel, metrics, plugin, plugin_state
 from schedctl.engine_adapter.sglang.adapter import SGLangAdapter
 from schedctl.engine_adapter.sglang.cpu_shims import SHIM_ROOTS
 from schedctl.engine_adapter.sglang.launcher import build_command
@@ -273,7 +273,7 @@ def test_exception_in_our_code_leaves_sglang_order(
     def broken(*_a: object, **_k: object) -> list[object]:
         raise RuntimeError("injected")
 
-    monkeypatch.setattr(plugin, "klpm_order", broken)
+    monkeypatch.setattr(plugin_state, "klpm_order", broken)
     queue = list(reqs)
     with caplog.at_level(logging.ERROR, logger="schedctl.sglang.plugin"):
         policy.calc_priority(queue)
