@@ -17,7 +17,8 @@ Two workloads (gsp: shared system prompts, unique questions, 8 output tokens):
 * ``burst``: 32 system prompts of 512 tokens, 512 requests at once — more than 128 wait, where SGLang's own LPM
   turns into FCFS (``WAITING_QUEUE_PREFIX_MATCH_MAX``) and the plugin keeps ordering by prefix.
 
-Figures depend on this machine's load: compare the rows of one run, not runs.
+Figures depend on this machine's load (on 2 shared cores one run's figures moved 2-3x): compare the rows of one
+run, not runs; ``--repeats N`` runs N rounds with the policies interleaved and prints each figure's median.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -92,6 +94,12 @@ def run_one(server: ServerProcess, workdir: Path, workload: str, policy: str, ra
             "ttft_p99_s": s.ttft_p99_s, "cache_hit_rate": s.cache_hit_rate, "throughput_rps": s.throughput_rps}
 
 
+def median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure's median over the rounds of one policy (errors summed)."""
+    out = {k: statistics.median(r[k] for r in rows) for k in rows[0] if k not in ("policy", "errors")}
+    return {"policy": rows[0]["policy"], "rounds": len(rows), "errors": sum(r["errors"] for r in rows), **out}
+
+
 def table(title: str, rows: list[dict[str, Any]]) -> Table:
     fcfs = next(r for r in rows if r["policy"] == "fcfs")
     t = Table(title=title, header_style="bold")
@@ -99,7 +107,7 @@ def table(title: str, rows: list[dict[str, Any]]) -> Table:
                 "req/s"]:
         t.add_column(col, justify="left" if col == "policy" else "right")
     for r in rows:
-        t.add_row(r["policy"], str(r["requests"]), str(r["errors"]), f"{r['ttft_p50_s']:.2f}",
+        t.add_row(r["policy"], f"{r['requests']:.0f}", str(r["errors"]), f"{r['ttft_p50_s']:.2f}",
                   f"{r['ttft_p99_s']:.2f}", f"{r['ttft_p99_s'] / fcfs['ttft_p99_s']:.2f}",
                   f"{r['cache_hit_rate']:.3f}", f"{r['throughput_rps']:.1f}")
     return t
@@ -113,6 +121,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="30 s of stream, a burst of 256")
     ap.add_argument("--only", choices=["stream", "burst"], help="run one of the two workloads")
+    ap.add_argument("--repeats", type=int, default=1, choices=range(1, 11), metavar="N",
+                    help="rounds (seeds SEED..SEED+N-1), policies interleaved; each figure is the median")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = ap.parse_args()
     duration_s, burst = (30.0, 256) if args.quick else (args.duration_s, args.burst)
@@ -125,21 +135,27 @@ def main() -> None:
             console.print(f"starting SGLang on the CPU at {server.url} (log: {workdir / 'server.log'}) ...")
             server.wait_healthy(600)
             n_stream = int(args.rate * duration_s)
-            stream: list[dict[str, Any]] = []
-            for policy in [*STATIC, "adaptive"] if args.only != "burst" else []:
-                stream.append(run_one(server, workdir, STREAM, policy, args.rate, n_stream, args.seed))
-                console.print(f"  stream {policy}: done")
-            bursts: list[dict[str, Any]] = []
-            for policy in ["fcfs", "sglang-lpm", "lpm", "klpm:4"] if args.only != "stream" else []:
-                bursts.append(run_one(server, workdir, BURST, policy, 1e6, burst, args.seed))
-                console.print(f"  burst {policy}: done")
+            plans = [("stream", STREAM, p, args.rate, n_stream) for p in [*STATIC, "adaptive"]
+                     if args.only != "burst"]
+            plans += [("burst", BURST, p, 1e6, burst) for p in ["fcfs", "sglang-lpm", "lpm", "klpm:4"]
+                      if args.only != "stream"]
+            runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+            for round_ in range(args.repeats):  # rounds interleave the policies, so slow spells hit them all
+                for name, workload, policy, rate, num in plans:
+                    row = run_one(server, workdir, workload, policy, rate, num, args.seed + round_)
+                    runs.setdefault((name, policy), []).append(row)
+                    console.print(f"  round {round_ + 1}/{args.repeats} {name} {policy}: done")
+    stream = [median_row(rows) for (name, _), rows in runs.items() if name == "stream"]
+    bursts = [median_row(rows) for (name, _), rows in runs.items() if name == "burst"]
     if args.json:
         print(json.dumps({"stream": stream, "burst": bursts}, indent=2))
         return
     if stream:
-        console.print(table(f"stream: {STREAM}, Poisson {args.rate:g} req/s for {duration_s:g} s", stream))
+        console.print(table(f"stream: {STREAM}, Poisson {args.rate:g} req/s for {duration_s:g} s"
+                            + (f", median of {args.repeats} rounds" if args.repeats > 1 else ""), stream))
     if bursts:
-        console.print(table(f"burst: {BURST}, {burst} at once (> 128 waiting)", bursts))
+        waiting = "more than 128 wait" if burst > 128 else "at most 128 wait"
+        console.print(table(f"burst: {BURST}, {burst} at once ({waiting})", bursts))
     console.print(f"KV cache {KV_TOKENS} tokens, at most {MAX_RUNNING} running; sglang-lpm = SGLang's own "
                   "--schedule-policy lpm (plugin off); adaptive = the sidecar choosing k every "
                   f"{TICK_S:g} s")
