@@ -12,7 +12,8 @@ slo_class ("default" when absent). A token-id list holds ids and runs: an item i
 runs, so a million-request trace stays small; real tokenizer ids are written one by one.
 
 Reading is lazy and validates every line: a bad line raises InputFileError with the file, the line number and the
-reason. Writing is atomic: a failed write leaves no file behind.
+reason. A file whose first line has ``hash_ids`` is a Mooncake trace (``mooncake.py``). Writing is atomic: a
+failed write leaves no file behind.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ import json
 import os
 from array import array
 from collections.abc import Iterable, Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from schedctl.files import AtomicWriter, InputFileError, iter_jsonl, validation_message
 from schedctl.tokens import TokenArray
+from schedctl.workloads.mooncake import is_mooncake, mooncake_requests
 from schedctl.workloads.shared_prefix import id_range
 from schedctl.workloads.types import Request
 
@@ -116,10 +118,25 @@ def write_trace(path: str | os.PathLike[str], requests: Iterable[Request]) -> in
 
 
 def read_trace(path: str | os.PathLike[str]) -> Iterator[Request]:
-    """The requests of a JSONL trace, lazily, validating each line (InputFileError names the file and line)."""
+    """The requests of a JSONL trace, lazily, validating each line (InputFileError names the file and line).
+
+    A file whose first line carries ``hash_ids`` is read as a Mooncake trace (``mooncake.py``).
+    """
+    lines = iter_jsonl(path)
+    first = next(lines, None)
+    if first is None:
+        return
+    rest = itertools.chain([first], lines)
+    if is_mooncake(first[1]):
+        yield from mooncake_requests(path, rest)
+        return
+    yield from _read_schedctl(path, rest)
+
+
+def _read_schedctl(path: str | os.PathLike[str], lines: Iterable[tuple[int, dict[str, Any]]]) -> Iterator[Request]:
     seen_ids: set[int] = set()
     last_s = 0.0
-    for lineno, obj in iter_jsonl(path):
+    for lineno, obj in lines:
         where = f"line {lineno}"
         try:
             line = TraceLine.model_validate(obj)
