@@ -30,6 +30,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from schedctl.policies.radix import common_prefix_len
+
 Mode = Literal["ok", "http_500", "malformed", "error_chunk", "no_done", "hang"]
 
 
@@ -151,12 +153,7 @@ class FakeStreamServer:
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
+    return common_prefix_len(a, 0, b)
 
 
 def dead_port() -> int:

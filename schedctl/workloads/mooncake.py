@@ -21,9 +21,9 @@ from array import array
 from collections.abc import Iterable, Iterator
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from schedctl.files import InputFileError, validation_message
+from schedctl.files import InputFileError, model_from_dict
 from schedctl.tokens import TokenArray
 from schedctl.workloads.shared_prefix import id_range
 from schedctl.workloads.types import Request
@@ -61,11 +61,7 @@ def mooncake_requests(path: str | os.PathLike[str], lines: Iterable[tuple[int, d
     last_ms = 0.0
     for request_id, (lineno, obj) in enumerate(lines):
         where = f"line {lineno}"
-        try:
-            line = MooncakeLine.model_validate(obj)
-        except ValidationError as exc:
-            field, reason = validation_message(exc)
-            raise InputFileError(path, where, f"{field}: {reason}") from None
+        line = model_from_dict(MooncakeLine, obj, path, prefix=f"{where}: ")
         blocks = math.ceil(line.input_length / BLOCK_TOKENS)
         if len(line.hash_ids) != blocks:
             raise InputFileError(path, where, f"hash_ids has {len(line.hash_ids)} blocks; input_length "

@@ -26,9 +26,9 @@ from collections.abc import Iterable, Iterator
 from typing import Annotated, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from schedctl.files import AtomicWriter, InputFileError, iter_jsonl, validation_message
+from schedctl.files import AtomicWriter, InputFileError, iter_jsonl, model_from_dict
 from schedctl.tokens import TokenArray
 from schedctl.workloads.mooncake import is_mooncake, mooncake_requests
 from schedctl.workloads.shared_prefix import id_range
@@ -138,11 +138,7 @@ def _read_schedctl(path: str | os.PathLike[str], lines: Iterable[tuple[int, dict
     last_s = 0.0
     for lineno, obj in lines:
         where = f"line {lineno}"
-        try:
-            line = TraceLine.model_validate(obj)
-        except ValidationError as exc:
-            field, reason = validation_message(exc)
-            raise InputFileError(path, where, f"{field}: {reason}") from None
+        line = model_from_dict(TraceLine, obj, path, prefix=f"{where}: ")
         if line.arrival_s < last_s:
             raise InputFileError(path, where, f"arrival_s {line.arrival_s} is before the previous line's {last_s} "
                                  "(lines must be sorted by arrival time)")
