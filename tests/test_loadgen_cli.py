@@ -124,11 +124,12 @@ def test_options_that_cannot_go_together_are_one_error_line(capsys, monkeypatch,
 
 def test_ctrl_c_mid_run_writes_what_was_measured(tmp_path):
     out = tmp_path / "r.jsonl"
-    # request 0 answers at once; the others take far longer than the test waits
-    with FakeStreamServer(lambda i: Behaviour(first_token_delay_s=0.0 if i == 0 else 60.0)) as srv:
+    # request 0 answers at once; the others take far longer than the test waits (and never time out: a busy
+    # host may take most of a minute to start the command and send them)
+    with FakeStreamServer(lambda i: Behaviour(first_token_delay_s=0.0 if i == 0 else 600.0)) as srv:
         proc = subprocess.Popen(
             [sys.executable, "-m", "schedctl", "load", "--url", srv.url, *SMALL, "--num-requests", "5",
-             "--requests-out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+             "--request-timeout-s", "900", "--requests-out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
         try:
             deadline = time.monotonic() + 60

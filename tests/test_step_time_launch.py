@@ -167,3 +167,23 @@ def test_the_datasheet_prior_puts_the_weight_read_where_the_datasheet_says() -> 
     assert tied.memory_base_s == pytest.approx(ROOF.memory_base_s, rel=0.1)
     assert abs(free.memory_base_s / ROOF.memory_base_s - 1) > 0.3  # without it, the split lands elsewhere
     assert tied_report.mape < free_report.mape + 0.02
+
+
+def test_a_batched_step_cost_is_paid_from_two_tokens_and_fitted_back() -> None:
+    """A CPU's matrix-vector path: one decode sequence skips the batched path's fixed cost, two pay it."""
+    truth = ROOF.model_copy(update={"batched_step_s": 4e-3})
+    model = StepTimeModel(truth)
+    one, two = StepBatch.from_counts(0, 0, 1, 512), StepBatch.from_counts(0, 0, 2, 1024)
+    assert model.step_s(one) == StepTimeModel(ROOF).step_s(one)
+    assert model.step_s(two) == pytest.approx(StepTimeModel(ROOF).step_s(two) + 4e-3)
+    for batch in (1, 2, 8):  # a decode run in bulk pays it per step exactly when a single step does
+        run = model.decode_run(batch, batch * 512)
+        singles = [model.step_s(StepBatch(batch, batch, batch * 512 + batch * (j + 1), batch * 512 + batch * (j + 1)))
+                   for j in range(20)]
+        assert run.total_s(20) == pytest.approx(sum(singles))
+    batches = grid()
+    profile, report = fit_step_profile(batches, times(truth, batches), ROOF, "t", form="launch")
+    assert profile.batched_step_s == pytest.approx(4e-3, rel=0.05)
+    assert report.worst_ape < 0.01
+    roof_only, _ = fit_step_profile(batches, times(truth, batches), ROOF, "t", form="roofline")
+    assert roof_only.batched_step_s == 0.0  # not part of the roofline form

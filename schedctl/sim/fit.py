@@ -5,7 +5,8 @@ The model is ``overhead + max(compute(x), memory(x), launch(x))`` with every coe
 
 - ``roofline``: the datasheet's form, ``overhead + max(compute, memory)`` (six coefficients; the launch roof
   and the per-prefill-context-token cost stay 0);
-- ``launch``: all nine coefficients, the launch roof included.
+- ``launch``: all ten coefficients: the launch roof, and the batched path's fixed cost (added outside the max,
+  like the overhead, to every step of two or more tokens).
 
 A max of linear models is fitted by alternating: assign each row to the regime the current coefficients say
 dominates it, fit all coefficients at once by non-negative least squares (scikit-learn's
@@ -42,13 +43,14 @@ FORMS: tuple[Form, ...] = ("roofline", "launch")
 COEFFICIENTS = (
     "overhead_s", "s_per_new_token", "s_per_seq", "s_per_attn_ctx_token", "memory_base_s", "s_per_kv_token",
 )
-LAUNCH_COEFFICIENTS = ("s_per_prefill_ctx_token", "prefill_launch_s", "prefill_ctx_launch_s")
+LAUNCH_COEFFICIENTS = ("s_per_prefill_ctx_token", "prefill_launch_s", "prefill_ctx_launch_s", "batched_step_s")
 ALL_COEFFICIENTS = COEFFICIENTS + LAUNCH_COEFFICIENTS
 _REGIMES: dict[Form, tuple[tuple[int, ...], ...]] = {  # columns of each regime: compute, memory[, launch]
     "roofline": ((1, 2, 3), (4, 5)),
     "launch": ((1, 2, 3, 6), (4, 5), (7, 8)),
 }
 _MEMORY_BASE = 4  # column of memory_base_s
+_ALWAYS: dict[Form, tuple[int, ...]] = {"roofline": (0,), "launch": (0, 9)}  # columns outside the max: added
 _RANDOM_STARTS = 8  # extra alternations from seeded random regime assignments
 
 
@@ -70,7 +72,8 @@ def design_matrix(batches: Sequence[StepBatch]) -> np.ndarray:
     """One row per batch, one column per coefficient in :data:`ALL_COEFFICIENTS` order."""
     return np.array(
         [[1.0, b.new_tokens, b.seqs, b.attn_ctx_tokens, 1.0, b.kv_tokens, b.prefill_ctx_tokens,
-          float(b.prefill_seqs > 0), float(b.prefill_seqs > 0 and b.prefill_ctx_tokens > 0)] for b in batches],
+          float(b.prefill_seqs > 0), float(b.prefill_seqs > 0 and b.prefill_ctx_tokens > 0),
+          float(b.new_tokens >= 2)] for b in batches],
         dtype=float,
     ).reshape(-1, len(ALL_COEFFICIENTS))
 
@@ -87,7 +90,7 @@ def _roofs(c: np.ndarray, x: np.ndarray, form: Form = "launch") -> np.ndarray:
 def predict_s(profile: StepTimeProfile, x: np.ndarray) -> np.ndarray:
     """Step seconds of every row of a design matrix (same formula as ``StepTimeModel.step_s``)."""
     c = _coef(profile)
-    return c[0] + _roofs(c, x).max(axis=0)
+    return x[:, [0, 9]] @ c[[0, 9]] + _roofs(c, x).max(axis=0)
 
 
 def _regime_design(x: np.ndarray, assign: np.ndarray, form: Form) -> np.ndarray:
@@ -96,7 +99,7 @@ def _regime_design(x: np.ndarray, assign: np.ndarray, form: Form) -> np.ndarray:
     for r, cols in enumerate(_REGIMES[form]):
         xr[np.ix_(assign != r, list(cols))] = 0.0
     for col in range(1, len(ALL_COEFFICIENTS)):
-        if not any(col in cols for cols in _REGIMES[form]):
+        if col not in _ALWAYS[form] and not any(col in cols for cols in _REGIMES[form]):
             xr[:, col] = 0.0
     return xr
 
@@ -147,7 +150,7 @@ def _unidentified(xr: np.ndarray, y: np.ndarray, active: list[int]) -> tuple[str
 
 def _active(assign: np.ndarray, form: Form) -> list[int]:
     """The overhead and the columns of every regime that has rows."""
-    return [0] + [c for r, cols in enumerate(_REGIMES[form]) if (assign == r).any() for c in cols]
+    return [*_ALWAYS[form]] + [c for r, cols in enumerate(_REGIMES[form]) if (assign == r).any() for c in cols]
 
 
 @dataclass
@@ -211,7 +214,7 @@ def fit_step_profile(
     if form == "roofline":  # the launch form's coefficients are not part of this form: start (and stay) at 0
         initial = initial.model_copy(update={c: 0.0 for c in LAUNCH_COEFFICIENTS})
     # each regime fitted alone to every row; a row starts in the regime whose line is highest there (the max)
-    alone = np.array([x @ _solve(x, y, [0, *cols]) for cols in regimes])
+    alone = np.array([x @ _solve(x, y, [*_ALWAYS[form], *cols]) for cols in regimes])
     rng = np.random.default_rng(0)
     starts = [
         np.argmax(_roofs(_coef(initial), x, form), axis=0),

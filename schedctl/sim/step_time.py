@@ -13,7 +13,8 @@ prefill chunk has e_i >= 1; a decode has e_i = 1). Six batch features carry ever
     compute_s = cn*new_tokens + cs*seqs + ca*attn_ctx_tokens + cp*prefill_ctx_tokens   (FLOPs / achieved FLOP/s)
     memory_s  = m0 + mk*kv_tokens                              (weight bytes + KV bytes) / achieved bandwidth
     launch_s  = l0*[prefill_seqs > 0] + lc*[prefill_ctx_tokens > 0]    host time to launch a prefill's kernels
-    step_s    = overhead_s + max(compute_s, memory_s, launch_s)   the slowest of the three, plus overhead
+    fixed_s   = overhead_s + bs*[new_tokens >= 2]                  per step, outside the max
+    step_s    = fixed_s + max(compute_s, memory_s, launch_s)        the slowest of the three, plus the fixed cost
 
 The first two roofs are the datasheet roofline: from a datasheet the coefficients are FLOPs or bytes per feature
 divided by peak throughput times an efficiency, and the launch roof and ``cp`` are 0. The launch roof and the
@@ -21,10 +22,12 @@ per-context-token cost are what measured small steps show the roofline misses (c
 docs/fidelity.md): a prefill run eagerly (no CUDA graph) cannot finish before the host has launched its
 kernels, a few per layer, so a prefill of 128 tokens takes as long as one of 512; and a short chunk over a long
 cached context keeps few attention tiles busy, so its attention costs per context token, not per (query, key)
-pair. With every new coefficient 0 the model is exactly the roofline. `fit_step_profile` fits the coefficients
-to measured step timings (non-negative least squares of the relative error, one fit per regime, alternating
-until the regimes settle); :func:`transfer_profile` carries a fitted profile to another GPU or model through
-the datasheet ratios.
+pair. ``bs`` (``batched_step_s``) is the fixed cost of the matrix-matrix path: on a CPU a step of one token (one
+decode sequence) runs matrix-vector products, much cheaper than the two-row step (5 ms against 10 ms on the
+profile in config/profiles/cpu-small-llama). With every new coefficient 0 the model is exactly the roofline.
+``fit_step_profile`` fits the coefficients to measured step timings (non-negative least squares of the
+relative error, one fit per regime, alternating until the regimes settle); :func:`transfer_profile` carries a
+fitted profile to another GPU or model through the datasheet ratios.
 
 Decode steps between scheduler events are advanced in bulk: with a fixed batch every feature grows linearly
 with the step index j, so compute and memory times are lines in j and a run of n steps has a closed-form
@@ -89,8 +92,8 @@ class StepBatch:
 class StepTimeProfile(BaseModel):
     """Coefficients of the step-time model, in seconds per unit of each feature.
 
-    The last three (the launch roof and the per-prefill-context-token cost) default to 0: a profile written
-    before they existed loads unchanged and predicts what it did.
+    The last four (the launch roof, the per-prefill-context-token cost and the batched path's fixed cost)
+    default to 0: a profile written before they existed loads unchanged and predicts what it did.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -104,6 +107,7 @@ class StepTimeProfile(BaseModel):
     s_per_prefill_ctx_token: float = Field(default=0.0, ge=0)
     prefill_launch_s: float = Field(default=0.0, ge=0)
     prefill_ctx_launch_s: float = Field(default=0.0, ge=0)
+    batched_step_s: float = Field(default=0.0, ge=0)
     source: str = "datasheet"  # "datasheet" or what it was fitted from
 
     @staticmethod
@@ -157,7 +161,11 @@ class StepTimeModel:
 
     def step_s(self, b: StepBatch) -> float:
         compute, memory = self.terms(b)
-        return self.profile.overhead_s + max(compute, memory, self.launch_s(b))
+        return self.fixed_s(b.new_tokens) + max(compute, memory, self.launch_s(b))
+
+    def fixed_s(self, new_tokens: float) -> float:
+        """The cost outside the max: the per-step overhead, plus the batched path's when a step has >= 2 tokens."""
+        return self.profile.overhead_s + (self.profile.batched_step_s if new_tokens >= 2 else 0.0)
 
     def decode_run(self, batch_size: int, context_tokens: int) -> DecodeRun:
         """A run of decode steps of ``batch_size`` sequences whose contexts total ``context_tokens`` now."""
@@ -166,7 +174,7 @@ class StepTimeModel:
         # Each step adds one context token per sequence: every feature that grows does so by batch_size.
         b1 = StepBatch(batch_size, batch_size, b0.attn_ctx_tokens + batch_size, b0.kv_tokens + batch_size)
         c1, m1 = self.terms(b1)
-        return DecodeRun(self.profile.overhead_s, c0, c1 - c0, m0, m1 - m0)
+        return DecodeRun(self.fixed_s(batch_size), c0, c1 - c0, m0, m1 - m0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +239,8 @@ def transfer_profile(profile: StepTimeProfile, src_gpu: GPUProfile, src_model: M
 
     Each compute coefficient scales with the FLOPs of its feature over the peak FLOP/s, each memory coefficient
     with the bytes of its feature over the peak bandwidth (the achieved efficiencies are assumed to carry over),
-    the launch roof with the number of layers (kernels are launched per layer by the same kind of host), and
+    the launch roof and the batched path's fixed cost with the number of layers (kernels are launched per layer
+    by the same kind of host), and
     the per-step overhead with the GPUs' ``step_overhead_s`` (1 when the source's is 0).
     """
     flops = src_gpu.peak_flops / dst_gpu.peak_flops
@@ -250,5 +259,6 @@ def transfer_profile(profile: StepTimeProfile, src_gpu: GPUProfile, src_model: M
         s_per_kv_token=p.s_per_kv_token * dst_model.kv_bytes_per_token / src_model.kv_bytes_per_token * bw,
         prefill_launch_s=p.prefill_launch_s * layers,
         prefill_ctx_launch_s=p.prefill_ctx_launch_s * layers,
+        batched_step_s=p.batched_step_s * layers,
         source=f"{p.source} -> {dst_gpu.name}/{dst_model.name} (datasheet ratios)",
     )
