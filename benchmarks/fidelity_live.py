@@ -7,9 +7,11 @@ Run (needs the SGLang venv, ~5-10 min on 2 cores; one server, stopped at the end
 1. Starts a real SGLang 0.5.23 server on this CPU (tiny random-weight Llama, ``tiny_cpu_server``: the schedctl
    plugin loaded, ``--max-total-tokens --max-running-requests --chunked-prefill-size`` as given, forward-iteration
    numbers in its log: ``SGLANG_LOG_FORWARD_ITERS=1``).
-2. Calibrates: a calibration load (unique prompts of mixed lengths in a burst, then long decodes at 1, 4 and 8
+2. Calibrates: a calibration load (bursts of unique and shared-prefix prompts, then long decodes at 1 to 16
    concurrent requests) is sent, and the step-time profile is fitted to the server's own ``Prefill batch`` /
-   ``Decode batch`` log lines (``schedctl calibrate --from server.log``: ``read_sglang_log`` + ``fit_rows``).
+   ``Decode batch`` log lines (``schedctl calibrate --from server.log``: ``read_sglang_log`` + ``fit_rows``),
+   together with the single-prefill steps of a first, short-lived server run one request at a time
+   (``calibrate_single_prefills``: a log times a prefill step only when requests were waiting before it).
    None of the evaluation traces is used to calibrate.
 3. For each workload (shared prefixes at a low and a high load, and one without sharing) and each policy
    (``fcfs``, ``lpm``, ``klpm:4``, pushed to the plugin): flushes the server's cache, replays the trace with
@@ -45,7 +47,7 @@ from schedctl.engine_adapter.sglang.launcher import tiny_cpu_server
 from schedctl.loadgen.protocol import fit_vocab
 from schedctl.loadgen.runner import LoadConfig, run_load
 from schedctl.policies.spec import parse_policy
-from schedctl.sim.calibrate import fit_rows, predicted_s, read_sglang_log
+from schedctl.sim.calibrate import StepRow, fit_rows, predicted_s, read_sglang_log
 from schedctl.sim.engine import EngineConfig, sglang_engine_config
 from schedctl.sim.profiles import ModelProfile, load_gpu
 from schedctl.sim.run import Hardware, SimSummary, simulate
@@ -73,9 +75,12 @@ def hashed(reqs: list[Request]) -> list[Request]:
 
 
 def calibration_requests(seed: int) -> list[list[Request]]:
-    """Calibration traffic, none of it an evaluation trace: bursts of unique prompts of 60-2,048 tokens, bursts
-    over shared prefixes of 256 and 1,024 tokens (prefills after a cached context), and long decodes at 1 to 16
-    concurrent requests (decode lines need decode-only intervals)."""
+    """Calibration traffic, none of it an evaluation trace, covering the step shapes the server runs:
+
+    - bursts of unique prompts of 60-2,048 tokens and over shared prefixes of 256 and 1,024 tokens (large prefill
+      batches, prefills after a cached context);
+    - long decodes at 1 to 16 concurrent requests (decode lines need decode-only intervals).
+    """
     bursts = [
         ("gsp:num_groups=40,prompts_per_group=1,system_prompt_len=2048,question_len=16,output_len=1,"
          "range_ratio=0.03", 40),
@@ -89,6 +94,36 @@ def calibration_requests(seed: int) -> list[list[Request]]:
                              "output_len=120,range_ratio=0.1", 1e4, "regular", num_requests=conc, seed=seed + conc)
         out.append(hashed(list(reqs)))
     return out
+
+
+def single_prefill_requests(seed: int) -> list[Request]:
+    """Calibration for one prefill per step (the commonest step at light load): bursts of one-token answers, sent
+    to a server that runs one request at a time (``--max-running-requests 1``), so that each prefill follows
+    the previous one with requests still waiting (the only prefill steps an SGLang log times; see
+    ``read_sglang_log``): prompts of 100-2,000 tokens, alone or after a cached prefix of 256 or 1,024 tokens."""
+    parts = [("gsp:num_groups=24,prompts_per_group=1,system_prompt_len=2048,question_len=16,output_len=1,"
+              "range_ratio=0.05", 24),
+             ("rasq:num_groups=2,queries_per_group=10,shared_len=1024,unique_len=48,output_len=1", 20),
+             ("rasq:num_groups=2,queries_per_group=10,shared_len=256,unique_len=160,output_len=1", 20)]
+    return [r for i, (w, n) in enumerate(parts)
+            for r in hashed(list(make_requests(w, 1e4, "regular", num_requests=n, seed=seed + 300 + i)))]
+
+
+def calibrate_single_prefills(workdir: Path, sglang_args: list[str], seed: int) -> list[StepRow]:
+    """The step rows of :func:`single_prefill_requests` on a server of its own, started and stopped here."""
+    args = [*sglang_args]
+    args[args.index("--max-running-requests") + 1] = "1"
+    server = tiny_cpu_server(workdir, sglang_args=args, environ={"SGLANG_LOG_FORWARD_ITERS": "1"})
+    try:
+        server.start()
+        server.wait_healthy(420.0)
+        reqs = single_prefill_requests(seed)
+        for lo in range(0, len(reqs), 8):  # bursts of 8: each prefill but the last of a burst has others waiting
+            run_load(reqs[lo:lo + 8], LoadConfig(url=server.url, request_timeout_s=180.0))
+        time.sleep(1.0)
+    finally:
+        server.stop()
+    return [r for r in read_sglang_log(workdir / "server.log").rows if r.prefill_tokens]
 
 
 def say(*parts: object) -> None:
@@ -145,6 +180,8 @@ def main() -> None:
     workdir = args.dir or Path(tempfile.mkdtemp(prefix="fidelity-live-"))
     sglang_args = ["--max-total-tokens", str(args.kv_tokens), "--max-running-requests", str(args.max_running),
                    "--chunked-prefill-size", str(args.chunk_tokens), "--decode-log-interval", "10"]
+    single_rows = calibrate_single_prefills(workdir / "single", sglang_args, args.seed)
+    say(f"{len(single_rows)} single-prefill rows from a one-request-at-a-time server")
     server = tiny_cpu_server(workdir, sglang_args=sglang_args, environ={"SGLANG_LOG_FORWARD_ITERS": "1"})
     cells: list[dict[str, Any]] = []
     t0 = time.monotonic()
@@ -160,9 +197,10 @@ def main() -> None:
             run_load(part, LoadConfig(url=url, request_timeout_s=180.0))
         time.sleep(1.0)
         log = read_sglang_log(workdir / "server.log")
-        profile, report = fit_rows(log.rows, "fit:fidelity_live/server.log")
+        profile, report = fit_rows(single_rows + log.rows, "fit:fidelity_live/server.log")
         calib_rows = len(log.rows)
-        say(f"calibrated from {len(log.rows)} log rows ({log.prefill_rows} prefill, {log.decode_rows} decode): "
+        say(f"calibrated from {len(single_rows) + len(log.rows)} log rows ({len(single_rows) + log.prefill_rows} "
+            f"prefill, {log.decode_rows} decode): "
             f"{report.form} form, MAPE {report.mape:.1%}, worst {report.worst_ape:.1%}")
         # 3. every workload x policy, live and simulated
         settings = {k: v for k, v in vars(args).items() if k not in ("dir", "json", "json_out", "resimulate")}
@@ -208,7 +246,8 @@ def simulate_cell(cell: dict[str, Any], reqs: list[Request], profile: StepTimePr
     hw = Hardware(gpu=load_gpu("h100-sxm"), model=TINY, step_profile=profile,
                   kv_capacity_tokens=settings["kv_tokens"])
     common = dict(max_running_requests=settings["max_running"], chunked_prefill_tokens=settings["chunk_tokens"])
-    engines = {"sglang": sglang_engine_config(sglang_plugin_order=True, **common),
+    # schedctl load sends every request with ignore_eos: SGLang reserves all of its remaining output
+    engines = {"sglang": sglang_engine_config(sglang_plugin_order=True, fixed_length_outputs=True, **common),
                "ideal": EngineConfig.model_validate(common)}
     for mode, cfg in engines.items():
         _e, s = simulate(reqs, parse_policy(cell["policy"]), hw, cfg, rate=cell["rate"],

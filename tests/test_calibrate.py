@@ -93,11 +93,11 @@ def test_a_malformed_csv_names_the_line_and_column(tmp_path: Path, body: str, wh
 
 # --- SGLang log -----------------------------------------------------------------------------------------------
 
-def prefill(it: int | None, seqs: int, new: int, cached: int, tput: float, rank: str = "TP0") -> str:
+def prefill(it: int | None, seqs: int, new: int, cached: int, tput: float, rank: str = "TP0", waiting: int = 7) -> str:
     """A Prefill line as SGLang 0.5.23 prints it (metrics_reporter.report_prefill_stats)."""
     iter_msg = f" [{it}]" if it is not None else ""
     return (f"[2026-01-05 10:00:01 {rank}] Prefill batch{iter_msg}, #new-seq: {seqs}, #new-token: {new}, "
-            f"#cached-token: {cached}, token usage: 0.12, #running-req: 3, #queue-req: 7, #pending-token: 0, "
+            f"#cached-token: {cached}, token usage: 0.12, #running-req: 3, #queue-req: {waiting}, #pending-token: 0, "
             f"cuda graph: False, input throughput (token/s): {tput:.2f}")
 
 
@@ -153,6 +153,17 @@ def test_a_malformed_sglang_line_is_reported_with_its_number(tmp_path: Path, bad
         read_sglang_log(path)
     assert err.value.where == "line 6"
     assert reason in err.value.reason
+
+
+def test_a_prefill_after_one_that_left_nothing_waiting_is_not_timed(tmp_path: Path) -> None:
+    """One request at a time: prefill [101] leaves nothing waiting, the server idles until the next request, whose
+    prefill is [102]; its throughput counts the idle time."""
+    path = tmp_path / "server.log"
+    path.write_text("\n".join([prefill(100, 1, 512, 0, 5000.0), prefill(101, 1, 512, 0, 5000.0, waiting=0),
+                               prefill(102, 1, 512, 0, 1500.0, waiting=1), prefill(103, 1, 512, 0, 5000.0)]) + "\n")
+    got = read_sglang_log(path)
+    np.testing.assert_allclose([r.seconds for r in got.rows], [512 / 5000.0, 512 / 5000.0])  # [101] and [103]
+    assert got.skipped["nothing waited after the previous prefill (idle time may precede it)"] == 1
 
 
 def test_a_log_without_usable_lines_says_why(tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -139,6 +141,66 @@ def test_a_fault_in_the_plugins_ordering_leaves_sglang_serving(adapter: SGLangAd
     result, _ = _burst(server.url, num_requests=16, seed=3)
     assert result.summary.errors == 0
     assert plugin_state(server.url)["fallbacks"].get("order", 0) == healthy_before  # ordering works again
+
+
+def _sample(url: str, names: tuple[str, ...]) -> dict[str, float]:
+    """The sum over series of each named sample in one /metrics answer (prometheus-client's parser)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = dict.fromkeys(names, 0.0)
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10.0).text):
+        for s in family.samples:
+            if s.name in out:
+                out[s.name] += s.value
+    return out
+
+
+def _reserve_run(url: str, seed: int) -> tuple[float, float]:
+    """Four 600-token prompts with 800 output tokens each, at once: (most requests running at one time, retractions).
+
+    Running all four needs 4 x 1,400 = 5,600 KV tokens at the end (the cache holds 4,096): how many SGLang admits
+    depends on the reserve it keeps for their outputs."""
+    running, retracted = "sglang:num_running_reqs", "sglang:num_retracted_requests_total"
+    before = _sample(url, (retracted,))[retracted]
+    reqs = make_requests("gsp:num_groups=4,prompts_per_group=1,system_prompt_len=584,question_len=16,output_len=800",
+                         1000.0, "regular", num_requests=4, seed=seed)
+    most, done = 0.0, threading.Event()
+
+    def watch() -> None:
+        nonlocal most
+        while not done.is_set():
+            most = max(most, _sample(url, (running,))[running])
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        result = run_load(reqs, LoadConfig(url=url, vocab_size=VOCAB, request_timeout_s=180.0))
+    finally:
+        done.set()
+        watcher.join()
+    assert result.summary.requests == 4 and result.summary.errors == 0
+    return most, _sample(url, (retracted,))[retracted] - before
+
+
+def test_conservativeness_is_set_at_run_time_read_back_and_changes_admission(adapter: SGLangAdapter,
+                                                                            server: ServerProcess) -> None:
+    adapter.apply(parse_policy("fcfs"))
+    try:
+        careful = adapter.set_conservativeness(2.0)
+        assert careful["schedule_conservativeness"] == 2.0 and careful["new_token_ratio_init"] == 1.0  # min(1.4, 1)
+        careful_running, careful_retracted = _reserve_run(server.url, seed=5)
+        eager = adapter.set_conservativeness(0.1)
+        assert eager["new_token_ratio_init"] == pytest.approx(0.07)  # SGLang's 0.7 x 0.1
+        eager_running, eager_retracted = _reserve_run(server.url, seed=6)
+        # full reserve: two fit (2 x 1,400 <= 4,096 < 3 x 1,400); a 7% reserve admits all four, then retracts
+        assert careful_running == 2 and careful_retracted == 0
+        assert eager_running == MAX_RUNNING and eager_retracted >= 1
+        for bad in (0, -1, 10.5):
+            assert set_internal_state(server.url, {"schedctl_schedule_conservativeness": bad}) == [False]
+        assert adapter.reserve() is not None and adapter.reserve()["schedule_conservativeness"] == 0.1  # type: ignore[index]
+    finally:
+        adapter.set_conservativeness(1.0)  # the server's start-up value, for the tests after this one
 
 
 def test_serve_stops_its_whole_process_group_on_sigterm(server: ServerProcess) -> None:

@@ -47,3 +47,24 @@ def test_reserve_share_decays_rises_on_retraction_and_resets_when_idle_only_if_a
     sg.leave(live(0), 10, 5)
     sg.idle()
     assert sg.ratio == 0.7
+
+
+def test_under_sglangs_scheduler_a_retraction_sets_sglangs_estimate_from_what_still_runs() -> None:
+    """estimate_new_token_ratio_after_retract: (decoded + 20 per request) / (max new tokens + 1), capped at 1 —
+    lower than the share before it when little has been decoded, unlike the idealised engine's fixed 0.9."""
+    cfg = dict(new_token_ratio=0.1, init_new_token_ratio=0.7, token_ratio_decay_per_step=0.0)
+    for sglang, expected in ((True, (2 * 20 + 2 * 20) / (2 * 1000 + 1)), (False, 0.9)):
+        rs = RunningSet(EngineConfig.model_validate({**cfg, "sglang_lpm": sglang}))
+        a, b, c = (live(i, output_len=1000) for i in range(3))
+        for x in (a, b, c):
+            rs.join(x, 10, 1000)
+        rs.advance(20, 3)  # 20 tokens each
+        rs.leave(c, 30, 980)  # c is retracted
+        rs.retracted()
+        assert rs.ratio == pytest.approx(expected)
+    rs = RunningSet(EngineConfig.model_validate({**cfg, "sglang_lpm": True}))
+    d = live(3, output_len=10)
+    rs.join(d, 10, 10)
+    rs.advance(9, 1)
+    rs.retracted()
+    assert rs.ratio == 1.0  # capped

@@ -204,3 +204,31 @@ def test_in_the_engine_plugin_order_keeps_one_sharer_per_pass_and_raises_hits() 
         eng.run()
         hits[plugin] = eng.cache.hit_rate
     assert hits[True] == pytest.approx(128 / 400) and hits[False] == 0.0
+
+
+def _second_admitted_at(cfg: EngineConfig) -> float:
+    """How long a second request (100-token prompt, 300 outputs) waits, next to one decoding (100 + 300) in 700 KV
+    tokens: with the first's share reserved (0.7 x 300), the second fits if it reserves the share of its own
+    outputs too (100 + 210 + 100 + 210 < 700), not if it reserves all of them (100 + 210 + 100 + 300 > 700)."""
+    eng = SimEngine(cfg, MODEL, 700, FCFSSpec())
+    eng.add_requests([Request(request_id=0, arrival_s=0.0, prompt=cold(0), output_len=300),
+                      Request(request_id=1, arrival_s=0.001, prompt=cold(1), output_len=300)])
+    eng.run()
+    first, second = eng.completed.row(0), eng.completed.row(1)
+    assert first.request_id == 0
+    return second.first_token_s - second.arrival_s
+
+
+def test_sglang_reserves_a_new_requests_whole_output_and_the_share_of_running_ones() -> None:
+    share = dict(new_token_ratio=0.7, init_new_token_ratio=0.7, token_ratio_decay_per_step=0.0)
+    ideal = _second_admitted_at(EngineConfig.model_validate(share))
+    sglang = _second_admitted_at(EngineConfig.model_validate({**share, "sglang_lpm": True}))
+    assert ideal < 0.1  # admitted beside the first at once
+    assert sglang > 1.0  # waits for the first's reserve to shrink as it decodes
+
+
+def test_fixed_length_outputs_reserve_everything_whatever_the_conservativeness() -> None:
+    for c in (0.1, 1.0, 3.0):
+        cfg = sglang_engine_config(schedule_conservativeness=c, fixed_length_outputs=True)
+        assert (cfg.init_new_token_ratio, cfg.new_token_ratio, cfg.token_ratio_decay_per_step) == (1.0, 1.0, 0.0)
+    assert sglang_engine_config(schedule_conservativeness=0.1).init_new_token_ratio == pytest.approx(0.07)

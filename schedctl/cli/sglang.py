@@ -25,6 +25,7 @@ from schedctl.engine_adapter.sglang.launcher import (
     build_command,
     serve,
 )
+from schedctl.engine_adapter.sglang.reserve import check_conservativeness
 from schedctl.engine_adapter.sglang.tiny_model import TinyLlama, write_tiny_model
 from schedctl.policies.spec import parse_policy, policy_label
 
@@ -126,6 +127,11 @@ def _show(adapter: SGLangAdapter) -> None:
     caps, active = adapter.status()  # server_info only: works without --enable-metrics
     print(f"SGLang {caps.version or '?'}: schedctl policy {'off' if active is None else policy_label(active)}; "
           f"accepts {', '.join(sorted(caps.policy_kinds)) or 'nothing (is the plugin loaded?)'}")
+    now = adapter.reserve()
+    if now is not None:
+        print(f"schedule_conservativeness {now['schedule_conservativeness']:g}: reserve share "
+              f"{now['new_token_ratio']:.3f} now (from {now['new_token_ratio_init']:.3f}, floor "
+              f"{now['new_token_ratio_min']:.3f})")
 
 
 @sglang_app.command("show")
@@ -139,15 +145,28 @@ def show_cmd(url: str = URL_OPTION) -> None:
 def push_cmd(
     policy: str = typer.Argument(..., help="fcfs, lpm, klpm:K, slai[:prefill_order=fcfs,strict_first=true], or off"),
     url: str = URL_OPTION,
+    conservativeness: float | None = typer.Option(
+        None, "--conservativeness", help="also set SGLang's schedule_conservativeness (the admission reserve, a "
+        "number in (0, 10]) at run time"),
 ) -> None:
     """Make POLICY the plugin's order on every rank ("off": SGLang's own --schedule-policy order).
+
+    --conservativeness sets SGLang's schedule_conservativeness in the running scheduler (0.5.23 reads it only at
+    start-up; the plugin applies it through SGLang's config override and rebuilds the reserve tracker).
 
     On SGLang, slai is its prefill order only: shortest prompt first, or FCFS, optionally the strict class first
     (requests sent with an SGLang priority above the default); its decode knobs cannot be applied and are refused.
     """
     spec = None if policy.strip().lower() == "off" else parse_or_usage(parse_policy, policy, "POLICY")
+    if conservativeness is not None:
+        try:
+            check_conservativeness(conservativeness)
+        except ValueError as exc:
+            raise UsageError(f"--conservativeness: {exc}") from None
     with _server(url) as adapter:
         adapter.apply(spec)
+        if conservativeness is not None:
+            adapter.set_conservativeness(conservativeness)
         _show(adapter)
 
 

@@ -214,7 +214,10 @@ def read_sglang_log(path: str | os.PathLike[str]) -> SGLangLogRead:
       ``#new-token / input throughput`` is one step's duration only when the previous forward step was that
       previous prefill. That is checkable only with forward-iteration numbers, which SGLang prints when the
       server runs with ``SGLANG_LOG_FORWARD_ITERS=1`` (``Prefill batch [812], ...``): a prefill row is kept when
-      the previous prefill line of the rank has iteration N-1. Row: ``prefill_tokens = #new-token``
+      the previous prefill line of the rank has iteration N-1 and reported requests still waiting
+      (``#queue-req`` > 0). Consecutive iteration numbers alone do not rule out idle time: a server serving one
+      request at a time logs prefill [101], then prefill [102] a third of a second later when the next request
+      arrives, and ``input throughput`` then counts the wait. Row: ``prefill_tokens = #new-token``
       (+ ``#replay-token``), ``prefill_context_tokens = #cached-token``, ``prefill_seqs = #new-seq``. Decode
       requests riding along in a mixed batch (``--enable-mixed-chunk``) are not visible in the line: calibrate
       with that option off.
@@ -232,6 +235,7 @@ def read_sglang_log(path: str | os.PathLike[str]) -> SGLangLogRead:
     out = SGLangLogRead()
     last_kind: dict[str, str] = {}  # rank -> kind of its previous batch line
     last_prefill_iter: dict[str, int | None] = {}
+    last_prefill_waiting: dict[str, bool] = {}  # rank -> its previous prefill line reported #queue-req > 0
     with fh:
         for lineno, line in enumerate(fh, start=1):
             if not _MARKER.search(line):
@@ -268,8 +272,12 @@ def read_sglang_log(path: str | os.PathLike[str]) -> SGLangLogRead:
                 tput = float(_field(p, lineno, fields, "input throughput (token/s)", False))
                 prev_it = last_prefill_iter.get(rank)
                 last_prefill_iter[rank] = it
+                prev_waiting = last_prefill_waiting.get(rank, False)
+                last_prefill_waiting[rank] = "#queue-req" in fields and _parse_number(fields["#queue-req"], True) > 0
                 reason = ("no forward-iteration numbers (run SGLang with SGLANG_LOG_FORWARD_ITERS=1)" if it is None
                           else "previous forward step was not a logged prefill" if prev_it != it - 1
+                          else "nothing waited after the previous prefill (idle time may precede it)"
+                          if not prev_waiting
                           else "zero throughput or tokens" if tput <= 0 or new == 0 or nseq == 0 else "")
                 if reason:
                     out.skipped[reason] += 1

@@ -69,8 +69,15 @@ class EngineConfig(BaseModel):
         "deprioritisation, then k-LPM; with sglang_lpm or this, a batch's requests do not share uncached prefixes"))
 
 
-def sglang_engine_config(schedule_conservativeness: float = 1.0, **fields: object) -> EngineConfig:
+def sglang_engine_config(schedule_conservativeness: float = 1.0, fixed_length_outputs: bool = False,
+                         **fields: object) -> EngineConfig:
     """The engine as SGLang 0.5.23's scheduler runs: its own pass order (``sglang_lpm``) and its reserve share.
+
+    ``fixed_length_outputs``: every request is sent with ``ignore_eos`` (``schedctl load`` sends them so), and
+    SGLang then reserves all of a running request's remaining output whatever the share ("fixed-length requests
+    cannot benefit from the early-EOS estimate": ``PrefillAdder._get_running_request_total_token_offset`` and
+    ``add_req_state`` in ``srt/managers/schedule_policy.py``): the share is 1 and ``schedule_conservativeness``
+    changes nothing.
 
     ``srt/managers/scheduler_components/new_token_ratio_tracker.py``: init = min(0.7 * schedule_conservativeness,
     1), min = init * 0.14, decay = (init - min) / 600 per decode step, reset to init when the server is idle
@@ -78,8 +85,8 @@ def sglang_engine_config(schedule_conservativeness: float = 1.0, **fields: objec
     in ``srt/environ.py``). A retraction there sets the share from what the retracted requests decoded; here it
     is raised to ``retract_token_ratio``.
     """
-    init = min(0.7 * schedule_conservativeness, 1.0)
-    floor = min(init * 0.14, 1.0)
+    init = 1.0 if fixed_length_outputs else min(0.7 * schedule_conservativeness, 1.0)
+    floor = init if fixed_length_outputs else min(init * 0.14, 1.0)
     base: dict[str, object] = dict(new_token_ratio=floor, init_new_token_ratio=init,
                                    token_ratio_decay_per_step=(init - floor) / 600, sglang_lpm=True)
     return EngineConfig.model_validate({**base, **fields})
@@ -132,6 +139,7 @@ class SimEngine:
         policy: PolicySpec | None = None, requests: Iterable[Request] = (),
     ) -> None:
         self.cfg = config
+        self._sglang_reserve = config.sglang_lpm or config.sglang_plugin_order  # _need: SGLang's admission reserve
         self.model = step_model
         self.cache = RadixKVCache(kv_capacity_tokens)
         self.policy: PolicySpec = policy or FCFSSpec()
@@ -242,14 +250,17 @@ class SimEngine:
     def _need(self, live: _Live, cached: int, budget: int, others: bool, ratio: float, remaining: int) -> int:
         """KV tokens admitting ``live``'s next chunk needs: the chunk, plus the reserve for outputs to come.
 
-        An engine with nothing else running or admitted admits without a reserve, as SGLang does.
+        An engine with nothing else running or admitted admits without a reserve, as SGLang does. SGLang's own
+        scheduler reserves a request's whole output when its last chunk is admitted, whatever the share (the share
+        applies to running requests only: ``PrefillAdder.add_one_req`` in ``srt/managers/schedule_policy.py``).
         """
         take = min(len(live.tokens) - cached, budget)
         if not others:
             return take
         reserve = math.ceil(ratio * remaining)
         if cached + take == len(live.tokens):
-            reserve += math.ceil(ratio * (live.req.output_len - live.generated))
+            own = 1.0 if self._sglang_reserve else ratio
+            reserve += math.ceil(own * (live.req.output_len - live.generated))
         return take + reserve
 
     def _admit(

@@ -7,8 +7,12 @@ the requests (insertion order = admission order, newest last):
 - ``ctx_tokens``: KV tokens of the decoding requests (the context their next decode step reads);
 - ``remaining_tokens``: output tokens still to come for them (what admission reserves a share of);
 - ``ratio``: that share (SGLang's ``new_token_ratio``), which decays per decode step to
-  ``EngineConfig.new_token_ratio``, is raised by a retraction and, with ``init_new_token_ratio``, starts over
-  when the engine falls idle.
+  ``EngineConfig.new_token_ratio``, is reset by a retraction and, with ``init_new_token_ratio``, starts over
+  when the engine falls idle. After a retraction the idealised engine raises it to ``retract_token_ratio``; with
+  SGLang's scheduler (``sglang_lpm`` or ``sglang_plugin_order``) it becomes SGLang's estimate from what the
+  requests still running have decoded (``NewTokenRatioTracker.estimate_new_token_ratio_after_retract``,
+  ``srt/managers/scheduler_components/new_token_ratio_tracker.py``): min(1, (decoded + 20 x running) /
+  (their output lengths + 1)), which may be lower than the share before it.
 
 How much a request adds when it joins and takes when it leaves is the batcher's to say (an SGLang-like batcher
 settles its decode steps in bulk, the hybrid one per iteration); the sums live here, written in one place.
@@ -21,15 +25,19 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from schedctl.sim.engine import EngineConfig, _Live
 
+RETRACT_DECODE_STEPS = 20  # SGLang's SGLANG_RETRACT_DECODE_STEPS (srt/environ.py)
+
 
 class RunningSet:
-    __slots__ = ("_decay", "_floor", "_idle_ratio", "_reset_when_idle", "_retract", "ctx_tokens", "ratio",
-                 "remaining_tokens", "requests")
+    __slots__ = ("_decay", "_estimate", "_floor", "_idle_ratio", "_reset_when_idle", "_retract", "ctx_tokens",
+                 "outputs_tokens", "ratio", "remaining_tokens", "requests")
 
     def __init__(self, cfg: EngineConfig) -> None:
         self.requests: dict[int, _Live] = {}  # by arrival seq; insertion order = admission order (newest last)
         self.ctx_tokens = 0
         self.remaining_tokens = 0
+        self.outputs_tokens = 0  # the output lengths of the decoding requests, summed
+        self._estimate = cfg.sglang_lpm or cfg.sglang_plugin_order
         self._floor = cfg.new_token_ratio
         self._decay = cfg.token_ratio_decay_per_step
         self._retract = cfg.retract_token_ratio
@@ -48,12 +56,14 @@ class RunningSet:
         self.requests[live.seq] = live
         self.ctx_tokens += ctx_tokens
         self.remaining_tokens += outputs_left
+        self.outputs_tokens += live.req.output_len
 
     def leave(self, live: _Live, ctx_tokens: int, outputs_left: int) -> None:
         """``live`` stops decoding (finished or retracted), holding ``ctx_tokens`` of KV, ``outputs_left`` to go."""
         del self.requests[live.seq]
         self.ctx_tokens -= ctx_tokens
         self.remaining_tokens -= outputs_left
+        self.outputs_tokens -= live.req.output_len
 
     def advance(self, steps: int, tokens_per_step: int) -> None:
         """``steps`` decode steps ran, each producing ``tokens_per_step`` tokens (one per decoding request in it)."""
@@ -65,8 +75,12 @@ class RunningSet:
         return self.requests[next(reversed(self.requests))]
 
     def retracted(self) -> None:
-        """A request went back to the queue: reserve more for a while."""
-        self.ratio = max(self.ratio, self._retract)
+        """A request went back to the queue (it has left the set): reserve more for a while."""
+        if self._estimate:
+            decoded = self.outputs_tokens - self.remaining_tokens
+            self.ratio = min(1.0, (decoded + RETRACT_DECODE_STEPS * len(self.requests)) / (self.outputs_tokens + 1))
+        else:
+            self.ratio = max(self.ratio, self._retract)
 
     def idle(self) -> None:
         """Nothing runs: SGLang's reserve share starts over (only with ``init_new_token_ratio``)."""

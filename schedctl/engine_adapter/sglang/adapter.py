@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 
 from schedctl.engine_adapter.base import Capabilities, EngineUnavailable, Observation, UnsupportedPolicy
-from schedctl.engine_adapter.sglang import channel, metrics
+from schedctl.engine_adapter.sglang import channel, metrics, reserve
 from schedctl.engine_adapter.sglang.export import RequestExportFollower, RequestRecord
 from schedctl.policies.spec import PolicySpec, policy_label
 
@@ -261,3 +261,29 @@ class SGLangAdapter:
         if active_version != version or active != spec:
             raise EngineUnavailable(f"pushed {label} v{version}, but /server_info reports {active} v{active_version}")
         logger.info("pushed %s to SGLang (version %d)", label, version)
+
+    def reserve(self) -> dict[str, float] | None:
+        """The admission reserve the plugin reads back from the scheduler (``reserve.py``); None if none reports it."""
+        for state in self._plugin_states(self._server_info()):
+            found = state.get("reserve")
+            if isinstance(found, dict):
+                return {k: float(v) for k, v in found.items() if isinstance(v, int | float)}
+        return None
+
+    def set_conservativeness(self, value: float) -> dict[str, float]:
+        """Set SGLang's ``schedule_conservativeness`` on every rank at run time; returns the readback."""
+        value = reserve.check_conservativeness(value)
+        resp = self._request("POST", "/set_internal_state", json={"server_args": {reserve.KEY_CONSERVATIVENESS: value}})
+        try:
+            updated = resp.json() if resp.status_code == 200 else None
+        except ValueError:
+            raise EngineUnavailable("POST /set_internal_state did not answer JSON") from None
+        if not isinstance(updated, list) or not updated or not all(u is True for u in updated):
+            raise UnsupportedPolicy(f"SGLang refused schedule_conservativeness {value:g} (HTTP {resp.status_code}, "
+                                    f"{resp.text[:200]}): is the plugin loaded (SGLANG_PLUGINS=schedctl)?")
+        now = self.reserve()
+        if now is None or now.get("schedule_conservativeness") != value:
+            raise EngineUnavailable(f"pushed schedule_conservativeness {value:g}, but /server_info reports {now}")
+        logger.info("set SGLang schedule_conservativeness to %g (reserve share %.3f)", value,
+                    now.get("new_token_ratio_init", float("nan")))
+        return now

@@ -12,7 +12,8 @@ with ``SGLANG_PLUGINS=schedctl``) in every process that calls ``load_plugins()``
   deprioritised requests (one per cold shared prefix per pass) follow in age order. Admission, chunking and
   memory checks run afterwards on this list, unchanged.
 * AFTER ``SchedulerInternalStateController._update_handlers`` — our keys in SGLang's ``/set_internal_state``
-  table (encoding in ``channel.py``); every rank receives the request.
+  table (encoding in ``channel.py``; ``schedctl_schedule_conservativeness``, the admission reserve, in
+  ``reserve.py``); every rank receives the request.
 * AFTER ``SchedulerInternalStateController.get_internal_state`` — our state in ``/server_info``.
 
 Above 128 waiting requests SGLang skips prefix matching (``WAITING_QUEUE_PREFIX_MATCH_MAX``: LPM becomes "keep
@@ -45,7 +46,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from schedctl.engine_adapter.sglang import channel
+from schedctl.engine_adapter.sglang import channel, reserve
 from schedctl.engine_adapter.sglang.plugin_state import KEY_TEST_FAULT as KEY_TEST_FAULT
 from schedctl.engine_adapter.sglang.plugin_state import TEST_FAULTS_ENV as TEST_FAULTS_ENV
 from schedctl.engine_adapter.sglang.plugin_state import PluginState as PluginState
@@ -178,6 +179,29 @@ class _ChannelHandler:
         return None  # not a server arg: nothing for SGLang's config override
 
 
+class _ReserveHandler:
+    """``schedctl_schedule_conservativeness`` in SGLang's update-handler table (``reserve.py``)."""
+
+    def __init__(self, controller: Any) -> None:
+        self.controller = controller
+
+    def validate(self, key: str, value: Any) -> None:
+        from sglang.srt.managers.scheduler_components.internal_state import UpdateRejected
+
+        try:
+            reserve.check_conservativeness(value)
+        except ValueError as exc:
+            raise UpdateRejected(f"schedctl: {exc}") from None
+
+    def apply(self, key: str, value: Any) -> None:
+        try:
+            reserve.apply_conservativeness(self.controller.scheduler, reserve.check_conservativeness(value))
+            logger.info("schedctl: schedule_conservativeness %s", value)
+        except Exception as exc:
+            STATE.fail("reserve", exc)
+        return None  # applied through SGLang's config override in reserve.py already
+
+
 def _base_policy(controller: Any) -> str | None:
     try:
         return str(controller.scheduler.policy.policy.value)
@@ -190,6 +214,7 @@ def _update_handlers_hook(result: Any, controller: Any, *a: Any, **kw: Any) -> A
         keys = [*channel.KEYS, *([KEY_TEST_FAULT] if os.environ.get(TEST_FAULTS_ENV) == "1" else [])]
         for key in keys:
             result[key] = _ChannelHandler(controller)
+        result[reserve.KEY_CONSERVATIVENESS] = _ReserveHandler(controller)
     except Exception as exc:
         STATE.fail("update_handlers", exc)
     return result
@@ -200,6 +225,11 @@ def _get_internal_state_hook(result: Any, controller: Any, *a: Any, **kw: Any) -
         result.internal_state[channel.SERVER_INFO_KEY] = STATE.snapshot()
     except Exception as exc:
         STATE.fail("server_info", exc)
+        return result
+    try:
+        result.internal_state[channel.SERVER_INFO_KEY]["reserve"] = reserve.reserve_readback(controller.scheduler)
+    except Exception as exc:
+        STATE.fail("reserve_readback", exc)
     return result
 
 
