@@ -129,8 +129,8 @@ def test_ctrl_c_mid_run_writes_what_was_measured(tmp_path):
     with FakeStreamServer(lambda i: Behaviour(first_token_delay_s=0.0 if i == 0 else 600.0)) as srv:
         proc = subprocess.Popen(
             [sys.executable, "-m", "schedctl", "load", "--url", srv.url, *SMALL, "--num-requests", "5",
-             "--request-timeout-s", "900", "--requests-out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+             "--request-timeout-s", "900", "--requests-out", str(out)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         try:
             deadline = time.monotonic() + 60
             while (len(srv.seen) < 5 or srv.finished < 1) and time.monotonic() < deadline and proc.poll() is None:
