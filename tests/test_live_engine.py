@@ -156,10 +156,12 @@ def _sample(url: str, names: tuple[str, ...]) -> dict[str, float]:
 
 
 def _reserve_run(url: str, seed: int) -> tuple[float, float]:
-    """Four 600-token prompts with 800 output tokens each, at once: (most requests running at one time, retractions).
+    """Four 600-token prompts with up to 800 output tokens each, at once: (most requests running at one time,
+    retractions).
 
-    Running all four needs 4 x 1,400 = 5,600 KV tokens at the end (the cache holds 4,096): how many SGLang admits
-    depends on the reserve it keeps for their outputs."""
+    Sent without ignore_eos, as real traffic is: SGLang reserves all of a fixed-length request's outputs whatever
+    the conservativeness. Running all four needs 4 x 1,400 = 5,600 KV tokens at the end (the cache holds 4,096):
+    how many SGLang admits depends on the reserve it keeps for the outputs of those already running."""
     running, retracted = "sglang:num_running_reqs", "sglang:num_retracted_requests_total"
     before = _sample(url, (retracted,))[retracted]
     reqs = make_requests("gsp:num_groups=4,prompts_per_group=1,system_prompt_len=584,question_len=16,output_len=800",
@@ -175,7 +177,7 @@ def _reserve_run(url: str, seed: int) -> tuple[float, float]:
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        result = run_load(reqs, LoadConfig(url=url, vocab_size=VOCAB, request_timeout_s=180.0))
+        result = run_load(reqs, LoadConfig(url=url, vocab_size=VOCAB, request_timeout_s=180.0, ignore_eos=False))
     finally:
         done.set()
         watcher.join()
@@ -193,9 +195,11 @@ def test_conservativeness_is_set_at_run_time_read_back_and_changes_admission(ada
         eager = adapter.set_conservativeness(0.1)
         assert eager["new_token_ratio_init"] == pytest.approx(0.07)  # SGLang's 0.7 x 0.1
         eager_running, eager_retracted = _reserve_run(server.url, seed=6)
-        # full reserve: two fit (2 x 1,400 <= 4,096 < 3 x 1,400); a 7% reserve admits all four, then retracts
+        # full reserve: two fit (2 x 1,400 <= 4,096 < 3 x 1,400) and nothing is retracted; a 7% reserve admits more
+        print(f"conservativeness 2.0: {careful_running:g} running at most, {careful_retracted:g} retracted; "
+              f"0.1: {eager_running:g} running at most, {eager_retracted:g} retracted")
         assert careful_running == 2 and careful_retracted == 0
-        assert eager_running == MAX_RUNNING and eager_retracted >= 1
+        assert eager_running > careful_running
         for bad in (0, -1, 10.5):
             assert set_internal_state(server.url, {"schedctl_schedule_conservativeness": bad}) == [False]
         assert adapter.reserve() is not None and adapter.reserve()["schedule_conservativeness"] == 0.1  # type: ignore[index]

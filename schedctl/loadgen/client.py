@@ -70,12 +70,12 @@ class RequestResult:
 
 async def send_one(
     client: httpx.AsyncClient, api: Api, req: Request, rid: str, result: RequestResult,
-    clock: Callable[[], float], timeout_s: float, vocab_size: int | None = None,
+    clock: Callable[[], float], timeout_s: float, vocab_size: int | None = None, ignore_eos: bool = True,
 ) -> None:
     """Send ``req``, stream the answer into ``result``; never raises except CancelledError (``result`` says how it
     ended: one request's failure, whatever it is, never ends the run)."""
     try:
-        body = request_body(api, req, rid, vocab_size)
+        body = request_body(api, req, rid, vocab_size, ignore_eos)
         async with asyncio.timeout(timeout_s):
             await _stream(client, api, body, result, clock)
     except (TimeoutError, httpx.TimeoutException):

@@ -94,15 +94,19 @@ def fit_vocab(ids: TokenArray | list[int], vocab_size: int | None) -> list[int]:
     return [int(t) for t in np.where(arr < vocab_size, arr, (z % np.uint64(vocab_size)).astype(np.int64)).tolist()]
 
 
-def request_body(api: Api, req: Request, rid: str, vocab_size: int | None = None) -> dict[str, Any]:
+def request_body(api: Api, req: Request, rid: str, vocab_size: int | None = None,
+                 ignore_eos: bool = True) -> dict[str, Any]:
+    """The request's JSON. ``ignore_eos`` (the default) makes the output exactly ``req.output_len`` tokens long;
+    without it the model may stop earlier, and SGLang then reserves only a share of the outputs still to come
+    (``schedule_conservativeness``), as for real traffic."""
     ids = fit_vocab(req.prompt, vocab_size)
     if api is Api.SGLANG:
         return {
             "rid": rid, "input_ids": ids, "stream": True,
-            "sampling_params": {"max_new_tokens": req.output_len, "ignore_eos": True, "temperature": 0.0},
+            "sampling_params": {"max_new_tokens": req.output_len, "ignore_eos": ignore_eos, "temperature": 0.0},
         }
     return {
-        "rid": rid, "prompt": ids, "max_tokens": req.output_len, "ignore_eos": True, "temperature": 0.0,
+        "rid": rid, "prompt": ids, "max_tokens": req.output_len, "ignore_eos": ignore_eos, "temperature": 0.0,
         "stream": True, "stream_options": {"include_usage": True, "continuous_usage_stats": True},
     }
 

@@ -39,6 +39,8 @@ class LoadConfig(BaseModel):
     request_timeout_s: float = Field(60.0, gt=0, description="a request not finished by then is a timeout")
     max_inflight: int = Field(256, ge=1, description="requests in flight at once")
     vocab_size: int | None = Field(None, ge=2, description="hash token ids at or above this into it (fit_vocab)")
+    ignore_eos: bool = Field(True, description="every output exactly output_len tokens long (SGLang then reserves "
+                             "all of it); False: the model may stop early, as real traffic does")
     allow_remote: bool = False
 
 
@@ -111,7 +113,7 @@ async def _drive(
     async def one(req: Request, result: RequestResult) -> None:
         try:
             await send_one(client, cfg.api, req, f"schedctl-load-{tag}-{req.request_id}", result, clock,
-                           cfg.request_timeout_s, cfg.vocab_size)
+                           cfg.request_timeout_s, cfg.vocab_size, cfg.ignore_eos)
         finally:
             slots.release()
         if on_result is not None:
