@@ -137,10 +137,14 @@ def show_cmd(url: str = URL_OPTION) -> None:
 
 @sglang_app.command("push")
 def push_cmd(
-    policy: str = typer.Argument(..., help="fcfs, lpm, klpm:K, slai[:prefill_order=fcfs,strict_first=true], or off"),
+    policy: str = typer.Argument(..., help=(
+        "fcfs, lpm, klpm:K, hrrn, spf, lpm-aging:N, sglang:fcfs|lpm|hrrn|spf, "
+        "slai[:prefill_order=fcfs,strict_first=true], or off")),
     url: str = URL_OPTION,
 ) -> None:
     """Make POLICY the plugin's order on every rank ("off": SGLang's own --schedule-policy order).
+
+    Every order but fcfs and sglang:fcfs reads SGLang's prefix matches: the server must run --schedule-policy lpm.
 
     On SGLang, slai is its prefill order only: shortest prompt first, or FCFS, optionally the strict class first
     (requests sent with an SGLang priority above the default); its decode knobs cannot be applied and are refused.

@@ -40,6 +40,11 @@ def check_arm(v: object) -> ArmValue:
         spec = parse_policy(text)
     except ValidationError as exc:
         raise ValueError(str(exc.errors()[0].get("msg", exc)).removeprefix("Value error, ")) from None
+    except ValueError as exc:
+        if str(exc).startswith("unknown policy"):
+            raise ValueError(f'arm {text!r} is not a k (an integer >= 1 or "inf") or a queue policy '
+                             f"({QUEUE_LABELS})") from None
+        raise
     if not isinstance(spec, KLPMSpec):
         raise ValueError(f"arm {text!r}: the tuner's arms are queue policies ({QUEUE_LABELS}); {spec.kind} is not")
     return arm_of(spec)

@@ -386,6 +386,11 @@ def queue_label(spec: KLPMSpec) -> str:
     return "fcfs" if spec.k == 1 else ("lpm" if spec.k is None else f"klpm:{spec.k}")
 
 
+def policy_family(spec: PolicySpec) -> str:
+    """A policy's family for logs and plots: :func:`queue_family` for queue orders, the kind for the others."""
+    return queue_family(spec) if isinstance(spec, KLPMSpec) else spec.kind
+
+
 def queue_family(spec: KLPMSpec) -> str:
     """The family of a queue-ordering spec: ``klpm`` (the k axis: fcfs, klpm:K, lpm), ``lpm-aging`` (its N axis),
     ``hrrn``, ``spf``, or ``sglang`` (SGLang's own orders). What the tuner's step rules and the plots group by."""

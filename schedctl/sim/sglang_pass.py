@@ -29,8 +29,8 @@ With ``plugin=True`` the queue orders as the schedctl plugin does inside SGLang 
 plugin.py``, any queue policy): fcfs by age; otherwise, at most 128 waiting, SGLang's deprioritisation as above,
 then the others by the policy on their match lengths (``order_waiting``, the pick counter advanced by the requests
 admitted since the previous pass) and the deprioritised ones last by age; above 128 waiting, the policy over all
-of them, then the deprioritisation over the first 128 of that order (the plugin re-matches a budget of them per pass; here every
-match is fresh).
+of them, then the deprioritisation over the first 128 of that order (the plugin re-matches a budget of them per
+pass; here every match is fresh).
 """
 
 from __future__ import annotations
@@ -106,8 +106,9 @@ class SGLangPassQueue(Generic[T]):
             return  # FCFS, or lpm/hrrn switched off above 128 waiting: the list keeps its order
         self.sorted_passes += 1
         matched = self._matches()
+        waited = [self.processed_tokens - w.born_tokens for w in self._items]
         order = sglang_pass_order(rank, [m for m, _h in matched], [len(w.tokens) for w in self._items],
-                                  [h for _m, h in matched], [self.processed_tokens - w.born_tokens for w in self._items])
+                                  [h for _m, h in matched], waited)
         self._items = [self._items[i] for i in order]
 
     def _matches(self) -> list[tuple[int, bool]]:

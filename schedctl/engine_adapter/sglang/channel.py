@@ -55,7 +55,8 @@ SGLANG_ORDERS = {1: "fcfs", 2: "lpm", 3: "hrrn", 4: "spf"}  # schedctl_k of kind
 K_INF = 0
 SLAI_STRICT_FIRST = 1  # flags of kind slai, carried in schedctl_k
 SLAI_FCFS_ORDER = 2
-SUPPORTED_KINDS = frozenset({"fcfs", "lpm", "klpm", "slai"})  # PolicySpec kinds the plugin orders the queue by
+# the policies the plugin orders the queue by (PolicySpec kinds, the queue orders by family; capabilities() lists them)
+SUPPORTED_KINDS = frozenset({"fcfs", "lpm", "klpm", "slai", "hrrn", "spf", "lpm-aging", "sglang"})
 # kinds that order by SGLang's prefix matches: they need the server started with --schedule-policy lpm
 # (sglang:fcfs, kind sglang with k 1, does not: needs_prefix_match)
 PREFIX_MATCH_KINDS = frozenset({"lpm", "klpm", "hrrn", "spf", "lpm-aging", "sglang"})
