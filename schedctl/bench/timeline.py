@@ -56,12 +56,13 @@ def policy_rows(labels: Sequence[str]) -> list[str]:
         try:
             spec = parse_policy(label)
         except ValueError:
-            return (2, "", 0.0, label)
+            return (3, "", 0.0, label)
         family = policy_family(spec)
         if family == "klpm":
             return (0, family, k_value(label), label)
-        pos = float(spec.aging_tokens_per_pass) if isinstance(spec, KLPMSpec) else 0.0
-        return (1, family, pos, label)
+        if family == "lpm-aging" and isinstance(spec, KLPMSpec):
+            return (1, family, float(spec.aging_tokens_per_pass), label)
+        return (2, family, 0.0, label)
     return sorted(dict.fromkeys(labels), key=key)
 
 
