@@ -5,13 +5,14 @@ RadixCache, the plugin loaded by load_plugins(), pushes through SGLang's own /se
 Where SGLang has the order built in (hrrn, shortest-prefill-first), the plugin's order is compared with SGLang's.
 """
 
+# ruff: noqa: F811
 from __future__ import annotations
 
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from test_sglang_plugin import (  # noqa: F401  (sg, state: fixtures)
+from test_sglang_plugin import (  # sg, state: the fixtures, taken as parameters (F811 off above)
     A,
     B,
     cold,
@@ -20,8 +21,8 @@ from test_sglang_plugin import (  # noqa: F401  (sg, state: fixtures)
     make_reqs,
     push,
     rids,
-    sg,
-    state,
+    sg,  # noqa: F401
+    state,  # noqa: F401
 )
 
 from schedctl.engine_adapter.sglang import channel, plugin
