@@ -30,7 +30,8 @@ import time
 import numpy as np
 
 from schedctl.policies.klpm import KLPMQueue
-from schedctl.policies.spec import QueueOrder, parse_policy, queue_order
+from schedctl.policies.orders import QueueOrder, queue_order
+from schedctl.policies.spec import parse_policy
 from schedctl.sim.radix_cache import RadixKVCache
 from schedctl.tokens import IdAllocator, TokenArray
 

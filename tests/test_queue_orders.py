@@ -11,8 +11,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schedctl.policies.klpm import KLPMQueue
-from schedctl.policies.orders import RatioScan, aging_priority, hrrn_ratio, sglang_pass_order, spf_work
-from schedctl.policies.spec import KLPMSpec, LPMSpec, QueueOrder, parse_policy, policy_label, queue_order
+from schedctl.policies.orders import (
+    QueueOrder,
+    RatioScan,
+    aging_priority,
+    hrrn_ratio,
+    queue_order,
+    sglang_pass_order,
+    spf_work,
+)
+from schedctl.policies.spec import KLPMSpec, LPMSpec, parse_policy, policy_label
 from schedctl.policies.waiting import order_waiting
 from schedctl.sim.engine import EngineConfig, SimEngine
 from schedctl.sim.profiles import load_gpu, load_model

@@ -26,7 +26,8 @@ from test_sglang_plugin import (  # sg, state: the fixtures, taken as parameters
 )
 
 from schedctl.engine_adapter.sglang import channel, plugin
-from schedctl.policies.spec import LPMSpec, QueueOrder, parse_policy
+from schedctl.policies.orders import QueueOrder
+from schedctl.policies.spec import LPMSpec, parse_policy
 from schedctl.policies.waiting import order_waiting
 
 pytestmark = pytest.mark.sglang

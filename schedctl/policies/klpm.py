@@ -34,9 +34,8 @@ from __future__ import annotations
 import heapq
 from typing import Generic, Protocol, TypeVar
 
-from schedctl.policies.orders import RatioScan, spf_work
+from schedctl.policies.orders import QueueOrder, RatioScan, spf_work
 from schedctl.policies.radix import RadixNode, RadixTree, Tokens, common_prefix_len
-from schedctl.policies.spec import QueueOrder
 from schedctl.tokens import TokenArray, as_tokens
 
 T = TypeVar("T")

@@ -27,13 +27,30 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
-from schedctl.policies.spec import Rank
+from schedctl.policies.spec import KLPMSpec, PolicySpec, Rank
 
 WAITING_QUEUE_PREFIX_MATCH_MAX = 128  # schedule_policy.py: lpm and hrrn are FCFS above this many waiting
 FALLBACK_RANKS = frozenset({"lpm", "hrrn"})  # the ranks _determine_active_policy switches off
+
+
+class QueueOrder(NamedTuple):
+    """What the shared queue (``policies/klpm.py``) runs with: the engine-independent part of a KLPMSpec."""
+
+    k: int | None
+    rank: Rank = "lpm"
+    aging_tokens_per_pass: int = 0
+
+
+def queue_order(spec: PolicySpec) -> QueueOrder:
+    """The shared queue's order for a queue-ordering spec (TypeError for the token-budget family). ``sglang``
+    specs are run by the simulator's model of SGLang's pass (``sim/sglang_pass.py``), not this queue."""
+    if isinstance(spec, KLPMSpec):
+        return QueueOrder(spec.k, spec.rank, spec.aging_tokens_per_pass)
+    raise TypeError(f"{spec.kind} is not a queue-ordering policy")
 
 
 def spf_work(length: int, match: int) -> int:

@@ -13,8 +13,8 @@ Two families, and the family decides how an engine forms batches (:func:`is_toke
   is LPM. ``fcfs``, ``lpm`` and ``klpm:inf`` are parse aliases (also as JSON ``{"kind": "fcfs"}`` /
   ``{"kind": "lpm"}``), so one policy has one spec. Labels (:func:`policy_label`): ``fcfs``, ``lpm``, ``klpm:K``,
   ``hrrn``, ``spf``, ``lpm-aging:N``, ``sglang:fcfs``, ``sglang:lpm``, ``sglang:hrrn``, ``sglang:spf``.
-  :func:`queue_order` is what the shared queue (``policies/klpm.py``) runs with; :func:`queue_family` names the
-  family a tuner's arm belongs to (the k axis ``klpm``, or ``hrrn``, ``spf``, ``lpm-aging``, ``sglang``).
+  ``orders.queue_order`` is what the shared queue (``policies/klpm.py``) runs with; :func:`queue_family` names
+  the family a tuner's arm belongs to (the k axis ``klpm``, or ``hrrn``, ``spf``, ``lpm-aging``, ``sglang``).
 * token-budget hybrid batches (every iteration one batch of decode tokens and prefill chunks under a budget):
   ``sarathi`` (Sarathi-Serve), ``slai`` (SLO-aware, REFERENCES §2) and ``rad`` (resource-aware dynamic, §2).
   Their per-iteration rules live in ``policies/slai.py`` and ``policies/rad.py``.
@@ -27,7 +27,7 @@ naming the policy, the knob and the reason.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -399,22 +399,6 @@ def queue_family(spec: KLPMSpec) -> str:
     if spec.aging_tokens_per_pass:
         return "lpm-aging"
     return "klpm" if spec.rank == "lpm" else spec.rank
-
-
-class QueueOrder(NamedTuple):
-    """What the shared queue (``policies/klpm.py``) runs with: the engine-independent part of a KLPMSpec."""
-
-    k: int | None
-    rank: Rank = "lpm"
-    aging_tokens_per_pass: int = 0
-
-
-def queue_order(spec: PolicySpec) -> QueueOrder:
-    """The shared queue's order for a queue-ordering spec (TypeError for the token-budget family). ``sglang``
-    specs are run by the simulator's model of SGLang's pass (``sim/sglang_pass.py``), not this queue."""
-    if isinstance(spec, KLPMSpec):
-        return QueueOrder(spec.k, spec.rank, spec.aging_tokens_per_pass)
-    raise TypeError(f"{spec.kind} is not a queue-ordering policy")
 
 
 def queue_k(spec: PolicySpec) -> int | None:

@@ -10,8 +10,7 @@ from collections.abc import Iterable, Sequence
 from typing import TypeVar
 
 from schedctl.policies.klpm import KLPMQueue
-from schedctl.policies.orders import aging_priority, hrrn_ratio, spf_work
-from schedctl.policies.spec import QueueOrder
+from schedctl.policies.orders import QueueOrder, aging_priority, hrrn_ratio, spf_work
 
 T = TypeVar("T")
 

@@ -21,7 +21,8 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from schedctl.policies.klpm import KLPMQueue
-from schedctl.policies.spec import KLPMSpec, PolicySpec, queue_order
+from schedctl.policies.orders import queue_order
+from schedctl.policies.spec import KLPMSpec, PolicySpec
 from schedctl.sim.sglang_pass import SGLangPassQueue
 from schedctl.sim.step_time import DecodeRun, StepBatch
 

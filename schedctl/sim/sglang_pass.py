@@ -39,9 +39,9 @@ from typing import Generic, NamedTuple, TypeVar
 
 from schedctl.policies.inbatch import held_back
 from schedctl.policies.klpm import PrefixOracle
-from schedctl.policies.orders import WAITING_QUEUE_PREFIX_MATCH_MAX, sglang_pass_order, sglang_sorts
+from schedctl.policies.orders import WAITING_QUEUE_PREFIX_MATCH_MAX, queue_order, sglang_pass_order, sglang_sorts
 from schedctl.policies.radix import Tokens
-from schedctl.policies.spec import KLPMSpec, queue_order
+from schedctl.policies.spec import KLPMSpec
 from schedctl.policies.waiting import order_waiting
 from schedctl.tokens import as_tokens
 

@@ -16,8 +16,8 @@ from typing import Any
 
 from schedctl.engine_adapter.sglang import channel
 from schedctl.policies import slai
-from schedctl.policies.orders import sglang_pass_order
-from schedctl.policies.spec import KLPMSpec, PolicySpec, SLAISpec, policy_label, queue_order
+from schedctl.policies.orders import queue_order, sglang_pass_order
+from schedctl.policies.spec import KLPMSpec, PolicySpec, SLAISpec, policy_label
 from schedctl.policies.waiting import order_waiting
 
 logger = logging.getLogger("schedctl.sglang.plugin")
