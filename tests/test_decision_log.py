@@ -57,8 +57,9 @@ def test_rotation_by_size_keeps_complete_lines_and_readers_see_all_of_them(tmp_p
     log.close()
     files = log_files(path)
     assert len(files) > 3 and files[-1] == path
-    for f in files:
-        assert f.read_bytes().endswith(b"\n")
+    for f in files:  # complete lines only (the current file is empty when the last write rotated it)
+        data = f.read_bytes()
+        assert data.endswith(b"\n") or (f == path and data == b"")
     back, torn = read_decisions(path)
     assert [d.tick_id for d in back] == list(range(1, 31)) and torn == 0
 

@@ -9,7 +9,8 @@ import pytest
 from schedctl.controller.core import Controller, ControllerParams, unavailable
 from schedctl.controller.guard import Guard, GuardParams
 from schedctl.engine_adapter.base import Observation
-from schedctl.policies.spec import PolicySpec, parse_policy, spec_for
+from schedctl.policies.arms import spec_for
+from schedctl.policies.spec import PolicySpec, parse_policy
 from schedctl.stats import LatencyDist
 
 K2, K4, K8 = parse_policy("klpm:2"), parse_policy("klpm:4"), parse_policy("klpm:8")
@@ -161,9 +162,9 @@ def test_local_exploration_never_jumps_past_a_worse_neighbour_of_the_leader() ->
 
 
 def spec_k(p: PolicySpec) -> Any:
-    from schedctl.controller.ktuner import k_of
+    from schedctl.controller.ktuner import arm_of_policy
 
-    return k_of(p)
+    return arm_of_policy(p)
 
 
 def test_no_exploration_while_the_slo_is_met_unless_asked() -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schedctl.policies.klpm import KLPMQueue, klpm_order
+from schedctl.policies.klpm import KLPMQueue
 from schedctl.policies.spec import FCFSSpec, KLPMSpec, LPMSpec, parse_policy, policy_label, queue_k
+from schedctl.policies.waiting import klpm_order
 from schedctl.sim.radix_cache import RadixKVCache
 
 

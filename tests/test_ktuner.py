@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from schedctl.controller.ktuner import KTuner, KTunerParams, arm_label, k_of
+from schedctl.controller.ktuner import KTuner, KTunerParams, arm_label, arm_of_policy
 from schedctl.engine_adapter.base import Observation
-from schedctl.policies.spec import FCFSSpec, KLPMSpec, LPMSpec, parse_policy, spec_for
+from schedctl.policies.arms import spec_for
+from schedctl.policies.spec import FCFSSpec, KLPMSpec, LPMSpec, parse_policy
 from schedctl.stats import LatencyDist
 
 
@@ -19,9 +20,9 @@ def obs(rate_rps: float, hit: float | None = 0.5, queue: int = 10) -> Observatio
 def test_arms_map_to_policies_and_back() -> None:
     assert spec_for(1) == FCFSSpec() and spec_for("inf") == LPMSpec() and spec_for(4) == KLPMSpec(k=4)
     for k in (1, 2, 4, 8, "inf"):
-        assert k_of(spec_for(k)) == k
+        assert arm_of_policy(spec_for(k)) == k
         assert parse_policy(arm_label(k)) == spec_for(k)
-    assert k_of(parse_policy("klpm:1")) == 1 and k_of(parse_policy("klpm:inf")) == "inf"
+    assert arm_of_policy(parse_policy("klpm:1")) == 1 and arm_of_policy(parse_policy("klpm:inf")) == "inf"
 
 
 @pytest.mark.parametrize("arms", [[4], [2, 1], [1, 1, 2], ["inf", 4], [0, 2]])

@@ -75,7 +75,8 @@ def test_plugin_is_loaded_through_its_entry_point(server: ServerProcess) -> None
     assert {channel.KEY_KIND, channel.KEY_K, channel.KEY_VERSION} <= set(state)
 
 
-@pytest.mark.parametrize("policy", ["fcfs", "lpm", "klpm:4", "klpm:2", "slai:strict_first=true", "off"])
+@pytest.mark.parametrize("policy", ["fcfs", "lpm", "klpm:4", "klpm:2", "slai:strict_first=true", "hrrn", "spf",
+                                    "lpm-aging:64", "sglang:fcfs", "sglang:lpm", "sglang:hrrn", "off"])
 def test_each_policy_kind_is_applied_and_read_back(adapter: SGLangAdapter, server: ServerProcess,
                                                    policy: str) -> None:
     spec: PolicySpec | None = None if policy == "off" else parse_policy(policy)

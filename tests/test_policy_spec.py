@@ -6,7 +6,8 @@ import pytest
 
 from schedctl.controller.decision import Decision
 from schedctl.engine_adapter.sglang import channel
-from schedctl.policies.spec import KLPMSpec, parse_policy, policy_from_dict, policy_label, queue_k, spec_for
+from schedctl.policies.arms import spec_for
+from schedctl.policies.spec import KLPMSpec, parse_policy, policy_from_dict, policy_label, queue_k
 
 
 @pytest.mark.parametrize(("texts", "k", "label"), [

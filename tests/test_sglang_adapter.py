@@ -22,7 +22,7 @@ from schedctl.engine_adapter.base import EngineAdapter, EngineUnavailable, Unsup
 from schedctl.engine_adapter.sglang import channel, metrics
 from schedctl.engine_adapter.sglang.adapter import SGLangAdapter
 from schedctl.engine_adapter.sglang.export import RequestExportFollower
-from schedctl.policies.spec import FCFSSpec, KLPMSpec, LPMSpec, SarathiSpec, SLAISpec
+from schedctl.policies.spec import FCFSSpec, KLPMSpec, LPMSpec, SarathiSpec, SLAISpec, parse_policy
 
 
 @pytest.fixture()
@@ -182,7 +182,7 @@ def test_apply_pushes_through_set_internal_state(engine: tuple[FakeSGLang, str])
     fake, url = engine
     adapter, _ = make_adapter(url)
     caps = adapter.capabilities()
-    assert caps.engine == "sglang" and caps.policy_kinds == {"fcfs", "lpm", "klpm", "slai"} and caps.version == "0.5.23"
+    assert caps.engine == "sglang" and caps.policy_kinds == channel.SUPPORTED_KINDS and caps.version == "0.5.23"
     adapter.apply(KLPMSpec(k=3))
     adapter.apply(LPMSpec())
     assert fake.pushes == [
@@ -220,11 +220,13 @@ def test_apply_refusals_are_unsupported_policy(engine: tuple[FakeSGLang, str]) -
 
 def test_channel_round_trip() -> None:
     specs = [FCFSSpec(), LPMSpec(), KLPMSpec(k=1), KLPMSpec(k=7), KLPMSpec(k="inf"), None]
+    specs += [parse_policy(p) for p in ("hrrn", "spf", "lpm-aging:64", "sglang:fcfs", "sglang:lpm", "sglang:hrrn",
+                                        "sglang:spf")]
     specs += [SLAISpec(strict_first=s, prefill_order=o) for s in (False, True) for o in ("spf", "fcfs")]
     for spec in specs:
         args = channel.encode_policy(spec, 5)
         assert channel.decode_policy(args[channel.KEY_KIND], args[channel.KEY_K]) == spec
-    for kind, k in ((5, 0), (channel.KIND_SLAI, 4)):
+    for kind, k in ((9, 0), (channel.KIND_SLAI, 4), (channel.KIND_LPM_AGING, 0), (channel.KIND_SGLANG, 5)):
         with pytest.raises(ValueError):
             channel.decode_policy(kind, k)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from schedctl.policies.klpm import KLPMQueue
-from schedctl.policies.spec import FCFSSpec, LPMSpec, parse_policy
+from schedctl.policies.spec import FCFSSpec, KLPMSpec, LPMSpec, parse_policy
 from schedctl.sim.engine import EngineConfig, SimEngine, sglang_engine_config
 from schedctl.sim.profiles import load_gpu, load_model
 from schedctl.sim.radix_cache import RadixKVCache
@@ -14,6 +14,8 @@ from schedctl.sim.run import Hardware
 from schedctl.sim.sglang_pass import SGLangPassQueue
 from schedctl.sim.step_time import StepBatch
 from schedctl.workloads.types import Request
+
+SGLANG_LPM = KLPMSpec(k=None, sglang=True)
 
 MODEL = Hardware(gpu=load_gpu("h100-sxm"), model=load_model("llama-3.1-8b")).step_model()
 HOT = tuple(range(1000, 1200))  # a cached 200-token prefix
@@ -34,7 +36,7 @@ def test_lpm_turns_fcfs_above_128_waiting_under_sglang_lpm_only(waiting: int) ->
     """The request that matches the cache arrives last: LPM serves it first, unless more than 128 wait."""
     cache = cache_with_hot()
     prompts = [cold(i) for i in range(waiting - 1)] + [(*HOT, 7)]
-    sglang: SGLangPassQueue[int] = SGLangPassQueue(None, oracle=cache)
+    sglang: SGLangPassQueue[int] = SGLangPassQueue(SGLANG_LPM, oracle=cache)
     ours: KLPMQueue[int] = KLPMQueue(None, oracle=cache)
     for seq, p in enumerate(prompts):
         sglang.push(seq, seq, tokens=p)
@@ -47,7 +49,7 @@ def test_lpm_turns_fcfs_above_128_waiting_under_sglang_lpm_only(waiting: int) ->
 
 def test_above_128_the_list_keeps_the_order_of_the_last_sorted_pass() -> None:
     cache = cache_with_hot()
-    q: SGLangPassQueue[int] = SGLangPassQueue(None, oracle=cache)
+    q: SGLangPassQueue[int] = SGLangPassQueue(SGLANG_LPM, oracle=cache)
     for seq in range(120):
         q.push(seq, seq, tokens=cold(seq))
     q.push(120, 120, tokens=(*HOT, 1))
@@ -68,7 +70,7 @@ def test_one_request_per_shared_cold_prefix_goes_first_in_a_pass() -> None:
         "c1": cold(4, 16) + cold(5, 84), "c2": cold(4, 16) + cold(6, 84),  # share 16 cold tokens: under 32
         "h1": HOT[:40] + cold(7, 60), "h2": HOT[:40] + cold(8, 60),  # 40 cached tokens (> 32): not checked
     }
-    q: SGLangPassQueue[str] = SGLangPassQueue(None, oracle=cache)
+    q: SGLangPassQueue[str] = SGLangPassQueue(SGLANG_LPM, oracle=cache)
     ours: KLPMQueue[str] = KLPMQueue(None, oracle=cache)
     for seq, (name, p) in enumerate(prompts.items()):
         q.push(name, seq, tokens=p)
@@ -149,7 +151,7 @@ def test_requests_of_one_batch_do_not_share_an_uncached_prefix_under_sglang(sgla
 
 
 def plugin_queue(k: int | None, prompts: dict[str, tuple[int, ...]]) -> SGLangPassQueue[str]:
-    q: SGLangPassQueue[str] = SGLangPassQueue(k, oracle=cache_with_hot(), plugin=True)
+    q: SGLangPassQueue[str] = SGLangPassQueue(KLPMSpec(k=k), oracle=cache_with_hot(), plugin=True)
     for seq, (name, p) in enumerate(prompts.items()):
         q.push(name, seq, tokens=p)
     return q

@@ -24,8 +24,8 @@ from schedctl.engine_adapter.sglang import channel, metrics, plugin, plugin_stat
 from schedctl.engine_adapter.sglang.adapter import SGLangAdapter
 from schedctl.engine_adapter.sglang.cpu_shims import SHIM_ROOTS
 from schedctl.engine_adapter.sglang.launcher import build_command
-from schedctl.policies.klpm import klpm_order
 from schedctl.policies.spec import FCFSSpec, KLPMSpec, LPMSpec, SLAISpec, policy_label
+from schedctl.policies.waiting import klpm_order
 
 pytestmark = pytest.mark.sglang
 
@@ -246,7 +246,7 @@ def test_bad_pushes_are_rejected_whole(sg: SimpleNamespace, state: plugin.Plugin
     ctl = controller_for(sg, policy)
     assert push(sg, ctl, channel.encode_policy(KLPMSpec(k=4), 1))
     bad = [
-        {channel.KEY_KIND: 5, channel.KEY_K: 0, channel.KEY_VERSION: 2},  # a later kind: not in this plugin
+        {channel.KEY_KIND: 9, channel.KEY_K: 0, channel.KEY_VERSION: 2},  # a later kind: not in this plugin
         {channel.KEY_KIND: 4, channel.KEY_K: 4, channel.KEY_VERSION: 2},  # slai with flags it does not know
         {channel.KEY_KIND: 3, channel.KEY_K: 2.5, channel.KEY_VERSION: 2},
         {channel.KEY_KIND: 1, channel.KEY_K: 1, channel.KEY_VERSION: 2, "schedule_policy": 1},  # not a known key
@@ -273,7 +273,7 @@ def test_exception_in_our_code_leaves_sglang_order(
     def broken(*_a: object, **_k: object) -> list[object]:
         raise RuntimeError("injected")
 
-    monkeypatch.setattr(plugin_state, "klpm_order", broken)
+    monkeypatch.setattr(plugin_state, "order_waiting", broken)
     queue = list(reqs)
     with caplog.at_level(logging.ERROR, logger="schedctl.sglang.plugin"):
         policy.calc_priority(queue)

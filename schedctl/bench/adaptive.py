@@ -31,8 +31,9 @@ from schedctl.controller.decision import Decision
 from schedctl.controller.service import Service
 from schedctl.engine_adapter.replay import SimReplayer
 from schedctl.engine_adapter.sim import SimAdapter
+from schedctl.policies.arms import spec_for
 from schedctl.policies.slai import with_tbt_slack, with_theta
-from schedctl.policies.spec import SLAISpec, parse_policy, policy_label, spec_for
+from schedctl.policies.spec import SLAISpec, parse_policy, policy_label
 from schedctl.sim.engine import EngineConfig
 from schedctl.sim.run import Hardware, new_engine
 

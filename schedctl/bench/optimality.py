@@ -59,6 +59,7 @@ from schedctl.controller.ktuner import KTuner, KTunerParams, arm_label
 from schedctl.controller.objective import ObjectiveParams, evaluate
 from schedctl.controller.whatif import WhatIf, WhatIfParams
 from schedctl.engine_adapter.base import Counterfactual, Observation, ReplayReport
+from schedctl.policies.arms import ArmValue
 from schedctl.policies.spec import KValue
 from schedctl.stats import LatencyDist
 
@@ -104,8 +105,10 @@ def reward_params(kind: str, slo_s: float) -> ObjectiveParams:
     return ObjectiveParams(attainment_weight=0.0, tail_quantile=_MAX_QUANTILE, **common)
 
 
-def window(queries: Sequence[Query], k: KValue, model: ServerModel, start_s: float) -> Observation:
+def window(queries: Sequence[Query], k: ArmValue, model: ServerModel, start_s: float) -> Observation:
     """The instance served under k-LPM, as one observation window starting at ``start_s``."""
+    if not (isinstance(k, int) or k == "inf"):
+        raise ValueError(f"the small-instance model orders by k-LPM only, not {k!r}: give the tuner k arms")
     order = policy_order(queries, model, None if k == "inf" else int(k))
     s = schedule(queries, order, model)
     t0 = min(q.arrival_s for q in queries)
@@ -129,7 +132,7 @@ class Learner:
         return self.last if self.last is not None else Observation(start_s=-1.0, end_s=0.0, arrivals=0,
                                                                     completions=0)
 
-    def train(self, queries: Sequence[Query]) -> KValue:
+    def train(self, queries: Sequence[Query]) -> ArmValue:
         kt = self.tuner
         arm = kt.select(self._context_obs()).arm
         slo_s = instance_slo_s(queries, self.model)
@@ -152,12 +155,12 @@ class Learner:
         self.last = live
         return arm
 
-    def _credit_live(self, arm: KValue, live: Observation, params: ObjectiveParams) -> None:
+    def _credit_live(self, arm: ArmValue, live: Observation, params: ObjectiveParams) -> None:
         reward = evaluate(live, params).reward
         if reward is not None:
             self.tuner.update(arm, reward, live)
 
-    def choose(self) -> KValue:
+    def choose(self) -> ArmValue:
         """The arm the frozen tuner exploits in the load context of the last window."""
         kt = self.tuner
         label = kt.context_label(self._context_obs())
@@ -168,7 +171,7 @@ class Learner:
         assert best is not None
         return best
 
-    def play(self, queries: Sequence[Query]) -> KValue:
+    def play(self, queries: Sequence[Query]) -> ArmValue:
         arm = self.choose()
         live = window(queries, arm, self.model, self.clock_s)
         self.clock_s, self.last = live.end_s, live
@@ -219,7 +222,7 @@ def run_cell(job: CellJob) -> CellResult:
         objective = objective_for(job.objective, instance_slo_s(queries, model))
         optimum = solve(queries, model, objective, node_limit=job.node_limit).value
 
-        def value(k: KValue, queries: list[Query] = queries, objective: Objective = objective) -> float:
+        def value(k: ArmValue, queries: list[Query] = queries, objective: Objective = objective) -> float:
             order = policy_order(queries, model, None if k == "inf" else int(k))
             return oracle_value(queries, order, model, objective)
 

@@ -1,6 +1,8 @@
 """The timeline plot of a sidecar run (`schedctl run --plot`, `schedctl decisions --plot`): one panel per story.
 
-Panels, against time (s): the knob the controller moves (k of k-LPM; for SLAI the DeadlineTuner's Θ or TBT slack,
+Panels, against time (s): the knob the controller moves (k of k-LPM; with arms of several families — hrrn, spf,
+lpm-aging, sglang: — the policy itself on a categorical axis grouped and coloured by family; for SLAI the
+DeadlineTuner's Θ or TBT slack,
 with the window P99 TBT it holds against its target in the panel below), the load (arrivals in req/s and the
 waiting queue), and the window P99 TTFT with its SLO. The scenario's phases are shaded and named on every panel.
 """
@@ -15,6 +17,7 @@ from typing import Any, NamedTuple
 from schedctl.bench.adaptive import TickPoint, k_value
 from schedctl.bench.plots import _pyplot, save
 from schedctl.bench.scenarios import Scenario
+from schedctl.policies.spec import KLPMSpec, parse_policy, policy_family
 
 KNOB_AXIS = {"theta": "Θ (theta_low)", "tbt_slack_s": "TBT slack (s)"}
 
@@ -42,6 +45,50 @@ def plot_timeline(points: Sequence[TickPoint], path: str | os.PathLike[str], tit
     save(timeline_figure(points, title, ttft_target_s, tbt_target_s, phases), path)
 
 
+FAMILY_COLOURS = {"klpm": "tab:purple", "lpm-aging": "tab:brown", "hrrn": "tab:cyan", "spf": "tab:pink",
+                  "sglang": "tab:gray"}
+
+
+def policy_rows(labels: Sequence[str]) -> list[str]:
+    """The distinct policies of a run, bottom to top: the k axis by k (fcfs .. lpm), lpm-aging by N, then the
+    other families by name."""
+    def key(label: str) -> tuple[int, str, float, str]:
+        try:
+            spec = parse_policy(label)
+        except ValueError:
+            return (3, "", 0.0, label)
+        family = policy_family(spec)
+        if family == "klpm":
+            return (0, family, k_value(label), label)
+        if family == "lpm-aging" and isinstance(spec, KLPMSpec):
+            return (1, family, float(spec.aging_tokens_per_pass), label)
+        return (2, family, 0.0, label)
+    return sorted(dict.fromkeys(labels), key=key)
+
+
+def _policy_panel(ax: Any, t: Sequence[float], labels: Sequence[str]) -> None:
+    """The running policy on a categorical axis, each family in its colour (mixed-family arm sets)."""
+    rows = policy_rows(labels)
+    y = [rows.index(label) for label in labels]
+    ax.step(t, y, where="post", color="lightgray", linewidth=1)
+    families: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        families.setdefault(_family(label), []).append(i)
+    for family, idx in families.items():
+        ax.scatter([t[i] for i in idx], [y[i] for i in idx], s=12, color=FAMILY_COLOURS.get(family, "black"),
+                   label=f"family {family}", zorder=3)
+    ax.set_yticks(range(len(rows)), [f"{r} [{_family(r)}]" for r in rows], fontsize=8)
+    ax.set_ylim(-0.5, len(rows) - 0.5)
+    ax.set_ylabel("policy [family]")
+
+
+def _family(label: str) -> str:
+    try:
+        return policy_family(parse_policy(label))
+    except ValueError:
+        return "?"
+
+
 def timeline_figure(points: Sequence[TickPoint], title: str, ttft_target_s: float | None = None,
                     tbt_target_s: float | None = None, phases: Sequence[PhaseSpan] = ()) -> Any:
     """The figure of :func:`plot_timeline` (a matplotlib Figure)."""
@@ -66,6 +113,8 @@ def timeline_figure(points: Sequence[TickPoint], title: str, ttft_target_s: floa
             tbt.axhline(tbt_target_s * 1e3, color="black", linestyle="--", linewidth=1,
                         label=f"target {tbt_target_s * 1e3:g} ms")
         tbt.set_ylabel("P99 TBT (ms)")
+    elif any(math.isnan(k_value(p.policy)) for p in points):
+        _policy_panel(axes[0], t, [p.policy for p in points])
     else:
         ax = axes[0]
         ks = [k_value(p.policy) for p in points]

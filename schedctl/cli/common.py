@@ -187,8 +187,8 @@ CHUNK = typer.Option(EngineConfig.model_fields["chunked_prefill_tokens"].default
                      help="token budget of one prefill round")
 MAX_RUNNING = typer.Option(EngineConfig.model_fields["max_running_requests"].default, "--max-running-requests",
                            help="cap on running requests")
-POLICY_HELP = ("fcfs | lpm | klpm:K | sarathi | slai | rad, with knobs after a colon: "
-               "slai:theta_low=5,token_budget=256 (see docs in schedctl/policies/spec.py)")
+POLICY_HELP = ("fcfs | lpm | klpm:K | hrrn | spf | lpm-aging:N | sglang:fcfs|lpm|hrrn|spf | sarathi | slai | rad, "
+               "with knobs after a colon: slai:theta_low=5,token_budget=256 (see docs in schedctl/policies/spec.py)")
 SEED = typer.Option(0, "--seed", help="seed of the workload (same seed, same run)")
 JSON = typer.Option(False, "--json", help="print only JSON (for scripts)")
 WARMUP = typer.Option(0.0, "--warmup-s", help="leave requests arriving in the first N s out of the summary "

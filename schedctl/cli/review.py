@@ -25,7 +25,7 @@ from schedctl.cli import common
 from schedctl.cli.common import UsageError
 from schedctl.controller.decision import Decision
 from schedctl.controller.decision_log import read_decisions
-from schedctl.policies.spec import policy_label
+from schedctl.policies.spec import PolicySpec, policy_family, policy_label
 from schedctl.settings import Settings, load_settings
 
 # rule (Decision.rule) -> what it did, in words; the reason picks among them where one rule has several outcomes
@@ -100,6 +100,10 @@ def _fit(text: str, width: int) -> str:
     return text if len(text) <= width else text[: max(0, width - 1)] + "~"
 
 
+def _with_family(spec: PolicySpec | None) -> str:
+    return "-" if spec is None else f"{display_label(policy_label(spec))} [{policy_family(spec)}]"
+
+
 def compact_label(label: str) -> str:
     """A policy label for a narrow column: SLAI by its knob (``slai Θ=1.67``), others as they are."""
     label = display_label(label)
@@ -163,8 +167,8 @@ def detail_view(d: Decision, width: int, start_s: float) -> list[str]:
                     f"{'-' if w.attainment is None else f'{w.attainment:.1%}'}"),
         ("engine", f"cache hit {_num(w.cache_hit_rate)}, KV used {_num(w.kv_utilization)}, running policy "
                    f"{w.active_policy or '-'}" + (f"; STALE: {w.stale_reason}" if w.stale else "")),
-        ("policy", f"{display_label(policy_label(d.previous)) if d.previous is not None else '-'} -> "
-                   f"{display_label(d.policy_label)}" + (" (changed)" if d.changed else " (unchanged)")),
+        ("policy", f"{_with_family(d.previous)} -> {display_label(d.policy_label)} [{d.policy_family}]"
+                   + (" (changed)" if d.changed else " (unchanged)")),
         ("what acted", f"{acted(d)} [reason {d.reason}, rule {d.rule or '-'}]"),
         ("detail", d.detail or "-"),
         ("pushed", f"{pushed(d)} (mode {d.mode})" + (f"; why: {d.reconcile}" if d.reconcile else "")

@@ -143,7 +143,9 @@ def show_cmd(url: str = URL_OPTION) -> None:
 
 @sglang_app.command("push")
 def push_cmd(
-    policy: str = typer.Argument(..., help="fcfs, lpm, klpm:K, slai[:prefill_order=fcfs,strict_first=true], or off"),
+    policy: str = typer.Argument(..., help=(
+        "fcfs, lpm, klpm:K, hrrn, spf, lpm-aging:N, sglang:fcfs|lpm|hrrn|spf, "
+        "slai[:prefill_order=fcfs,strict_first=true], or off")),
     url: str = URL_OPTION,
     conservativeness: float | None = typer.Option(
         None, "--conservativeness", help="also set SGLang's schedule_conservativeness (the admission reserve, a "
@@ -153,6 +155,8 @@ def push_cmd(
 
     --conservativeness sets SGLang's schedule_conservativeness in the running scheduler (0.5.23 reads it only at
     start-up; the plugin applies it through SGLang's config override and rebuilds the reserve tracker).
+
+    Every order but fcfs and sglang:fcfs reads SGLang's prefix matches: the server must run --schedule-policy lpm.
 
     On SGLang, slai is its prefill order only: shortest prompt first, or FCFS, optionally the strict class first
     (requests sent with an SGLang priority above the default); its decode knobs cannot be applied and are refused.

@@ -36,14 +36,15 @@ from schedctl.controller.deadline import DeadlineTuner, DeadlineTunerParams
 from schedctl.controller.decision import Decision, LearnerSummary, Mode, Reason, WindowSummary
 from schedctl.controller.guard import Guard, GuardParams, Tick, run_chain
 from schedctl.controller.guard_state import DEFAULT_POLICY
-from schedctl.controller.ktuner import KTuner, KTunerParams, arm_label, k_of
+from schedctl.controller.ktuner import KTuner, KTunerParams, arm_label, arm_of_policy
 from schedctl.controller.objective import ObjectiveParams, Score, evaluate
 from schedctl.controller.reconcile import ReconcileParams, Reconciler
 from schedctl.controller.sanity import SanityParams, gate
 from schedctl.controller.whatif import WhatIf, WhatIfParams, WhatIfRecord
 from schedctl.engine_adapter.base import Observation, ReplayReport
+from schedctl.policies.arms import ArmValue
 from schedctl.policies.slai import with_tbt_slack, with_theta
-from schedctl.policies.spec import KValue, PolicySpec, SLAISpec, parse_policy, policy_label
+from schedctl.policies.spec import PolicySpec, SLAISpec, parse_policy, policy_label
 
 
 class DeadlineParams(BaseModel):
@@ -77,8 +78,8 @@ class ControllerParams(BaseModel):
 
     @model_validator(mode="after")
     def _same_family(self) -> ControllerParams:
-        k_mode = k_of(self.initial_policy) is not None
-        if k_mode != (k_of(self.guard.safe_policy) is not None):
+        k_mode = arm_of_policy(self.initial_policy) is not None
+        if k_mode != (arm_of_policy(self.guard.safe_policy) is not None):
             raise ValueError("guard.safe_policy must be of the initial policy's family (an engine cannot switch "
                              "between queue-ordering and token-budget policies while requests are in flight)")
         if not k_mode and self.initial_policy.kind == "slai" and self.deadline is None:
@@ -137,7 +138,7 @@ class Controller:
             start = _knob_of(p.initial_policy, p.deadline.knob)
             if start is not None:
                 self.deadline.track(start)  # continue from the knob the initial policy sets
-        self.deadline_mode = k_of(p.initial_policy) is None
+        self.deadline_mode = arm_of_policy(p.initial_policy) is None
         self.target: PolicySpec = p.initial_policy  # what the controller wants the engine to run
         self.guard.last_good = p.initial_policy
         self.reconciler = Reconciler(p.reconcile)  # what the engine runs vs what we want; failed pushes
@@ -147,7 +148,7 @@ class Controller:
 
     # -- operator controls (the shell serialises them with step) ---------------------------------------------------
     def pin(self, spec: PolicySpec) -> None:
-        if (k_of(spec) is None) != self.deadline_mode:
+        if (arm_of_policy(spec) is None) != self.deadline_mode:
             raise ValueError(f"cannot pin {policy_label(spec)}: the engine runs the other policy family")
         self.guard.pin(spec)
 
@@ -164,11 +165,11 @@ class Controller:
         """The shell should keep the engine's state at each window start (replay on, k-LPM family, no pin)."""
         return self.params.whatif.enabled and not self.deadline_mode and self.guard.pinned is None
 
-    def whatif_arms(self) -> list[KValue]:
+    def whatif_arms(self) -> list[ArmValue]:
         """The arms to replay for the next step, running arm first (empty: no replay on the next tick)."""
         if not self.whatif_active() or (self.tick + 1) % self.params.whatif.every_ticks:
             return []
-        running = k_of(self.guard.running if self.guard.running is not None else self.target)
+        running = arm_of_policy(self.guard.running if self.guard.running is not None else self.target)
         return self.whatif.arms_to_replay(running, self.ktuner.arms)
 
     # -- the tick -------------------------------------------------------------------------------------------------
@@ -252,7 +253,7 @@ class Controller:
     # -- pieces ------------------------------------------------------------------------------------------------------
     def _learn(self, obs: Observation, score: Score, t: int) -> tuple[str | None, str | None]:
         """Credit the window's reward to the running arm, if the window is evidence and the arm has settled."""
-        k = k_of(self.guard.running)
+        k = arm_of_policy(self.guard.running)
         if score.reward is None or k is None or self.deadline_mode or k not in self.ktuner.arms:
             return None, None
         if not self.guard.settled(t):
@@ -267,7 +268,7 @@ class Controller:
         record = self.whatif.score(report)
         if not fresh or self.deadline_mode:
             return (*self._learn(obs, score, t), record)
-        running = k_of(self.guard.running)
+        running = arm_of_policy(self.guard.running)
         if self.whatif.replaces_live(record, running):
             context, credited = None, None  # prior: the running arm's replay, comparable with the others', counts
         else:

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from schedctl.controller.whatif import WhatIfRecord
-from schedctl.policies.spec import PolicySpec
+from schedctl.policies.spec import PolicySpec, policy_family
 
 Reason = Literal["explore", "exploit", "guard", "rollback", "fallback", "pinned"]
 Mode = Literal["advisory", "active"]
@@ -95,3 +95,9 @@ class Decision(BaseModel):
     guard: dict[str, Any] = Field(default_factory=dict)
     deadline: dict[str, Any] | None = None  # DeadlineTuner (SLAI): knob, error, window P99 TBT
     whatif: WhatIfRecord | None = None  # the what-if replay of this tick (None: replay off or not this tick)
+
+    @computed_field  # type: ignore[prop-decorator]  # in the log's JSON; recomputed (not read) when a log is loaded
+    @property
+    def policy_family(self) -> str:
+        """The chosen policy's family (``klpm``, ``hrrn``, ``spf``, ``lpm-aging``, ``sglang``, ``slai``, ...)."""
+        return policy_family(self.policy)

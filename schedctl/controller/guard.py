@@ -24,11 +24,14 @@ In order:
 9. ``locality`` — with ``local_exploration`` the proposal is a direction: the target is the context's best arm
    (the leader) or its neighbour on the proposal's side, or the initial policy in a context where it has not
    run. Tail latency is unimodal in k (FCFS loses the cache, LPM starves), so farther arms are not worth it.
+   With mixed families (``arms = ["fcfs", "klpm:4", "lpm", "hrrn"]``) "neighbour" is along the leader's axis;
+   an arm of another family is one step away (``ktuner.arm_steps``), so a proposal there is taken as it is.
 10. ``explore_filter`` — an exploration is refused by the what-if replay's veto (filter mode), and while the
     window met the SLO unless ``explore_when_slo_met``.
 11. ``hysteresis`` — a known arm replaces the current one only if its mean reward leads by ``hysteresis_reward``.
-12. ``step_limit`` — a change moves at most ``max_step_arms`` positions along the arms; an exploration of a
-    policy refused after a rollback holds.
+12. ``step_limit`` — a change moves at most ``max_step_arms`` positions along the arms of one axis (the k
+    axis, the lpm-aging N axis); a switch to another family counts as one step (families are not ordered against
+    each other); an exploration of a policy refused after a rollback holds.
 
 Attribution: a window's latencies reflect the queue the previous policy left. The defences are the dwell, credit
 only for windows that ran wholly under one policy, idle windows not credited (``objective.py``), and optionally
@@ -44,11 +47,12 @@ from typing import Any, Protocol
 
 from schedctl.controller.decision import Reason
 from schedctl.controller.guard_state import Guard, GuardParams
-from schedctl.controller.ktuner import KTuner, Proposal, arm_label, k_of
+from schedctl.controller.ktuner import KTuner, Proposal, arm_label, arm_of_policy
 from schedctl.controller.objective import Score
 from schedctl.controller.whatif import WhatIf
 from schedctl.engine_adapter.base import Observation
-from schedctl.policies.spec import KValue, PolicySpec, policy_label, spec_for
+from schedctl.policies.arms import ArmValue, spec_for
+from schedctl.policies.spec import PolicySpec, policy_label
 
 __all__ = ["CHAIN", "Choice", "Guard", "GuardParams", "Rule", "Tick", "run_chain"]
 
@@ -82,13 +86,13 @@ class Choice:
     final: bool = False
     proposal: Proposal | None = None
     current: PolicySpec | None = None  # what runs now (the engine's, or the target)
-    target_k: KValue | None = None  # where the learner wants to go
-    leader: KValue | None = None
+    target_k: ArmValue | None = None  # where the learner wants to go
+    leader: ArmValue | None = None
     note: str = ""
 
     @property
-    def cur_k(self) -> KValue | None:
-        return k_of(self.current)
+    def cur_k(self) -> ArmValue | None:
+        return arm_of_policy(self.current)
 
     @property
     def kind(self) -> Reason:
@@ -190,7 +194,7 @@ class Learner:
         kt = tick.ktuner
         prop = kt.select(tick.obs)
         current = g.running if g.running is not None else tick.target
-        cur_k = k_of(current)
+        cur_k = arm_of_policy(current)
         if cur_k is None or cur_k not in kt.arms:
             return Choice(spec_for(prop.arm), prop.kind, "current policy is not an arm: jump to the proposal",
                           self.name, final=True, proposal=prop)
@@ -205,7 +209,7 @@ class Locality:
         if not g.params.local_exploration or c.proposal is None:
             return c
         kt, prop = tick.ktuner, c.proposal
-        home = k_of(tick.initial)
+        home = arm_of_policy(tick.initial)
         if home in kt.arms and kt.estimate(prop.context, home) is None:
             # a load context where the operator's initial policy has not run yet: start from it, not from wherever
             # the last context left us (what was best there says nothing about this one)

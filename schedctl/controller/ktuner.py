@@ -1,7 +1,13 @@
-"""KTuner: a learner from ``schedctl.bandits`` over the configured k arms of k-LPM, with the load as context.
+"""KTuner: a learner from ``schedctl.bandits`` over the configured queue-policy arms, with the load as context.
 
-Arms are k values in increasing order (``1`` is FCFS, ``"inf"`` is LPM): the order is what lets the guard move
-at most one arm per tick. The learner is any factory name:
+Arms (``policies/arms.py``) are k values of k-LPM (``1`` is FCFS, ``"inf"`` is LPM) and, mixed in, other queue
+policies by label (``"hrrn"``, ``"spf"``, ``"lpm-aging:64"``, ``"sglang:lpm"``). Each arm sits on an axis
+(:func:`arm_axis`): the k axis (fcfs, klpm:K, lpm, by k), the lpm-aging axis (by N), and one axis per other
+policy. Within an axis arms are listed in increasing order: that order is what lets the guard move at most one
+arm per tick. Mixed families (decided here, tested in tests/test_guard.py): steps are counted along an axis, and
+a switch between axes counts as ONE step — the families are not ordered against each other (is hrrn "between"
+klpm:4 and lpm?), so no rule may claim a nearer or farther arm across them; the step limit, locality and the
+what-if "neighbours" all use :func:`arm_steps`. The learner is any factory name:
 
 * ``contextual`` (default): one discrete learner per load bucket (``LoadBucketer`` over the window's arrival
   rate and prefix-cache hit rate, with hysteresis); the per-bucket learner is ``ucb1`` (exploration 0.3) unless
@@ -18,7 +24,7 @@ accepts.
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -26,7 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from schedctl.bandits import Arm, Bandit, LoadFeatures, make_bandit
 from schedctl.bandits.context import ContextualBandit
 from schedctl.engine_adapter.base import Observation
-from schedctl.policies.spec import KValue, PolicySpec, check_k, queue_k
+from schedctl.policies.arms import ArmValue, arm_axis, arm_of, check_arm, spec_for
+from schedctl.policies.spec import KLPMSpec, PolicySpec, queue_family
 
 ProposalKind = Literal["explore", "exploit"]
 
@@ -40,14 +47,23 @@ DEFAULT_LEARNER_PARAMS: dict[str, Any] = {
 }
 
 
-def _k_sort_key(k: KValue) -> float:
-    return math.inf if k == "inf" else float(k)
+def arm_steps(a: ArmValue, b: ArmValue, arms: Sequence[ArmValue]) -> int:
+    """Steps from arm ``a`` to arm ``b``: positions along their axis (among ``arms``), 1 across axes, 0 if equal."""
+    if a == b:
+        return 0
+    (fa, _), (fb, _) = arm_axis(a), arm_axis(b)
+    if fa != fb or a not in arms or b not in arms:
+        return 1
+    axis = [x for x in arms if arm_axis(x)[0] == fa]
+    return abs(axis.index(a) - axis.index(b))
 
 
 class KTunerParams(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    arms: list[KValue] = Field(default=[1, 2, 4, 8, "inf"], description='k values, increasing; 1 = FCFS, "inf" = LPM')
+    arms: list[ArmValue] = Field(default=[1, 2, 4, 8, "inf"], description=(
+        'queue policies: k values (1 = FCFS, "inf" = LPM) or labels ("klpm:4", "hrrn", "spf", "lpm-aging:64", '
+        '"sglang:lpm"); within a family in increasing order of k (or N)'))
     learner: str = Field(default="contextual", description="factory name of the learner (schedctl.bandits)")
     learner_params: dict[str, Any] = Field(
         default_factory=lambda: dict(DEFAULT_LEARNER_PARAMS), description="the learner's parameters (checked by it)"
@@ -63,40 +79,45 @@ class KTunerParams(BaseModel):
     @classmethod
     def _parse_arms(cls, v: Any) -> Any:
         if isinstance(v, list):
-            return [check_k(a) for a in v]  # "INF", "4" -> "inf", 4 (same rule and bound as PolicySpec)
+            return [check_arm(a) for a in v]  # "INF", "4", "klpm:4", "lpm" -> "inf", 4, 4, "inf"; "HRRN" -> "hrrn"
         return v
 
     @field_validator("arms")
     @classmethod
-    def _check_arms(cls, v: list[KValue]) -> list[KValue]:
+    def _check_arms(cls, v: list[ArmValue]) -> list[ArmValue]:
         if len(v) < 2:
             raise ValueError("give at least two arms")
         if len(set(v)) != len(v):
             raise ValueError("arms must be distinct")
-        if sorted(v, key=_k_sort_key) != v:
-            raise ValueError('arms must be in increasing order of k ("inf" last)')
+        for family in dict.fromkeys(arm_axis(a)[0] for a in v):
+            axis = [a for a in v if arm_axis(a)[0] == family]
+            if sorted(axis, key=lambda a: arm_axis(a)[1]) != axis:
+                what = 'k ("inf" last)' if family == "klpm" else "N"
+                raise ValueError(f"{family} arms must be in increasing order of {what}, got {axis}")
         return v
 
 
-def k_of(spec: PolicySpec | None) -> KValue | None:
-    """The k a queue-ordering spec runs with (None for specs that are not k-LPM orders)."""
-    if spec is None:
-        return None
-    try:
-        k = queue_k(spec)
-    except TypeError:
-        return None
-    return "inf" if k is None else k
+def arm_of_policy(spec: PolicySpec | None) -> ArmValue | None:
+    """The arm a queue-ordering spec is (None for the token-budget family, which the KTuner does not tune)."""
+    return arm_of(spec) if isinstance(spec, KLPMSpec) else None
 
 
-def arm_label(k: Arm) -> str:
-    return "fcfs" if k == 1 else ("lpm" if k == "inf" else f"klpm:{k}")
+def arm_label(arm: Arm) -> str:
+    """The policy label of an arm (``1`` -> ``fcfs``, ``"inf"`` -> ``lpm``, ``4`` -> ``klpm:4``, labels as they are)."""
+    if isinstance(arm, int):
+        return "fcfs" if arm == 1 else f"klpm:{arm}"
+    return "lpm" if arm == "inf" else str(arm)
+
+
+def arm_family(arm: Arm) -> str:
+    """The family of an arm (``klpm``, ``lpm-aging``, ``hrrn``, ``spf``, ``sglang``): what the decision log shows."""
+    return queue_family(spec_for(arm))  # type: ignore[arg-type]  # bandits' Arm is any hashable
 
 
 class Proposal(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    arm: KValue
+    arm: ArmValue
     kind: ProposalKind
     context: str
 
@@ -112,7 +133,7 @@ class KTuner:
     def __init__(self, params: KTunerParams | dict[str, Any] | None = None) -> None:
         self.params = params if isinstance(params, KTunerParams) else KTunerParams.model_validate(params or {})
         p = self.params
-        self.arms: tuple[KValue, ...] = tuple(p.arms)
+        self.arms: tuple[ArmValue, ...] = tuple(p.arms)
         learner_params = dict(p.learner_params)
         if p.learner == "linucb":
             learner_params.setdefault("n_features", 3)
@@ -151,11 +172,11 @@ class KTuner:
         arm = self.learner.select(self.context(obs))
         # a contextual learner's select moved its bucketer: that bucket is this window's context
         label = (self._bucketer.current or "all") if self._bucketer is not None else "all"
-        k: KValue = arm  # type: ignore[assignment]
+        k: ArmValue = arm  # type: ignore[assignment]
         best = self.best_arm(label, prefer=k)
         return Proposal(arm=k, kind="exploit" if best == k else "explore", context=label)
 
-    def update(self, arm: KValue, reward: float, obs: Observation) -> str:
+    def update(self, arm: ArmValue, reward: float, obs: Observation) -> str:
         """Credit ``reward`` to ``arm`` in the context of ``obs``; returns the context label credited."""
         label = self.context_label(obs)
         self.learner.update(arm, reward, self.context(obs))
@@ -165,14 +186,14 @@ class KTuner:
         return label
 
     # -- what decisions and the guard read ----------------------------------------------------------------------
-    def estimate(self, label: str, arm: KValue) -> ArmStats | None:
+    def estimate(self, label: str, arm: ArmValue) -> ArmStats | None:
         s = self.stats.get(label, {}).get(arm_label(arm))
         return s if s is not None and s.count > 0 else None
 
-    def best_arm(self, label: str, prefer: KValue | None = None) -> KValue | None:
+    def best_arm(self, label: str, prefer: ArmValue | None = None) -> ArmValue | None:
         """The arm with the highest mean reward in this context (None before any reward there).
 
-        Ties go to ``prefer`` (the running arm: no move without evidence), then to the lower k.
+        Ties go to ``prefer`` (the running arm: no move without evidence), then to the arm listed first.
         """
         known = [(round(s.mean, 9), a == prefer, -i, a) for i, a in enumerate(self.arms)
                  if (s := self.estimate(label, a)) is not None]
@@ -182,12 +203,15 @@ class KTuner:
         """{arm label: {"n": count, "mean": mean}} for one context."""
         return {a: {"n": s.count, "mean": round(s.mean, 4)} for a, s in self.stats.get(label, {}).items()}
 
-    def index(self, k: KValue) -> int | None:
+    def index(self, k: ArmValue) -> int | None:
         return self.arms.index(k) if k in self.arms else None
 
-    def neighbour_toward(self, current: KValue | None, target: KValue, steps: int = 1) -> KValue:
-        """At most ``steps`` arms from ``current`` toward ``target`` (``target`` when current is not an arm)."""
-        i, j = (None if current is None else self.index(current)), self.arms.index(target)
-        if i is None or abs(j - i) <= steps:
+    def neighbour_toward(self, current: ArmValue | None, target: ArmValue, steps: int = 1) -> ArmValue:
+        """At most ``steps`` arms from ``current`` toward ``target`` along their axis; ``target`` itself when it is
+        that near, when current is not an arm, or when it is on another axis (a switch across families is one
+        step: see the module docstring)."""
+        if current is None or current not in self.arms or arm_steps(current, target, self.arms) <= steps:
             return target
-        return self.arms[i + (steps if j > i else -steps)]
+        axis = [a for a in self.arms if arm_axis(a)[0] == arm_axis(target)[0]]
+        i, j = axis.index(current), axis.index(target)
+        return axis[i + (steps if j > i else -steps)]

@@ -35,7 +35,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from schedctl.controller.core import Controller, unavailable
 from schedctl.controller.decision import REASONS, Decision
 from schedctl.controller.decision_log import DecisionLog
-from schedctl.controller.ktuner import k_of
+from schedctl.controller.ktuner import arm_of_policy
 from schedctl.controller.persist import StateMismatch, controller_state, restore
 from schedctl.engine_adapter.base import (
     EngineAdapter,
@@ -89,8 +89,8 @@ class ServiceMetrics:
             self.policy_changes.inc()
         if d.apply_error is not None:
             self.apply_errors.inc()
-        k = k_of(d.policy)
-        self.policy_k.set(-1 if k is None else (0 if k == "inf" else k))
+        k = arm_of_policy(d.policy)  # -1: not on the k axis (hrrn, spf, lpm-aging, sglang:, slai)
+        self.policy_k.set(k if isinstance(k, int) else (0 if k == "inf" else -1))
         self.reward.set(d.learner.reward if d.learner.reward is not None else float("nan"))
         self.ttft_p99.set(d.window.ttft_p99_s if d.window.ttft_p99_s is not None else float("nan"))
         self.queue.set(d.window.queue_len)

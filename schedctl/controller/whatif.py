@@ -45,10 +45,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from schedctl.controller.ktuner import ArmStats, KTuner, arm_label
+from schedctl.controller.ktuner import ArmStats, KTuner, arm_label, arm_steps
 from schedctl.controller.objective import ObjectiveParams, Score, evaluate
 from schedctl.engine_adapter.base import Counterfactual, Observation, ReplayReport
-from schedctl.policies.spec import KValue, check_k
+from schedctl.policies.arms import ArmValue, check_arm
 
 WhatIfMode = Literal["prior", "filter"]
 
@@ -60,7 +60,7 @@ class WhatIfParams(BaseModel):
 
     enabled: bool = Field(default=False, description="replay the recent window under candidate arms each tick")
     mode: WhatIfMode = Field(default="prior", description="prior: credit replay rewards; filter: veto explorations")
-    arms: Literal["all", "neighbours"] | list[KValue] = Field(
+    arms: Literal["all", "neighbours"] | list[ArmValue] = Field(
         default="all", description='arms to replay: "all" tuner arms, "neighbours" of the running arm, or a list'
     )
     every_ticks: int = Field(default=1, ge=1, le=1_000_000, description="replay on every N-th tick")
@@ -73,7 +73,7 @@ class WhatIfParams(BaseModel):
     @classmethod
     def _parse_arms(cls, v: Any) -> Any:
         if isinstance(v, list):
-            return [check_k(a) for a in v]
+            return [check_arm(a) for a in v]
         return v
 
 
@@ -135,16 +135,18 @@ class WhatIf:
         self.estimate_weight = estimate_weight
         self.stats: dict[str, dict[str, ArmStats]] = {}  # context label -> arm label -> replay rewards
 
-    def arms_to_replay(self, running: KValue | None, arms: Sequence[KValue]) -> list[KValue]:
-        """The arms to replay, the running one first, then outward from it (what a budget cuts last is farthest)."""
+    def arms_to_replay(self, running: ArmValue | None, arms: Sequence[ArmValue]) -> list[ArmValue]:
+        """The arms to replay, the running one first, then outward from it (what a budget cuts last is farthest).
+
+        Distance is ``ktuner.arm_steps``: along an axis (k, lpm-aging's N), and one step to any other family, so
+        "neighbours" of klpm:4 in ``[fcfs, klpm:4, lpm, hrrn]`` are fcfs, lpm and hrrn."""
         p = self.params
         chosen = [a for a in arms if a in p.arms] if isinstance(p.arms, list) else list(arms)
-        if running not in arms:
+        if running is None or running not in arms:
             return chosen if p.arms != "neighbours" else []
-        i = arms.index(running)
         if p.arms == "neighbours":
-            chosen = [a for j, a in enumerate(arms) if abs(j - i) <= 1]
-        return sorted(chosen, key=lambda a: (abs(arms.index(a) - i), arms.index(a)))
+            chosen = [a for a in arms if arm_steps(running, a, arms) <= 1]
+        return sorted(chosen, key=lambda a: (arm_steps(running, a, arms), arms.index(a)))
 
     def score(self, report: ReplayReport) -> WhatIfRecord:
         """Score every counterfactual window with the live objective; decide whether the set is evidence."""
@@ -166,7 +168,7 @@ class WhatIf:
             skipped=[arm_label(a) for a in report.skipped], error=report.error, wall_ms=report.wall_ms,
         )
 
-    def replaces_live(self, record: WhatIfRecord, running: KValue | None) -> bool:
+    def replaces_live(self, record: WhatIfRecord, running: ArmValue | None) -> bool:
         """``prior`` mode with a usable replay of the running arm: it is credited instead of the live reward."""
         if self.params.mode != "prior" or not record.evidence or running is None:
             return False
@@ -174,7 +176,7 @@ class WhatIf:
         return own is not None and own.reward is not None
 
     def learn(self, record: WhatIfRecord, report: ReplayReport, ktuner: KTuner, obs: Observation,
-              running: KValue | None, live_reward: float | None) -> WhatIfRecord:
+              running: ArmValue | None, live_reward: float | None) -> WhatIfRecord:
         """Keep the replay means per context; in ``prior`` mode credit the counterfactual rewards to the KTuner.
 
         ``obs`` is the live window (its load context is the one credited). In ``prior`` mode the caller credits
@@ -203,7 +205,7 @@ class WhatIf:
                 credited.append(arm_label(cf.arm))
         return record.model_copy(update={"credited": credited, "fidelity": fidelity})
 
-    def veto(self, label: str, target: KValue) -> str | None:
+    def veto(self, label: str, target: ArmValue) -> str | None:
         """``filter`` mode: why an exploration of ``target`` is refused in context ``label`` (None: allowed)."""
         if self.params.mode != "filter":
             return None

@@ -12,7 +12,8 @@ from typing import Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schedctl.policies.spec import KValue, PolicySpec
+from schedctl.policies.arms import ArmValue
+from schedctl.policies.spec import PolicySpec
 from schedctl.stats import LatencyDist
 
 
@@ -95,7 +96,7 @@ class Counterfactual(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    arm: KValue
+    arm: ArmValue
     observation: Observation | None = None
     error: str | None = None
     wall_ms: float = 0.0
@@ -111,7 +112,7 @@ class ReplayReport(BaseModel):
     windows: int = 0
     state: dict[str, float] = Field(default_factory=dict)  # the start state: waiting, running, cached tokens, ...
     results: list[Counterfactual] = Field(default_factory=list)
-    skipped: list[KValue] = Field(default_factory=list)  # not replayed: the time budget ran out
+    skipped: list[ArmValue] = Field(default_factory=list)  # not replayed: the time budget ran out
     error: str | None = None  # the replayer failed as a whole (no counterfactuals)
     wall_ms: float = 0.0
 
@@ -124,7 +125,7 @@ class Replayer(Protocol):
         """Keep the engine's state now: the start of the window the next ``observe()`` returns."""
         ...
 
-    def replay(self, arms: Sequence[KValue], budget_ms: float | None = None) -> ReplayReport:
+    def replay(self, arms: Sequence[ArmValue], budget_ms: float | None = None) -> ReplayReport:
         """Re-run the recent window(s) from their start state under each arm, in order, within the budget."""
         ...
 

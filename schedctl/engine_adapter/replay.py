@@ -42,7 +42,7 @@ from typing import Any
 
 from schedctl.engine_adapter.base import Counterfactual, ReplayReport
 from schedctl.engine_adapter.sim import SimAdapter
-from schedctl.policies.spec import KValue, spec_for
+from schedctl.policies.arms import ArmValue, spec_for
 from schedctl.workloads.types import Request
 
 _CUT_GENERATOR = "generator"
@@ -138,7 +138,7 @@ class SimReplayer:
             del self._fed[: oldest - self._fed_base]
             self._fed_base = oldest
 
-    def replay(self, arms: Sequence[KValue], budget_ms: float | None = None) -> ReplayReport:
+    def replay(self, arms: Sequence[ArmValue], budget_ms: float | None = None) -> ReplayReport:
         t0 = time.perf_counter()
         if not self._snapshots:
             return ReplayReport(error="no snapshot: begin_window() was not called before this window")
@@ -146,7 +146,7 @@ class SimReplayer:
         end_s = self.adapter.now_s
         arrivals = self._fed[snap.fed_index - self._fed_base:]
         results: list[Counterfactual] = []
-        skipped: list[KValue] = []
+        skipped: list[ArmValue] = []
         for arm in arms:
             if budget_ms is not None and results and (time.perf_counter() - t0) * 1e3 >= budget_ms:
                 skipped.append(arm)
@@ -158,7 +158,7 @@ class SimReplayer:
             results=results, skipped=skipped, wall_ms=(time.perf_counter() - t0) * 1e3,
         )
 
-    def _replay_arm(self, snap: _Snapshot, arrivals: list[Request], arm: KValue, end_s: float) -> Counterfactual:
+    def _replay_arm(self, snap: _Snapshot, arrivals: list[Request], arm: ArmValue, end_s: float) -> Counterfactual:
         t0 = time.perf_counter()
         try:
             clone = restore(snap.data, snap.shared)

@@ -16,16 +16,25 @@ first) and an index of the waiting prompts (a radix tree, ``policies/radix.py``)
   heap is re-matched before it is returned (if its match shrank, it is pushed back with the true value). Keys
   never under-estimate, so the first candidate whose key is confirmed is the true longest match.
 
-Without an oracle (``oracle=None``) the queue orders by match lengths given at push time; :func:`klpm_order`
-uses that mode to order a list in one call (the SGLang plugin passes SGLang's own match lengths).
+Beside LPM the same queue runs the other queue orderings of ``KLPMSpec`` (``QueueOrder.rank``; keys in
+``policies/orders.py``): ``lpm-aging:N`` and ``spf`` on the same heap (their priority, ``match - N * arrival pass``
+and ``-max(1, length - match)``, only grows with the match, so upper-bound keys stay upper bounds; ordering by
+``match - N * arrival pass`` is ordering by ``match + N * passes waited``, the pass count now being common to all),
+``hrrn`` by a vectorised scan (``orders.RatioScan``: its order changes with the clock). The engine calls
+:meth:`KLPMQueue.begin_pass` at each scheduling pass with its processed-prefill-token counter (aging and HRRN's
+clock).
+
+Without an oracle (``oracle=None``) the queue orders by match lengths given at push time;
+``policies/waiting.py`` (``order_waiting``, ``klpm_order``) uses that mode to order a list in one call (the SGLang
+plugin passes SGLang's own match lengths).
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Sequence
 from typing import Generic, Protocol, TypeVar
 
+from schedctl.policies.orders import QueueOrder, RatioScan, spf_work
 from schedctl.policies.radix import RadixNode, RadixTree, Tokens, common_prefix_len
 from schedctl.tokens import TokenArray, as_tokens
 
@@ -43,7 +52,7 @@ class PrefixOracle(Protocol):
 
 
 class _Entry(Generic[T]):
-    __slots__ = ("alive", "item", "key", "node", "seq", "tokens", "uid")
+    __slots__ = ("alive", "born_pass", "born_tokens", "item", "key", "length", "node", "seq", "slot", "tokens", "uid")
 
     def __init__(self, item: T, tokens: TokenArray | None, seq: int, key: int, uid: int) -> None:
         self.uid = uid  # unique per push: heap tiebreak when a request leaves and comes back with its seq
@@ -53,6 +62,10 @@ class _Entry(Generic[T]):
         self.key = key  # LPM key: an upper bound of the current cached-prefix length
         self.alive = True
         self.node: _WaitNode | None = None
+        self.length = 0  # tokens its prefill covers (spf, hrrn)
+        self.born_pass = 0  # the queue's pass count when it arrived (aging)
+        self.born_tokens = 0  # the engine's processed-prefill-token counter when it arrived (hrrn)
+        self.slot = -1  # its slot in the hrrn scan
 
 
 class _WaitNode(RadixNode):
@@ -64,7 +77,7 @@ class _WaitNode(RadixNode):
 
 
 class KLPMQueue(Generic[T]):
-    """Waiting queue ordered by k-LPM. ``k`` is an int >= 1, or None for k=inf.
+    """Waiting queue ordered by k-LPM (``k`` an int >= 1, or None for k=inf) or by another ``QueueOrder``.
 
     The index of waiting prompts pays for itself only when many wait: it is built when more than ``INDEX_ABOVE``
     requests wait and dropped when fewer than ``INDEX_BELOW`` do (the gap stops it flapping); without it, a cache
@@ -74,7 +87,7 @@ class KLPMQueue(Generic[T]):
     INDEX_ABOVE = 8
     INDEX_BELOW = 4
 
-    def __init__(self, k: int | None, oracle: PrefixOracle | None = None) -> None:
+    def __init__(self, k: int | QueueOrder | None, oracle: PrefixOracle | None = None) -> None:
         self._oracle = oracle
         self._entries: dict[int, _Entry[T]] = {}
         self._fifo: list[tuple[int, int, _Entry[T]]] = []  # (seq, uid, entry)
@@ -84,23 +97,56 @@ class KLPMQueue(Generic[T]):
         self._peeked: _Entry[T] | None = None  # what peek() would return now (cleared by any change)
         self._offered: _Entry[T] | None = None  # what peek() last returned: the request the caller decided on
         self.picks = 0  # pops since the policy was set; decides oldest-vs-LPM
+        self.passes = 0  # scheduling passes (begin_pass): aging's clock
+        self.processed_tokens = 0  # the engine's prefill tokens run so far: hrrn's clock
         self.k: int | None = 1
-        self.set_k(k)
+        self.order = QueueOrder(1)
+        self._scan: RatioScan | None = None  # hrrn's arrays (None for the heap orders)
+        self.set_order(k if isinstance(k, QueueOrder) else QueueOrder(k))
 
     # -- policy --------------------------------------------------------------------------------------------
     def set_k(self, k: int | None) -> None:
-        """Change k at run time. The pick counter restarts, so the next pick is the oldest request."""
-        if k is not None and k < 1:
-            raise ValueError(f"k must be >= 1 or None (inf), got {k}")
-        was_tracking = self._tracks_prefixes
-        self.k = k
+        """Change k at run time (rank lpm, no aging). The pick counter restarts: the next pick is the oldest."""
+        self.set_order(QueueOrder(k))
+
+    def set_order(self, order: QueueOrder) -> None:
+        """Change the order at run time. The pick counter restarts, so the next pick under k-LPM is the oldest."""
+        if order.k is not None and order.k < 1:
+            raise ValueError(f"k must be >= 1 or None (inf), got {order.k}")
+        was_tracking, old = self._tracks_prefixes, self.order
+        self.k, self.order = order.k, order
         self.picks = 0
         self._peeked = self._offered = None
-        if self._tracks_prefixes and not was_tracking:
+        if self._tracks_prefixes and (not was_tracking or (old.rank, old.aging_tokens_per_pass) != (
+                order.rank, order.aging_tokens_per_pass)):
             self._rebuild_prefix_tracking()
         elif not self._tracks_prefixes:
             self._lpm = []
             self._index = None
+            self._scan = None
+
+    def begin_pass(self, processed_tokens: int | None = None) -> None:
+        """A scheduling pass starts (aging counts passes); ``processed_tokens``: the engine's prefill tokens run
+        so far (HRRN's clock, SGLang's ``processed_tokens_counter``)."""
+        self.passes += 1
+        if processed_tokens is not None:
+            self.processed_tokens = processed_tokens
+        if self.order.rank == "hrrn":
+            self._peeked = None  # the clock moved: ratios changed
+
+    def _prio(self, e: _Entry[T]) -> int:
+        """Heap priority (higher first) from the entry's key: lpm (aged), or spf. Non-decreasing in the key."""
+        if self.order.rank == "spf":
+            return -spf_work(e.length, e.key)
+        return e.key - self.order.aging_tokens_per_pass * e.born_pass
+
+    def _set_key(self, e: _Entry[T], key: int) -> None:
+        e.key = key
+        if self._scan is not None:
+            self._scan.set_key(e.slot, key)
+        else:
+            heapq.heappush(self._lpm, (-self._prio(e), e.seq, e.uid, e))
+        self._peeked = None
 
     @property
     def _tracks_prefixes(self) -> bool:
@@ -109,12 +155,22 @@ class KLPMQueue(Generic[T]):
     def _rebuild_prefix_tracking(self) -> None:
         self._index = None
         self._lpm = []
+        self._scan = RatioScan() if self.order.rank == "hrrn" else None
         for e in self._entries.values():
             if self._oracle is not None and e.tokens is not None:
                 e.key = self._oracle.match_len(e.tokens)
-            self._lpm.append((-e.key, e.seq, e.uid, e))
+            self._track(e)
         heapq.heapify(self._lpm)
         self._resize_index()
+
+    def _track(self, e: _Entry[T], heap_push: bool = False) -> None:
+        """Put an entry in the scan, or the heap (appended for a heapify unless ``heap_push``)."""
+        if self._scan is not None:
+            e.slot = self._scan.add(e.seq, e.length, e.key, e.born_tokens, e)
+        elif heap_push:
+            heapq.heappush(self._lpm, (-self._prio(e), e.seq, e.uid, e))
+        else:
+            self._lpm.append((-self._prio(e), e.seq, e.uid, e))
 
     def _resize_index(self) -> None:
         """Build the waiting-prompt index when many wait; drop it when few do."""
@@ -140,10 +196,13 @@ class KLPMQueue(Generic[T]):
         """Waiting items, oldest first (O(n log n); for reports and tests, not the hot path)."""
         return [e.item for e in sorted(self._entries.values(), key=lambda e: e.seq)]
 
-    def push(self, item: T, seq: int, tokens: Tokens | None = None, match_len: int | None = None) -> None:
+    def push(self, item: T, seq: int, tokens: Tokens | None = None, match_len: int | None = None, *,
+             length: int | None = None, born_pass: int | None = None, born_tokens: int | None = None) -> None:
         """Add a waiting request. ``seq`` orders by age (smaller = older) and must be unique.
 
         With an oracle, pass ``tokens`` (the prompt still to prefill); without one, pass ``match_len``.
+        ``length`` (default: the tokens' length), ``born_pass`` and ``born_tokens`` (default: the queue's clocks
+        now): what spf, lpm-aging and hrrn order by.
         """
         if seq in self._entries:
             raise KeyError(f"seq {seq} is already waiting")
@@ -159,10 +218,13 @@ class KLPMQueue(Generic[T]):
         self._pushes += 1
         uid = self._pushes
         e: _Entry[T] = _Entry(item, arr, seq, key, uid)
+        e.length = length if length is not None else (len(arr) if arr is not None else 0)
+        e.born_pass = born_pass if born_pass is not None else self.passes
+        e.born_tokens = born_tokens if born_tokens is not None else self.processed_tokens
         self._entries[seq] = e
         heapq.heappush(self._fifo, (seq, uid, e))
         if tracks:
-            heapq.heappush(self._lpm, (-key, seq, uid, e))
+            self._track(e, heap_push=True)
             if self._index is not None:
                 self._index_add(e)
             elif len(self._entries) > self.INDEX_ABOVE:
@@ -212,18 +274,33 @@ class KLPMQueue(Generic[T]):
             while not fifo[0][2].alive:
                 heapq.heappop(fifo)
             return fifo[0][2]
+        if self._scan is not None:
+            return self._select_scan(self._scan)
         lpm = self._lpm
         oracle = self._oracle
         while True:
-            negkey, _seq, _uid, e = lpm[0]
-            if not e.alive or -negkey != e.key:
+            negprio, _seq, _uid, e = lpm[0]
+            if not e.alive or -negprio != self._prio(e):
                 heapq.heappop(lpm)  # stale: taken already, or re-keyed by an insert
                 continue
             if oracle is not None and e.tokens is not None:
                 actual = oracle.match_len(e.tokens)
                 if actual < e.key:  # the cache evicted part of its prefix since the key was set
                     e.key = actual
-                    heapq.heapreplace(lpm, (-actual, e.seq, e.uid, e))
+                    heapq.heapreplace(lpm, (-self._prio(e), e.seq, e.uid, e))
+                    continue
+            return e
+
+    def _select_scan(self, scan: RatioScan) -> _Entry[T]:
+        """hrrn: the highest ratio; keys are upper bounds of the match (ratios too), so re-check the winner."""
+        while True:
+            slot = scan.best(self.processed_tokens)
+            e: _Entry[T] = scan.items[slot]  # type: ignore[assignment]
+            if self._oracle is not None and e.tokens is not None:
+                actual = self._oracle.match_len(e.tokens)
+                if actual < e.key:
+                    e.key = actual
+                    scan.set_key(slot, actual)
                     continue
             return e
 
@@ -232,6 +309,9 @@ class KLPMQueue(Generic[T]):
         del self._entries[e.seq]
         if e.node is not None:
             self._index_remove(e)
+        if self._scan is not None and e.slot >= 0:
+            self._scan.remove(e.slot)
+            e.slot = -1
         if self._index is not None and len(self._entries) < self.INDEX_BELOW:
             self._resize_index()
         self._peeked = self._offered = None
@@ -241,7 +321,7 @@ class KLPMQueue(Generic[T]):
             self._fifo = [t for t in self._fifo if t[2].alive]
             heapq.heapify(self._fifo)
         if len(self._lpm) > 2 * live + 64:
-            self._lpm = [(-x.key, x.seq, x.uid, x) for x in self._entries.values()]
+            self._lpm = [(-self._prio(x), x.seq, x.uid, x) for x in self._entries.values()]
             heapq.heapify(self._lpm)
 
     # -- cache notifications -------------------------------------------------------------------------------
@@ -260,9 +340,7 @@ class KLPMQueue(Generic[T]):
                 if e.tokens is not None and e.key < end:
                     lcp = common_prefix_len(e.tokens, 0, path)
                     if lcp > e.key:
-                        e.key = lcp
-                        heapq.heappush(self._lpm, (-lcp, e.seq, e.uid, e))
-                        self._peeked = None
+                        self._set_key(e, lcp)
             return
         node: RadixNode = index.root
         pos = 0
@@ -290,9 +368,7 @@ class KLPMQueue(Generic[T]):
     def _raise_entries(self, node: RadixNode, lcp: int) -> None:
         for e in node.entries.values():  # type: ignore[attr-defined]
             if e.key < lcp:
-                e.key = lcp
-                heapq.heappush(self._lpm, (-lcp, e.seq, e.uid, e))
-                self._peeked = None
+                self._set_key(e, lcp)
 
     def _raise_subtree(self, node: RadixNode, lcp: int) -> None:
         stack = [node]
@@ -318,20 +394,3 @@ class KLPMQueue(Generic[T]):
             parent = node.parent
             self._index.remove_leaf(node)
             node = parent  # type: ignore[assignment]
-
-
-def klpm_order(
-    items: Sequence[T], match_lens: Sequence[int], k: int | None, picks: int = 0, ages: Iterable[int] | None = None
-) -> list[T]:
-    """Order ``items`` by k-LPM given each one's cached-prefix length.
-
-    ``ages`` gives each item's arrival rank (default: list order, oldest first); ``picks`` is the pick counter
-    to start from, so a caller that admits part of the order each pass can keep the cycle going across passes.
-    """
-    q: KLPMQueue[T] = KLPMQueue(k)
-    q.picks = picks
-    order = list(ages) if ages is not None else range(len(items))
-    for item, m, seq in zip(items, match_lens, order, strict=True):
-        q.push(item, seq, match_len=m)
-    return [q.pop() for _ in range(len(items))]
-

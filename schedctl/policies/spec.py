@@ -5,16 +5,21 @@ A PolicySpec is what the controller decides and what an engine adapter pushes. I
 
 Two families, and the family decides how an engine forms batches (:func:`is_token_budget`):
 
-* queue ordering (SGLang-like prefill-first rounds): ONE spec, :class:`KLPMSpec` with ``k: int | None`` — every
-  k-th admission goes to the oldest waiting request, the others by longest prefix match; ``k = 1`` is FCFS and
-  ``k = None`` (no oldest-first turn) is LPM. ``fcfs``, ``lpm`` and ``klpm:inf`` are parse aliases (also as JSON
-  ``{"kind": "fcfs"}`` / ``{"kind": "lpm"}``), so one policy has one spec; labels are ``fcfs``, ``lpm`` and
-  ``klpm:K``. :func:`queue_k` is the k the shared k-LPM queue (``policies/klpm.py``) runs with.
+* queue ordering (SGLang-like prefill-first rounds): ONE spec, :class:`KLPMSpec`. ``k: int | None``: every
+  k-th admission goes to the oldest waiting request; ``rank`` says how the others are chosen: ``lpm`` (longest
+  prefix match, optionally aged by ``aging_tokens_per_pass``), ``hrrn`` (highest response ratio next, SGLang's
+  token-based aging) or ``spf`` (shortest uncached prefill first); ``sglang`` runs SGLang 0.5.23's own pass rules
+  (lpm and hrrn fall back to FCFS above 128 waiting). ``k = 1`` is FCFS and ``k = None`` (no oldest-first turn)
+  is LPM. ``fcfs``, ``lpm`` and ``klpm:inf`` are parse aliases (also as JSON ``{"kind": "fcfs"}`` /
+  ``{"kind": "lpm"}``), so one policy has one spec. Labels (:func:`policy_label`): ``fcfs``, ``lpm``, ``klpm:K``,
+  ``hrrn``, ``spf``, ``lpm-aging:N``, ``sglang:fcfs``, ``sglang:lpm``, ``sglang:hrrn``, ``sglang:spf``.
+  ``orders.queue_order`` is what the shared queue (``policies/klpm.py``) runs with; :func:`queue_family` names
+  the family a tuner's arm belongs to (the k axis ``klpm``, or ``hrrn``, ``spf``, ``lpm-aging``, ``sglang``).
 * token-budget hybrid batches (every iteration one batch of decode tokens and prefill chunks under a budget):
   ``sarathi`` (Sarathi-Serve), ``slai`` (SLO-aware, REFERENCES §2) and ``rad`` (resource-aware dynamic, §2).
   Their per-iteration rules live in ``policies/slai.py`` and ``policies/rad.py``.
 
-Command-line form (:func:`parse_policy`, :func:`policy_label`): ``fcfs``, ``lpm``, ``klpm:K``, and ``sarathi``,
+Command-line form (:func:`parse_policy`, :func:`policy_label`): the queue labels above, and ``sarathi``,
 ``slai``, ``rad`` optionally with knobs, e.g. ``slai:theta_low=5,token_budget=512``. A bad knob raises ValueError
 naming the policy, the knob and the reason.
 """
@@ -45,7 +50,7 @@ K_MAX = 1_000_000
 INT_KNOB_MAX = 10_000_000  # token budgets, running-request caps, tile widths: far above any GPU's
 
 
-def _shown(v: object, limit: int = 24) -> str:
+def shown(v: object, limit: int = 24) -> str:
     """A value for an error message: a 400-digit k is shown by its length, not written out."""
     text = repr(v)
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
@@ -58,16 +63,16 @@ def check_k(v: object) -> KValue:
         if text.lower() in ("inf", "infinity", "∞"):
             return "inf"
         if not text.isdigit():
-            raise ValueError(f'k must be an integer >= 1 or "inf", got {_shown(v)}')
+            raise ValueError(f'k must be an integer >= 1 or "inf", got {shown(v)}')
         if len(text.lstrip("0")) > len(str(K_MAX)):
-            raise ValueError(f"k must be <= {K_MAX} (for pure LPM write inf), got {_shown(v)}")
+            raise ValueError(f"k must be <= {K_MAX} (for pure LPM write inf), got {shown(v)}")
         v = int(text)
     if isinstance(v, bool) or not isinstance(v, int):
-        raise ValueError(f'k must be an integer >= 1 or "inf", got {_shown(v)}')
+        raise ValueError(f'k must be an integer >= 1 or "inf", got {shown(v)}')
     if v < 1:
-        raise ValueError(f"k must be >= 1, got {_shown(v)}")
+        raise ValueError(f"k must be >= 1, got {shown(v)}")
     if v > K_MAX:
-        raise ValueError(f"k must be <= {K_MAX} (for pure LPM write inf), got {_shown(v)}")
+        raise ValueError(f"k must be <= {K_MAX} (for pure LPM write inf), got {shown(v)}")
     return v
 
 
@@ -76,20 +81,44 @@ class _Spec(BaseModel):
     version: Literal[1] = SPEC_VERSION
 
 
+Rank = Literal["lpm", "hrrn", "spf"]
+AGING_MAX = 1_000_000  # tokens of priority per pass waited: far above any prompt, so one pass already dominates
+
+
 class KLPMSpec(_Spec):
-    """k-LPM: the oldest waiting request, then k-1 requests by longest prefix match, repeated. k = 1 is FCFS;
-    k = None is LPM (no oldest-first turn; ties go to the oldest request). ``"inf"`` is accepted for None."""
+    """The queue-ordering policy: the oldest waiting request every ``k``-th pick, the others by ``rank``.
+
+    ``k = 1`` is FCFS; ``k = None`` (``"inf"`` is accepted) never gives an oldest-first turn (``rank`` alone
+    orders: ``lpm`` is LPM, ties to the oldest request). ``hrrn``, ``spf`` and aging are defined with ``k = None``
+    only, and ``sglang`` with k 1 or None and no aging, so every policy has exactly one spec and one label.
+    """
 
     kind: Literal["klpm"] = "klpm"
     k: int | None = Field(ge=1, le=K_MAX, description="k >= 1; None: pure LPM (never an oldest-first turn)")
+    rank: Rank = Field("lpm", description="how the picks that are not an oldest-first turn choose: lpm, hrrn, spf")
+    aging_tokens_per_pass: int = Field(0, ge=0, le=AGING_MAX, description=(
+        "lpm only: priority = match_len + N * scheduling passes waited (LPM with aging); 0: plain LPM"))
+    sglang: bool = Field(False, description=(
+        "SGLang 0.5.23's own pass rules: a stable sort of its persistent list; lpm and hrrn are FCFS above 128 "
+        "waiting (schedule_policy.py, _determine_active_policy)"))
 
     @field_validator("k", mode="before")
     @classmethod
     def _check_k(cls, v: object) -> object:
-        return None if v is None else _k_or_none(check_k(v))
+        return None if v is None else k_or_none(check_k(v))
+
+    @model_validator(mode="after")
+    def _one_spec_per_policy(self) -> KLPMSpec:
+        if self.rank != "lpm" and self.k is not None:
+            raise ValueError(f"{self.rank} has no oldest-first turn: k must be None (inf), got {self.k}")
+        if self.aging_tokens_per_pass and (self.k is not None or self.rank != "lpm" or self.sglang):
+            raise ValueError("aging_tokens_per_pass applies to plain lpm (k = None, rank lpm, not sglang) only")
+        if self.sglang and self.k not in (1, None):
+            raise ValueError(f"SGLang's own orders are fcfs, lpm, hrrn and spf: k must be 1 or None, got {self.k}")
+        return self
 
 
-def _k_or_none(k: KValue) -> int | None:
+def k_or_none(k: KValue) -> int | None:
     return None if k == "inf" else int(k)
 
 
@@ -101,6 +130,23 @@ def FCFSSpec() -> KLPMSpec:
 def LPMSpec() -> KLPMSpec:
     """Longest prefix match first: k-LPM with k = None (the same spec as ``klpm:inf``)."""
     return KLPMSpec(k=None)
+
+
+def HRRNSpec(sglang: bool = False) -> KLPMSpec:
+    """Highest response ratio next with SGLang's token-based aging (``policies/orders.py``)."""
+    return KLPMSpec(k=None, rank="hrrn", sglang=sglang)
+
+
+def SPFSpec(sglang: bool = False) -> KLPMSpec:
+    """Shortest uncached prefill first (SGLang's ``shortest-prefill-first`` key)."""
+    return KLPMSpec(k=None, rank="spf", sglang=sglang)
+
+
+def LPMAgingSpec(tokens_per_pass: int) -> KLPMSpec:
+    """LPM with aging: priority = match_len + N * passes waited (N = ``tokens_per_pass`` >= 1)."""
+    if tokens_per_pass < 1:
+        raise ValueError(f"lpm-aging needs N >= 1 tokens per pass (lpm-aging:0 is lpm), got {tokens_per_pass}")
+    return KLPMSpec(k=None, aging_tokens_per_pass=tokens_per_pass)
 
 
 def _aliases(data: Any) -> Any:
@@ -201,23 +247,57 @@ _KNOB_SPECS: dict[str, type[SarathiSpec] | type[SLAISpec] | type[RADSpec]] = {
 }
 
 
+QUEUE_LABELS = "fcfs, lpm, klpm:K, hrrn, spf, lpm-aging:N, sglang:fcfs|lpm|hrrn|spf"
+# SGLang 0.5.23's --schedule-policy values (srt/managers/schedule_policy.py, CacheAwarePolicy and
+# CacheAgnosticPolicy) and the sglang: alias of each one schedctl models; the others are refused by name
+SGLANG_POLICIES: dict[str, Rank | Literal["fcfs"]] = {
+    "fcfs": "fcfs", "lpm": "lpm", "hrrn": "hrrn", "spf": "spf", "shortest-prefill-first": "spf"}
+SGLANG_UNMODELLED = ("dfs-weight", "lof", "random", "routing-key")
+
+
 def parse_policy(text: str) -> PolicySpec:
-    """Parse the command-line form: ``fcfs``, ``lpm``, ``klpm:K`` (K an integer >= 1 or ``inf``), and ``sarathi``,
-    ``slai``, ``rad``, each optionally with ``:KNOB=VALUE,...`` (e.g. ``slai:theta_low=5,token_budget=512``)."""
+    """Parse the command-line form: the queue labels (``fcfs``, ``lpm``, ``klpm:K`` with K an integer >= 1 or
+    ``inf``, ``hrrn``, ``spf``, ``lpm-aging:N``, ``sglang:fcfs|lpm|hrrn|spf``), and ``sarathi``, ``slai``, ``rad``,
+    each optionally with ``:KNOB=VALUE,...`` (e.g. ``slai:theta_low=5,token_budget=512``)."""
     name, _, arg = text.strip().partition(":")
     name = name.strip().lower()
     arg = arg.strip()
-    if name == "fcfs" and not arg:
-        return FCFSSpec()
-    if name == "lpm" and not arg:
-        return LPMSpec()
+    plain = {"fcfs": FCFSSpec, "lpm": LPMSpec, "hrrn": HRRNSpec, "spf": SPFSpec}
+    if name in plain:
+        if arg:
+            raise ValueError(f"policy {name!r} takes no argument, got {text.strip()!r}")
+        return plain[name]()
     if name == "klpm":
         if not arg:
             raise ValueError("klpm needs a k: write klpm:K, e.g. klpm:4 or klpm:inf")
         return KLPMSpec(k=check_k(arg))  # a bad k: one ValueError line, e.g. "k must be <= 1000000 ..."
+    if name == "lpm-aging":
+        return LPMAgingSpec(_aging(arg))
+    if name == "sglang":
+        return _sglang(arg.lower())
     if name in _KNOB_SPECS:
         return _with_knobs(_KNOB_SPECS[name], name, arg)
-    raise ValueError(f"unknown policy {text!r}: expected fcfs, lpm, klpm:K, sarathi, slai or rad")
+    raise ValueError(f"unknown policy {text!r}: expected {QUEUE_LABELS}, sarathi, slai or rad")
+
+
+def _aging(arg: str) -> int:
+    if not arg:
+        raise ValueError("lpm-aging needs N, the priority tokens per pass waited: write lpm-aging:N, e.g. lpm-aging:64")
+    if not arg.isdigit() or len(arg.lstrip("0")) > len(str(AGING_MAX)) or not 1 <= int(arg) <= AGING_MAX:
+        raise ValueError(f"lpm-aging: N must be an integer 1..{AGING_MAX} (tokens per pass waited), got {shown(arg)}")
+    return int(arg)
+
+
+def _sglang(arg: str) -> KLPMSpec:
+    if arg in SGLANG_UNMODELLED:
+        raise ValueError(f"sglang:{arg}: SGLang's {arg} is not modelled; the sglang: orders are fcfs, lpm, hrrn, spf")
+    if arg not in SGLANG_POLICIES:
+        raise ValueError(f"sglang needs one of SGLang's policies: write sglang:fcfs, sglang:lpm, sglang:hrrn or "
+                         f"sglang:spf, got {shown('sglang:' + arg)}")
+    rank = SGLANG_POLICIES[arg]
+    if rank == "fcfs":
+        return KLPMSpec(k=1, sglang=True)
+    return KLPMSpec(k=None, rank=rank, sglang=True)
 
 
 def _with_knobs(model: type[SarathiSpec] | type[SLAISpec] | type[RADSpec], name: str, arg: str) -> PolicySpec:
@@ -263,7 +343,7 @@ def split_policies(text: str) -> list[str]:
 def policy_label(spec: PolicySpec) -> str:
     """The command-line form of a spec; ``parse_policy(policy_label(s)) == s``. Knobs at their defaults are left out."""
     if isinstance(spec, KLPMSpec):
-        return "fcfs" if spec.k == 1 else ("lpm" if spec.k is None else f"klpm:{spec.k}")
+        return queue_label(spec)
     if isinstance(spec, SarathiSpec | SLAISpec | RADSpec):
         knobs = [f"{name}={_knob_text(getattr(spec, name))}" for name in changed_knobs(spec)]
         return spec.kind + (":" + ",".join(knobs) if knobs else "")
@@ -295,13 +375,37 @@ def is_token_budget(spec: PolicySpec) -> bool:
     return isinstance(spec, SarathiSpec | SLAISpec | RADSpec)
 
 
-def spec_for(k: KValue) -> PolicySpec:
-    """The PolicySpec of a k-LPM arm (an arm label: an int, or "inf" for LPM); the inverse of queue_k."""
-    return KLPMSpec(k=_k_or_none(k))
+def queue_label(spec: KLPMSpec) -> str:
+    """The label of a queue-ordering spec (see the module docstring)."""
+    if spec.sglang:
+        return "sglang:" + ("fcfs" if spec.k == 1 else spec.rank)
+    if spec.aging_tokens_per_pass:
+        return f"lpm-aging:{spec.aging_tokens_per_pass}"
+    if spec.rank != "lpm":
+        return spec.rank
+    return "fcfs" if spec.k == 1 else ("lpm" if spec.k is None else f"klpm:{spec.k}")
+
+
+def policy_family(spec: PolicySpec) -> str:
+    """A policy's family for logs and plots: :func:`queue_family` for queue orders, the kind for the others."""
+    return queue_family(spec) if isinstance(spec, KLPMSpec) else spec.kind
+
+
+def queue_family(spec: KLPMSpec) -> str:
+    """The family of a queue-ordering spec: ``klpm`` (the k axis: fcfs, klpm:K, lpm), ``lpm-aging`` (its N axis),
+    ``hrrn``, ``spf``, or ``sglang`` (SGLang's own orders). What the tuner's step rules and the plots group by."""
+    if spec.sglang:
+        return "sglang"
+    if spec.aging_tokens_per_pass:
+        return "lpm-aging"
+    return "klpm" if spec.rank == "lpm" else spec.rank
 
 
 def queue_k(spec: PolicySpec) -> int | None:
-    """The k of the shared k-LPM queue for a queue-ordering spec; None means no oldest-first turn (pure LPM)."""
-    if isinstance(spec, KLPMSpec):
+    """The k of a k-axis spec (fcfs, klpm:K, lpm); None means no oldest-first turn (pure LPM). TypeError for any
+    other policy (hrrn, spf, lpm-aging, sglang: are not k-LPM, though their k is None too)."""
+    if isinstance(spec, KLPMSpec) and queue_family(spec) == "klpm":
         return spec.k
+    if isinstance(spec, KLPMSpec):
+        raise TypeError(f"{queue_label(spec)} is not a k-LPM order (fcfs, klpm:K, lpm)")
     raise TypeError(f"{spec.kind} is not a queue-ordering policy")

@@ -1,4 +1,5 @@
-"""SGLang-like batch formation: prefill-first rounds over the shared k-LPM queue (fcfs, lpm, klpm).
+"""SGLang-like batch formation: prefill-first rounds over the shared queue (fcfs, klpm, lpm, hrrn, spf, lpm-aging)
+or SGLang's own pass (``sglang:`` orders, ``sim/sglang_pass.py``).
 
 As SGLang's ``Scheduler.get_next_batch_to_run``: every iteration, if requests wait and memory allows, run a
 prefill round — the policy orders the waiting queue (the shared k-LPM queue) and requests are admitted in that
@@ -20,7 +21,8 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from schedctl.policies.klpm import KLPMQueue
-from schedctl.policies.spec import PolicySpec, queue_k
+from schedctl.policies.orders import queue_order
+from schedctl.policies.spec import KLPMSpec, PolicySpec
 from schedctl.sim.sglang_pass import SGLangPassQueue
 from schedctl.sim.step_time import DecodeRun, StepBatch
 
@@ -38,24 +40,37 @@ class SGLangBatcher:
         self._fresh: dict[int, _Live] = {}  # running requests whose last token came from a prefill
         self._common = 0  # running requests whose last token came from the last decode step
         self._last_decode_end_s = 0.0
+        self._prefilled_tokens = 0  # prefill tokens computed so far: hrrn's clock
 
     # -- the Batcher protocol ------------------------------------------------------------------------------
     def push(self, live: _Live) -> None:
         self.queue.push(live, live.seq, tokens=live.tokens)
 
+    def _effective(self, spec: PolicySpec) -> KLPMSpec:
+        """The order the engine runs: under ``sglang_lpm`` (SGLang without the plugin) fcfs, lpm, hrrn and spf are
+        SGLang's own (their ``sglang:`` forms, one implementation); anything else as it is."""
+        if not isinstance(spec, KLPMSpec):
+            raise TypeError(f"{spec.kind} is not a queue-ordering policy")
+        cfg = self.eng.cfg
+        if (cfg.sglang_lpm and not cfg.sglang_plugin_order and not spec.sglang and spec.k in (1, None)
+                and not spec.aging_tokens_per_pass):
+            return spec.model_copy(update={"sglang": True})
+        return spec
+
     def _make_queue(self, spec: PolicySpec) -> KLPMQueue[_Live] | SGLangPassQueue[_Live]:
-        """SGLang's own pass order for fcfs/lpm under the ``sglang_lpm`` option, else the shared k-LPM queue."""
-        k = queue_k(spec)
-        if self.eng.cfg.sglang_plugin_order:
-            return SGLangPassQueue(k, oracle=self.eng.cache, plugin=True)
-        if self.eng.cfg.sglang_lpm and k in (None, 1):
-            return SGLangPassQueue(k, oracle=self.eng.cache)
-        return KLPMQueue(k, oracle=self.eng.cache)
+        """SGLang's pass for ``sglang:`` orders and under ``sglang_plugin_order``, else the shared queue."""
+        eff = self._effective(spec)
+        if eff.sglang or self.eng.cfg.sglang_plugin_order:
+            return SGLangPassQueue(eff, oracle=self.eng.cache, plugin=self.eng.cfg.sglang_plugin_order)
+        return KLPMQueue(queue_order(eff), oracle=self.eng.cache)
 
     def set_policy(self, spec: PolicySpec) -> None:
         new = self._make_queue(spec)
-        if type(new) is type(self.queue):
-            self.queue.set_k(queue_k(spec))
+        if isinstance(self.queue, SGLangPassQueue) and isinstance(new, SGLangPassQueue):
+            self.queue.set_policy(new.spec)
+            return
+        if isinstance(self.queue, KLPMQueue) and isinstance(new, KLPMQueue):
+            self.queue.set_order(new.order)
             return
         old = self.queue  # a switch between SGLang's pass order and the k-LPM queue: move the waiting requests
         for live in sorted(old.items(), key=lambda live: live.seq):
@@ -91,10 +106,10 @@ class SGLangBatcher:
         e.cache.round += 1  # what this round's admissions insert is not cached to each other under sglang_lpm
         chunked, self._chunked = self._chunked, None
         candidates = [chunked] if chunked is not None else []
-        if isinstance(self.queue, SGLangPassQueue) and self.queue and (
-            chunked is not None or len(e.running_set) < e.cfg.max_running_requests
-        ):
-            self.queue.begin_pass()  # scheduler.py: calc_priority runs unless the running cap stops the pass
+        if self.queue and (chunked is not None or len(e.running_set) < e.cfg.max_running_requests):
+            # scheduler.py: calc_priority runs unless the running cap stops the pass; its clocks are the passes
+            # (lpm-aging) and the prefill tokens run so far (hrrn's processed_tokens_counter)
+            self.queue.begin_pass(self._prefilled_tokens)
         while budget > 0 and (candidates or self.queue):
             if not candidates and len(e.running_set) + len(batch) >= e.cfg.max_running_requests:
                 break
@@ -116,6 +131,7 @@ class SGLangBatcher:
         if not batch:
             return False
         e.now_s += e.model.step_s(StepBatch.of([(n, c) for _l, n, c in batch]))
+        self._prefilled_tokens += sum(n for _l, n, _c in batch)  # SGLang adds each batch's extend_num_tokens
         e.prefill_steps += 1
         for live, _n, _c in batch:
             if live.done_tokens == len(live.tokens) and e._emit_prefill_token(live):

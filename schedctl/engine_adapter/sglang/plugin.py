@@ -1,4 +1,5 @@
-"""schedctl's plugin for SGLang: k-LPM ordering of the waiting queue, switchable at run time.
+"""schedctl's plugin for SGLang: the queue orders of ``KLPMSpec`` (k-LPM, hrrn, spf, lpm-aging, SGLang's own
+``sglang:`` orders) and SLAI's prefill order for the waiting queue, switchable at run time.
 
 Loaded by SGLang's own plugin mechanism (entry point group ``sglang.srt.plugins``, name ``schedctl``; enable it
 with ``SGLANG_PLUGINS=schedctl``) in every process that calls ``load_plugins()``, scheduler ranks included.
@@ -8,7 +9,8 @@ with ``SGLANG_PLUGINS=schedctl``) in every process that calls ``load_plugins()``
   pass (they left the waiting queue) into the k-LPM pick counter, gives new requests an arrival rank, then lets
   SGLang run its own pass: prefix matching against its radix cache and in-batch deprioritisation stay SGLang's.
 * AROUND ``SchedulePolicy._sort_by_longest_prefix`` — where SGLang's LPM would sort, the list is ordered by
-  ``klpm_order`` (the shared implementation) from SGLang's own match lengths; SGLang's temporarily
+  ``order_waiting`` (``policies/waiting.py``, the shared implementation) from SGLang's own match lengths (hrrn
+  also from SGLang's ``processed_tokens`` and ``arrival_processed_tokens``); SGLang's temporarily
   deprioritised requests (one per cold shared prefix per pass) follow in age order. Admission, chunking and
   memory checks run afterwards on this list, unchanged.
 * AFTER ``SchedulerInternalStateController._update_handlers`` — our keys in SGLang's ``/set_internal_state``
@@ -53,6 +55,8 @@ from schedctl.engine_adapter.sglang.plugin_state import PluginState as PluginSta
 from schedctl.engine_adapter.sglang.plugin_state import arrival_rank
 from schedctl.engine_adapter.sglang.plugin_state import slo_class_of as slo_class_of
 from schedctl.policies.inbatch import held_back
+from schedctl.policies.orders import sglang_sorts
+from schedctl.policies.spec import KLPMSpec
 
 logger = logging.getLogger("schedctl.sglang.plugin")
 
@@ -80,6 +84,8 @@ def _calc_priority_hook(original: Callable[..., Any], policy: Any, waiting_queue
         return original(policy, waiting_queue, *a, **kw)
     try:
         STATE.begin_pass(waiting_queue)
+        # scheduler.py passes its processed_tokens_counter (HRRN's clock) as calc_priority's third argument
+        STATE.processed_tokens = int(kw.get("processed_tokens", a[1] if len(a) > 1 else 0) or 0)
         # SGLang's --schedule-low-priority-values-first: which way a request's priority points
         STATE.low_values_first = bool(getattr(policy, "schedule_low_priority_values_first", False))
     except Exception as exc:
@@ -124,7 +130,14 @@ def _sort_by_longest_prefix_hook(
 
 
 def _order_long_queue(policy: Any, waiting_queue: list[Any]) -> None:
-    """k-LPM when SGLang skipped prefix matching: re-match a bounded number of requests, then order all."""
+    """The pushed order when SGLang skipped prefix matching: re-match a bounded number of requests, then order all.
+
+    ``sglang:`` orders keep SGLang's own rule instead: lpm and hrrn leave the list as it is above 128 waiting,
+    fcfs always (``orders.sglang_sorts``); sglang:spf, which SGLang sorts at any length, is ordered here."""
+    spec = STATE.spec
+    if isinstance(spec, KLPMSpec) and spec.sglang and not sglang_sorts(
+            None if spec.k == 1 else spec.rank, len(waiting_queue)):
+        return
     if STATE.matches_prefixes():
         from sglang.srt.mem_cache.common import match_kv_cache
 

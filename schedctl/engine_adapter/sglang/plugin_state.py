@@ -16,14 +16,16 @@ from typing import Any
 
 from schedctl.engine_adapter.sglang import channel
 from schedctl.policies import slai
-from schedctl.policies.klpm import klpm_order
+from schedctl.policies.orders import queue_order, sglang_pass_order
 from schedctl.policies.spec import KLPMSpec, PolicySpec, SLAISpec, policy_label
+from schedctl.policies.waiting import order_waiting
 
 logger = logging.getLogger("schedctl.sglang.plugin")
 
 TEST_FAULTS_ENV = "SCHEDCTL_PLUGIN_TEST_FAULTS"  # "1": register the test-only key below (live tests only)
 KEY_TEST_FAULT = "schedctl_test_fault"  # 1: every ordering raises (an injected fault), 0: normal
 _SEQ = "_schedctl_seq"  # set on SGLang's Req: arrival rank in this scheduler
+_BORN_PASS = "_schedctl_born_pass"  # set on SGLang's Req: the pass count when the plugin first saw it (aging)
 
 
 def arrival_rank(req: Any) -> int:
@@ -53,6 +55,7 @@ class PluginState:
         self.policy_version = 0
         self.picks = 0  # k-LPM pick counter: admissions since the policy was set
         self.passes = 0
+        self.processed_tokens = 0  # SGLang's processed_tokens_counter at this pass (calc_priority's argument): hrrn
         self.admitted = 0
         self.long_queue_passes = 0
         self.next_seq = 0
@@ -77,15 +80,8 @@ class PluginState:
             self._decoded = (self.kind, self.k, channel.decode_policy(self.kind, self.k))
         return self._decoded[2]
 
-    def queue_k(self) -> int | None:
-        """The k-LPM k of the pushed policy (fcfs, lpm, klpm only)."""
-        spec = self.spec
-        if not isinstance(spec, KLPMSpec):
-            raise ValueError(f"{self.label()} does not order the queue by k-LPM")
-        return spec.k
-
     def matches_prefixes(self) -> bool:
-        """Whether the pushed policy orders by SGLang's prefix matches (lpm, klpm with k > 1)."""
+        """Whether the pushed policy orders by SGLang's prefix matches (every queue order but fcfs, sglang:fcfs)."""
         spec = self.spec
         return isinstance(spec, KLPMSpec) and spec.k != 1
 
@@ -97,9 +93,10 @@ class PluginState:
     def check(self, key: str, value: Any, base_policy: str | None) -> None:
         """Raise ValueError if ``key=value`` cannot be applied on this scheduler.
 
-        SGLang validates every key of a push before it applies any, so kind and k are checked together: each
-        check sees the values validated so far in this push (the current ones for keys not in it yet; a kind
-        not yet followed by its k is checked with k = inf, valid for every kind).
+        SGLang validates every key of a push before it applies any, so kind and k are checked together once
+        both are in the push (the sidecar always sends both): the numbers must decode, and an order that reads
+        SGLang's prefix matches needs the server's base policy lpm. A kind pushed without its k is checked alone
+        (a known code; the base policy when every order of that kind reads matches).
         """
         if key == KEY_TEST_FAULT:
             channel.as_int(value, key)
@@ -108,13 +105,22 @@ class PluginState:
             raise ValueError(f"not a schedctl key: {key}")
         try:
             self._pending[key] = channel.as_int(value, key)
+            if key == channel.KEY_VERSION:
+                return
             kind = self._pending.get(channel.KEY_KIND, self.kind)
-            k = self._pending.get(channel.KEY_K, channel.K_INF if key == channel.KEY_KIND else self.k)
-            channel.decode_policy(kind, k)  # unknown codes and flags raise here
-            needs_match = channel.KIND_CODES[kind] in channel.PREFIX_MATCH_KINDS
-            if key == channel.KEY_KIND and needs_match and base_policy != "lpm":
+            if kind not in channel.KIND_CODES:
+                raise ValueError(f"unknown {channel.KEY_KIND} {kind}: this plugin knows {channel.KIND_CODES}")
+            both = channel.KEY_KIND in self._pending and channel.KEY_K in self._pending
+            k = self._pending.get(channel.KEY_K, self.k)
+            if both or key == channel.KEY_K:
+                spec = channel.decode_policy(kind, k)  # unknown flags, orders and bounds raise here
+                needs = channel.needs_prefix_match(kind, k)
+            else:
+                spec, needs = None, kind != channel.KIND_SGLANG and channel.needs_prefix_match(kind, channel.K_INF)
+            if needs and base_policy != "lpm":
+                what = policy_label(spec) if spec is not None else channel.KIND_CODES[kind]
                 raise ValueError(
-                    f"lpm/klpm need SGLang started with --schedule-policy lpm and the radix cache on "
+                    f"{what} needs SGLang started with --schedule-policy lpm and the radix cache on "
                     f"(this scheduler runs {base_policy!r})"
                 )
         except ValueError:
@@ -165,6 +171,7 @@ class PluginState:
         for req in waiting_queue:
             if getattr(req, _SEQ, None) is None:
                 setattr(req, _SEQ, self.next_seq)
+                setattr(req, _BORN_PASS, self.passes)
                 self.next_seq += 1
             present.add(req.rid)
         gone = len(self.last_rids - present)  # admitted since the previous pass (aborts count too)
@@ -178,13 +185,20 @@ class PluginState:
     def order(self, reqs: Iterable[Any], deprioritized: set[str] | frozenset[str]) -> list[Any]:
         """The pushed policy's order; SGLang's deprioritised requests (in-batch prefix sharing) last, by age.
 
-        k-LPM orders by each request's ``num_matched_prefix_tokens`` (SGLang's match); slai by SLAI's prefill key
-        (the whole prompt's length, shortest first; the strict class first if asked).
+        The queue orders (``order_waiting``, shared with the simulator) read each request's
+        ``num_matched_prefix_tokens`` (SGLang's match): k-LPM, lpm-aging (passes since the plugin first saw it),
+        spf (SGLang's ``_shortest_prefill_work`` lengths: prompt and output so far), hrrn (SGLang's
+        ``_uncached_len`` length, the prompt, and its ``arrival_processed_tokens`` against the pass's
+        ``processed_tokens``). ``sglang:`` orders sort SGLang's list as SGLang does (``orders.sglang_pass_order``),
+        ties in list order. slai by SLAI's prefill key (the whole prompt's length, shortest first; the strict class
+        first if asked).
         """
         if self.inject_fault:
             raise RuntimeError("injected ordering fault (schedctl_test_fault)")
-        by_age = sorted(reqs, key=arrival_rank)
         spec = self.spec
+        if isinstance(spec, KLPMSpec) and spec.sglang:
+            return self._sglang_order(list(reqs), spec, deprioritized)
+        by_age = sorted(reqs, key=arrival_rank)
         if not isinstance(spec, SLAISpec) and not self.matches_prefixes():
             return by_age  # fcfs, klpm:1
         head = [r for r in by_age if r.rid not in deprioritized]
@@ -193,8 +207,23 @@ class PluginState:
             head.sort(key=lambda r: slai.prefill_key(spec.prefill_order, spec.strict_first, len(r.origin_input_ids),
                                                      slo_class_of(r, self.low_values_first), arrival_rank(r), False))
             return head + tail
+        assert isinstance(spec, KLPMSpec)
         matches = [int(r.num_matched_prefix_tokens) for r in head]
-        return klpm_order(head, matches, self.queue_k(), picks=self.picks) + tail
+        return order_waiting(
+            head, matches, queue_order(spec), picks=self.picks, lengths=[_length(r, spec.rank) for r in head],
+            born_passes=[int(getattr(r, _BORN_PASS, self.passes)) for r in head], passes=self.passes,
+            born_tokens=[int(getattr(r, "arrival_processed_tokens", 0)) for r in head],
+            processed_tokens=self.processed_tokens,
+        ) + tail
+
+    def _sglang_order(self, reqs: list[Any], spec: KLPMSpec, deprioritized: set[str] | frozenset[str]) -> list[Any]:
+        rank = None if spec.k == 1 else spec.rank
+        idx = sglang_pass_order(
+            rank, [int(r.num_matched_prefix_tokens) for r in reqs], [_length(r, spec.rank) for r in reqs],
+            [r.rid in deprioritized for r in reqs],
+            [self.processed_tokens - int(getattr(r, "arrival_processed_tokens", 0)) for r in reqs],
+        )
+        return [reqs[i] for i in idx]
 
     def fail(self, where: str, exc: BaseException) -> None:
         """Count a fallback; log it with its traceback the first time (per place and exception type)."""
@@ -203,3 +232,10 @@ class PluginState:
         if key not in self._logged:
             self._logged.add(key)
             logger.error("schedctl plugin: %s failed (%r); SGLang's own order stands", where, exc, exc_info=exc)
+
+
+def _length(req: Any, rank: str) -> int:
+    """The length a rank counts, as SGLang 0.5.23 does (``schedule_policy.py``): hrrn's ``_uncached_len`` the
+    prompt; spf's ``_shortest_prefill_work`` the prompt and the output so far (a retracted request's too)."""
+    n = len(req.origin_input_ids)
+    return n if rank == "hrrn" else n + len(getattr(req, "output_ids", ()) or ())
