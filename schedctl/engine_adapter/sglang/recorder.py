@@ -17,7 +17,9 @@ Switched on by the environment of the server (``schedctl sglang serve --record-t
 ``SCHEDCTL_RECORD_TRACE=FILE`` and optionally ``SCHEDCTL_RECORD_TRACE_MAX_BYTES`` (default 100 MB). At the cap the
 recorder stops writing and says so once in the server's log. It refuses to overwrite an existing file (a
 restarted server would restart the clock). Only one scheduler process writes: tensor-parallel rank 0 of pipeline
-stage 0 (every rank sees the same requests). Any error stops the recording with one log line; the server goes on.
+stage 0 (every rank sees the same requests). SGLang's own ``/health`` probe requests are left out; its start-up
+warm-up request is a ``/generate`` like any other and is recorded. Any error stops the recording with one log
+line; the server goes on.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ TRACE_ENV = "SCHEDCTL_RECORD_TRACE"
 MAX_BYTES_ENV = "SCHEDCTL_RECORD_TRACE_MAX_BYTES"
 DEFAULT_MAX_BYTES = 100_000_000
 TARGET_HANDLE_GENERATE = "sglang.srt.managers.scheduler.Scheduler.handle_generate_request"
+HEALTH_CHECK_RID_PREFIX = "HEALTH_CHECK"  # SGLang's /health probes (srt/constants.py): not the operator's traffic
 
 
 class BlockHasher:
@@ -159,7 +162,9 @@ def record_hook(scheduler: Any, recv_req: Any, *a: Any, **kw: Any) -> None:
     try:
         if getattr(scheduler, "_schedctl_writes_trace", None) is None:
             scheduler._schedctl_writes_trace = _writer_rank()
-        if scheduler._schedctl_writes_trace:
+        rid = getattr(recv_req, "rid", None)
+        probe = isinstance(rid, str) and rid.startswith(HEALTH_CHECK_RID_PREFIX)
+        if scheduler._schedctl_writes_trace and not probe:
             ids = getattr(recv_req, "input_ids", None)
             if ids:
                 rec.record(ids, getattr(getattr(recv_req, "sampling_params", None), "max_new_tokens", None))
