@@ -79,3 +79,26 @@ def test_a_trace_stream_names_its_field_when_the_file_is_missing_and_refuses_a_w
                  'rate = "1" }] }]\n')
     with pytest.raises(InputFileError, match="give trace, or workload and rate"):
         load_scenarios(f)
+
+
+def test_a_trace_in_a_later_phase_starts_at_that_phase_and_is_cut_to_its_length(tmp_path: Path) -> None:
+    trace = Path(__file__).resolve().parents[1] / "config" / "traces" / "mooncake-synthetic.jsonl"
+    f = tmp_path / "s.toml"
+    f.write_text(f'[scenarios.x]\nphases = [{{ duration_s = 5, streams = [{{ trace = "{trace}", time_scale = 0.01 }}] '
+                 f'}}, {{ duration_s = 3, streams = [{{ trace = "{trace}", time_scale = 0.01 }}] }}]\n')
+    reqs = list(scenario_requests(load_scenarios(f)["x"]))
+    first = [r.arrival_s for r in read_trace(trace) if r.arrival_s * 0.01 < 5]
+    second = [r for r in reqs if r.arrival_s >= 5]
+    assert len(reqs) - len(second) == len(first)
+    assert second and min(r.arrival_s for r in second) == 5.0 and max(r.arrival_s for r in second) < 8
+
+
+@pytest.mark.slow
+def test_on_prefix_shift_the_greedy_schedule_loses_to_a_static_policy_and_the_oracle_keeps_the_better() -> None:
+    # seed 0: some phase-by-phase schedule of winners leaves queues behind and loses to one static policy
+    sc = load_scenarios()["prefix-shift"]
+    statics = ["fcfs", "klpm:2", "klpm:4", "klpm:8", "lpm"]
+    jobs = [RunJob(scenario=sc, seed=0, policy=p, controller=ControllerParams(), hardware=HW) for p in statics]
+    results = run_with_oracle(jobs, statics, workers=2)
+    oracle = next(r for r in results if r.policy == SWITCHING)
+    assert oracle.ttft_p99_s == min(r.ttft_p99_s for r in results if r.policy in statics)
