@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from schedctl.bench.adaptive import ADAPTIVE, RunJob, RunResult, run_job, summarize
+from schedctl.bench.adaptive import ADAPTIVE, SWITCHING, RunJob, RunResult, run_job, summarize
 from schedctl.bench.scenarios import Scenario, load_scenarios, scenario_requests
 from schedctl.controller.core import ControllerParams
 from schedctl.sim.profiles import load_gpu, load_model
@@ -111,8 +111,11 @@ def test_cli_json_rows(tmp_path: Path) -> None:
          str(f), "--seeds", "1", "--jobs", "1", "--json"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)
-    assert {r["policy"] for r in rows} == {ADAPTIVE, "fcfs", "klpm:2", "klpm:4", "klpm:8", "lpm"}
+    assert {r["policy"] for r in rows} == {ADAPTIVE, SWITCHING, "fcfs", "klpm:2", "klpm:4", "klpm:8", "lpm"}
     for r in rows:
         assert {"scenario", "policy", "ttft_p99_s", "ratio_to_best_static", "ratio_to_fcfs", "ratio_to_lpm"} <= set(r)
         assert r["scenario"] == "tiny"
-    assert min(r["ratio_to_best_static"] for r in rows if r["policy"] != ADAPTIVE) == 1.0
+    assert min(r["ratio_to_best_static"] for r in rows if r["policy"] not in (ADAPTIVE, SWITCHING)) == 1.0
+    oracle = next(r for r in rows if r["policy"] == SWITCHING)  # one phase: the best static run
+    assert oracle["ratio_to_switching"] == 1.0 and oracle["ratio_to_best_static"] == 1.0
+    assert 0 <= oracle["attainment"] <= 1 and oracle["schedule"] == [oracle["best_static"]]

@@ -43,6 +43,7 @@ BAD_VALUES: dict[tuple[str, ...], list[str]] = {
     ("simulate",): ["--num-requests", "-5"],
     ("sweep",): ["--num-requests", "0"],
     ("trace", "write"): ["{tmp}/t.jsonl", "--num-requests", "0"],
+    ("whatif",): ["--trace", "{tmp}/no-such-trace.jsonl"],
     ("workloads",): ["extra-argument"],
 }
 

@@ -17,6 +17,7 @@ it; its runs also report the wall time of a tick's replays.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -40,6 +41,7 @@ from schedctl.sim.run import Hardware, new_engine
 ADAPTIVE = "adaptive"
 ADAPTIVE_WHATIF = "adaptive+whatif"
 ADAPTIVES = (ADAPTIVE, ADAPTIVE_WHATIF)
+SWITCHING = "switching oracle"  # the best static policy per phase, in hindsight (switching.py)
 
 
 class RunJob(BaseModel):
@@ -56,6 +58,7 @@ class RunJob(BaseModel):
     tick_interval_s: float = 10.0
     drain_limit_s: float = 1800.0
     keep_timeline: bool = False
+    schedule: tuple[str, ...] | None = None  # a static policy per phase, pushed at each phase's start (switching.py)
 
 
 class TickPoint(BaseModel):
@@ -81,10 +84,27 @@ def tick_point(d: Decision) -> TickPoint:
 
 def run_ttfts(adapter: SimAdapter) -> np.ndarray:
     """Every TTFT of a finished run, plus the wait so far of requests still without a first token."""
-    assert adapter.ttfts_s is not None, "the adapter must keep TTFTs (keep_ttfts=True)"
+    return run_arrivals_ttfts(adapter)[1]
+
+
+def run_arrivals_ttfts(adapter: SimAdapter) -> tuple[np.ndarray, np.ndarray]:
+    """(arrival times, TTFTs) of every request of a finished run, as :func:`run_ttfts` counts them."""
+    assert adapter.ttfts_s is not None and adapter.ttft_arrivals_s is not None, \
+        "the adapter must keep TTFTs (keep_ttfts=True)"
     ttfts = np.frombuffer(adapter.ttfts_s, dtype=float)
+    arrivals = np.frombuffer(adapter.ttft_arrivals_s, dtype=float)
     waiting = adapter.waiting_ages_s()
-    return np.concatenate([ttfts, waiting]) if waiting.size else ttfts.copy()
+    return np.concatenate([arrivals, adapter.now_s - waiting]), np.concatenate([ttfts, waiting])
+
+
+def phase_p99s(scenario: Scenario, arrivals_s: np.ndarray, ttfts_s: np.ndarray) -> list[float]:
+    """The P99 TTFT of the requests arriving in each phase of the scenario (NaN for a phase with none)."""
+    edges = [*scenario.phase_starts_s(), math.inf]
+    out = []
+    for lo, hi in itertools.pairwise(edges):
+        sel = ttfts_s[(arrivals_s >= lo) & (arrivals_s < hi)]
+        out.append(float(np.quantile(sel, 0.99)) if sel.size else math.nan)
+    return out
 
 
 class RunResult(BaseModel):
@@ -102,12 +122,21 @@ class RunResult(BaseModel):
     timeline: list[TickPoint] = []
     replay_ms_p50: float | None = None  # wall time of one tick's what-if replays (adaptive+whatif runs)
     replay_ms_p99: float | None = None
+    attainment: float = math.nan  # share of requests with TTFT <= the objective's target (unserved: missed)
+    cache_hit_rate: float = math.nan  # prompt tokens found cached / looked up, whole run
+    phase_ttft_p99_s: list[float] = []  # P99 TTFT of the requests arriving in each phase
+    schedule: list[str] | None = None  # the switching oracle's policy per phase
 
 
 def run_job(job: RunJob) -> RunResult:
     static = job.policy not in ADAPTIVES
     params = job.controller
-    if static:
+    schedule = [parse_policy(p) for p in job.schedule] if job.schedule is not None else None
+    if schedule is not None:
+        if len(schedule) != len(job.scenario.phases):
+            raise ValueError(f"schedule has {len(schedule)} policies for {len(job.scenario.phases)} phases")
+        params = params.model_copy(update={"initial_policy": schedule[0]})
+    elif static:
         params = params.model_copy(update={"initial_policy": parse_policy(job.policy)})
     if job.policy == ADAPTIVE_WHATIF:
         params = params.model_copy(update={"whatif": params.whatif.model_copy(update={"enabled": True})})
@@ -123,7 +152,14 @@ def run_job(job: RunJob) -> RunResult:
     changes = 0
     timeline: list[TickPoint] = []
     replay_ms: list[float] = []
+    starts = job.scenario.phase_starts_s()
+    phase = 0
     while not adapter.done() and adapter.now_s < end_s:
+        # the switching oracle: the tick whose window ends at (or past) a phase's start pushes that phase's policy
+        while schedule is not None and phase + 1 < len(starts) and adapter.now_s + job.tick_interval_s >= \
+                starts[phase + 1] - 1e-9:
+            phase += 1
+            service.pin(schedule[phase])
         d = service.tick()
         if d.whatif is not None:
             replay_ms.append(d.whatif.wall_ms)
@@ -131,8 +167,9 @@ def run_job(job: RunJob) -> RunResult:
         changes += d.changed
         if job.keep_timeline:
             timeline.append(tick_point(d))
-    allv = run_ttfts(adapter)
+    arrivals, allv = run_arrivals_ttfts(adapter)
     unserved = int(adapter.waiting_ages_s().size)
+    cache = engine.cache
     return RunResult(
         scenario=job.scenario.name, seed=job.seed, policy=job.policy, requests=int(allv.size),
         unserved=unserved, ttft_p50_s=float(np.quantile(allv, 0.5)) if allv.size else math.nan,
@@ -141,6 +178,9 @@ def run_job(job: RunJob) -> RunResult:
         changes=changes, reasons=reasons, timeline=timeline,
         replay_ms_p50=float(np.quantile(replay_ms, 0.5)) if replay_ms else None,
         replay_ms_p99=float(np.quantile(replay_ms, 0.99)) if replay_ms else None,
+        attainment=float(np.mean(allv <= params.objective.ttft_target_s)) if allv.size else math.nan,
+        cache_hit_rate=cache.hit_tokens / cache.lookup_tokens if cache.lookup_tokens else math.nan,
+        phase_ttft_p99_s=phase_p99s(job.scenario, arrivals, allv), schedule=job.schedule and list(job.schedule),
     )
 
 
@@ -158,6 +198,10 @@ class BenchRow(BaseModel):
     best_static: str
     changes: float = 0.0
     replay_ms_p50: float | None = None  # adaptive+whatif: median wall time of a tick's replays (mean over seeds)
+    attainment: float = math.nan  # share of requests within the TTFT target (mean over seeds)
+    cache_hit_rate: float = math.nan
+    ratio_to_switching: float = math.nan  # P99 / the switching oracle's (NaN: no oracle run)
+    schedule: list[str] | None = None  # the switching oracle's policy per phase (seed 0)
 
 
 def static_policies(params: ControllerParams) -> list[str]:
@@ -186,7 +230,7 @@ def summarize(scenarios: Sequence[Scenario], results: Sequence[RunResult], stati
                 per.setdefault(r.policy, []).append(r)
         mean = {p: float(np.mean([r.ttft_p99_s for r in rs])) for p, rs in per.items()}
         best = min((p for p in statics if p in mean), key=lambda p: mean[p])
-        for p in [*ADAPTIVES, *statics]:
+        for p in [*ADAPTIVES, SWITCHING, *statics]:
             if p not in mean:
                 continue
             rows.append(BenchRow(
@@ -195,6 +239,10 @@ def summarize(scenarios: Sequence[Scenario], results: Sequence[RunResult], stati
                 ratio_to_lpm=mean[p] / mean.get("lpm", math.nan), best_static=best,
                 changes=float(np.mean([r.changes for r in per[p]])),
                 replay_ms_p50=_mean_or_none([r.replay_ms_p50 for r in per[p]]),
+                attainment=float(np.mean([r.attainment for r in per[p]])),
+                cache_hit_rate=float(np.mean([r.cache_hit_rate for r in per[p]])),
+                ratio_to_switching=mean[p] / mean.get(SWITCHING, math.nan),
+                schedule=per[p][0].schedule,
             ))
     return rows
 

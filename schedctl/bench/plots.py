@@ -72,3 +72,26 @@ def run_timeline(arrival_s: np.ndarray, ttft_s: np.ndarray, path: str | os.PathL
     ax2.set_ylabel("fraction of requests")
     ax2.grid(True, alpha=0.3)
     return save(fig, path)
+
+
+def policy_bars(rows: Sequence[object], path: str | os.PathLike[str], title: str, slo_s: float) -> Path:
+    """One bar per policy: P99 and P50 TTFT (log scale, the SLO drawn) and SLO attainment (`schedctl whatif`)."""
+    plt = _pyplot()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.5))
+    names = [display_label(getattr(r, "policy")) for r in rows]  # noqa: B009
+    x = np.arange(len(names))
+    ax1.bar(x - 0.2, [getattr(r, "ttft_p99_s") for r in rows], 0.4, label="P99")  # noqa: B009
+    ax1.bar(x + 0.2, [getattr(r, "ttft_p50_s") for r in rows], 0.4, label="P50")  # noqa: B009
+    ax1.axhline(slo_s, color="k", linestyle="--", linewidth=1, label=f"SLO {slo_s:g} s")
+    ax1.set_yscale("log")
+    ax1.set_ylabel("TTFT (s)")
+    ax1.legend()
+    ax2.bar(x, [getattr(r, "attainment") for r in rows], 0.6, color="tab:green")  # noqa: B009
+    ax2.set_ylim(0, 1)
+    ax2.set_ylabel(f"share of requests with TTFT ≤ {slo_s:g} s")
+    for ax in (ax1, ax2):
+        ax.set_xticks(x, names, rotation=30, ha="right")
+        ax.grid(True, axis="y", which="both", alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return save(fig, path)

@@ -15,14 +15,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from schedctl.bench.adaptive import (
     ADAPTIVE,
     ADAPTIVE_WHATIF,
+    SWITCHING,
     BenchRow,
     RunJob,
     default_workers,
-    run_jobs,
     static_policies,
     summarize,
 )
 from schedctl.bench.scenarios import load_scenarios
+from schedctl.bench.switching import run_with_oracle
 from schedctl.cli import common
 from schedctl.cli.common import UsageError
 from schedctl.settings import Settings, load_settings
@@ -33,6 +34,7 @@ bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks of the controller
 STATIONARY_TARGET = 1.05  # adaptive / best static k in hindsight
 NON_STATIONARY_TARGET = 0.85  # adaptive / best single static k
 BASELINE_TARGET = 1.05  # adaptive / FCFS and / LPM, everywhere
+SWITCHING_TARGET = 1.10  # adaptive / the hindsight switching oracle, everywhere
 
 
 def _default_config() -> Path | None:
@@ -46,6 +48,8 @@ def verdict(row: BenchRow) -> str:
     target = STATIONARY_TARGET if row.kind == "stationary" else NON_STATIONARY_TARGET
     if row.ratio_to_best_static > target:
         missed.append(f"best static > {target:g}")
+    if row.ratio_to_switching > SWITCHING_TARGET:
+        missed.append(f"oracle > {SWITCHING_TARGET:g}")
     if row.ratio_to_fcfs > BASELINE_TARGET:
         missed.append(f"fcfs > {BASELINE_TARGET:g}")
     if row.ratio_to_lpm > BASELINE_TARGET:
@@ -64,9 +68,11 @@ def adaptive_cmd(
         None, "--whatif", help="what-if replay in the adaptive runs: off, on, or both (two adaptive rows); "
         "default: the settings' [whatif] enabled"),
     whatif_mode: str | None = typer.Option(None, "--whatif-mode", help="prior or filter (default: the settings')"),
+    step_profile: Path | None = common.STEP_PROFILE,
     as_json: bool = common.JSON,
 ) -> None:
-    """P99 TTFT of the adaptive controller against every static k, FCFS, LPM and the best static k, as ratios."""
+    """P99 TTFT of the adaptive controller against every static policy, FCFS, LPM, the best static policy and the
+    hindsight switching oracle (the best static policy of each phase), as ratios; SLO attainment beside."""
     path = config if config is not None else _default_config()
     settings = load_settings(path) if path is not None else Settings()
     common.check_sim_settings(settings, path)
@@ -83,7 +89,7 @@ def adaptive_cmd(
         if name not in known:
             raise UsageError(f"--scenarios: unknown scenario {name!r} (known: {', '.join(known)})")
     sim = settings.engine.sim
-    hw = common.hardware(sim.gpu, sim.model, None, None)
+    hw = common.hardware(sim.gpu, sim.model, step_profile, None)
     cfg = common.engine_config(sim.chunked_prefill_tokens, sim.max_running_requests)
     params = settings.controller_params()
     replay = whatif or ("on" if params.whatif.enabled else "off")
@@ -94,13 +100,13 @@ def adaptive_cmd(
     run = [
         RunJob(scenario=known[n], seed=s, policy=p, controller=params, hardware=hw, engine=cfg,
                tick_interval_s=settings.service.tick_interval_s)
-        for n in names for s in range(seeds) for p in [*adaptives, *statics]
+        for n in names for s in range(seeds if known[n].seeded else 1) for p in [*adaptives, *statics]
     ]
     show = not as_json and sys.stderr.isatty()
     with Progress(TextColumn("bench adaptive"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=Console(stderr=True), disable=not show, transient=True) as progress:
         task = progress.add_task("runs", total=len(run))
-        results = run_jobs(run, jobs, on_done=lambda: progress.advance(task))
+        results = run_with_oracle(run, statics, jobs, on_done=lambda: progress.advance(task))
     rows = summarize([known[n] for n in names], results, statics)
     if as_json:
         common.print_json(rows)
@@ -109,20 +115,30 @@ def adaptive_cmd(
     both = replay == "both"
     wi = f"what-if {params.whatif.mode}" if both else ("what-if replay " + params.whatif.mode if replay == "on"
                                                         else "no what-if replay")
+    slo_s = params.objective.ttft_target_s
     table = common.table(
-        f"P99 TTFT (s), mean of {seeds} seed(s) · {hw.model.name} on {hw.gpu.name} · tick "
+        f"P99 TTFT (s), mean of {seeds} seed(s) (trace scenarios: 1) · {hw.model.name} on {hw.gpu.name} · tick "
         f"{settings.service.tick_interval_s:g} s · {wi} · targets: stationary ≤ {STATIONARY_TARGET:g}× best static, "
-        f"non-stationary ≤ {NON_STATIONARY_TARGET:g}×, ≤ {BASELINE_TARGET:g}× FCFS and LPM",
-        ["scenario", "kind", *adaptives, *statics, "best static", "÷ best",
-         *(["÷ best (what-if)"] if both else []), "÷ fcfs", "÷ lpm", "target",
+        f"non-stationary ≤ {NON_STATIONARY_TARGET:g}×, ≤ {SWITCHING_TARGET:g}× the switching oracle, "
+        f"≤ {BASELINE_TARGET:g}× FCFS and LPM",
+        ["scenario", "kind", *adaptives, *statics, "best static", "oracle", "÷ best",
+         *(["÷ best (what-if)"] if both else []), "÷ oracle", "÷ fcfs", "÷ lpm", "target",
          *(["target (what-if)"] if both else [])],
         [[n, known[n].kind, *[by[(n, a)].ttft_p99_s for a in adaptives], *[by[(n, p)].ttft_p99_s for p in statics],
-          by[(n, ADAPTIVE)].best_static, by[(n, ADAPTIVE)].ratio_to_best_static,
-          *([by[(n, ADAPTIVE_WHATIF)].ratio_to_best_static] if both else []), by[(n, ADAPTIVE)].ratio_to_fcfs,
-          by[(n, ADAPTIVE)].ratio_to_lpm, verdict(by[(n, ADAPTIVE)]),
+          by[(n, ADAPTIVE)].best_static, by[(n, SWITCHING)].ttft_p99_s, by[(n, ADAPTIVE)].ratio_to_best_static,
+          *([by[(n, ADAPTIVE_WHATIF)].ratio_to_best_static] if both else []), by[(n, ADAPTIVE)].ratio_to_switching,
+          by[(n, ADAPTIVE)].ratio_to_fcfs, by[(n, ADAPTIVE)].ratio_to_lpm, verdict(by[(n, ADAPTIVE)]),
           *([verdict(by[(n, ADAPTIVE_WHATIF)])] if both else [])] for n in names],
     )
-    Console(width=max(160, Console().width)).print(table)
+    console = Console(width=max(160, Console().width))
+    console.print(table)
+    console.print(common.table(
+        f"SLO attainment (share of requests with TTFT ≤ {slo_s:g} s), mean over seeds; the oracle's policy per phase",
+        ["scenario", *adaptives, SWITCHING, "best static", "best static (attainment)", "oracle's phases"],
+        [[n, *[by[(n, a)].attainment for a in adaptives], by[(n, SWITCHING)].attainment, by[(n, ADAPTIVE)].best_static,
+          by[(n, by[(n, ADAPTIVE)].best_static)].attainment, " → ".join(by[(n, SWITCHING)].schedule or [])]
+         for n in names],
+    ))
 
 
 def _names(value: str, known: tuple[str, ...], option: str) -> list[str]:

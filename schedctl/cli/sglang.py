@@ -16,6 +16,7 @@ from pathlib import Path
 
 import typer
 
+from schedctl.cli import common
 from schedctl.cli.common import UsageError, parse_or_usage, report_error
 from schedctl.engine_adapter.base import EngineError, UnsupportedPolicy
 from schedctl.engine_adapter.sglang.adapter import SGLangAdapter
@@ -25,6 +26,7 @@ from schedctl.engine_adapter.sglang.launcher import (
     build_command,
     serve,
 )
+from schedctl.engine_adapter.sglang.recorder import MAX_BYTES_ENV, TRACE_ENV
 from schedctl.engine_adapter.sglang.reserve import check_conservativeness
 from schedctl.engine_adapter.sglang.tiny_model import TinyLlama, write_tiny_model
 from schedctl.policies.spec import parse_policy, policy_label
@@ -48,6 +50,12 @@ def serve_cmd(
     start_timeout_s: float = typer.Option(600.0, "--start-timeout-s", min=1.0, max=3600.0,
                                           help="give up if the server does not answer /health by then"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the command and environment, start nothing"),
+    record_trace: Path | None = typer.Option(None, "--record-trace", help="record the requests the server receives "
+                                             "to this file as a Mooncake-format trace: block hashes, lengths, "
+                                             "arrival times; never token ids or text (docs/traces.md)",
+                                             callback=common.output_file),
+    record_trace_max_mb: float = typer.Option(100.0, "--record-trace-max-mb", min=0.001, help="stop recording "
+                                              "at this size (said once in the server's log)"),
 ) -> None:
     """Start `python -m sglang.launch_server ARGS` with the plugin, metrics and request export switched on.
 
@@ -56,16 +64,22 @@ def serve_cmd(
     `schedctl sglang serve --cpu -- --model-path DIR --load-format dummy` (DIR from `schedctl sglang tiny-model`).
     Prints the server's URL once it answers; Ctrl-C or SIGTERM stops its whole process group.
     """
-    argv, env = build_command(ctx.args, request_metrics_dir=request_metrics_dir, cpu=cpu)
+    if record_trace is not None and record_trace.exists():
+        raise UsageError(f"--record-trace {record_trace}: the file exists (the recorder never overwrites one)")
+    max_bytes = round(record_trace_max_mb * 1e6)
+    argv, env = build_command(ctx.args, request_metrics_dir=request_metrics_dir, cpu=cpu, record_trace=record_trace,
+                              record_trace_max_bytes=max_bytes)
     if not dry_run and importlib.util.find_spec("sglang") is None:
         raise UsageError(f"sglang serve: SGLang is not installed beside this schedctl ({sys.executable}); on a CPU: "
                          "bash scripts/setup-sglang-cpu.sh, then .venv-sglang/bin/schedctl sglang serve --cpu ...")
     if dry_run:
-        changed = {k: v for k, v in env.items() if k == "SGLANG_PLUGINS" or (cpu and k in _CPU_ENV_SHOWN)}
+        changed = {k: v for k, v in env.items() if k in ("SGLANG_PLUGINS", TRACE_ENV, MAX_BYTES_ENV)
+                   or (cpu and k in _CPU_ENV_SHOWN)}
         print(" ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(changed.items())), shlex.join(argv))
         return
     try:
-        code = serve(ctx.args, request_metrics_dir=request_metrics_dir, cpu=cpu, start_timeout_s=start_timeout_s)
+        code = serve(ctx.args, request_metrics_dir=request_metrics_dir, cpu=cpu, start_timeout_s=start_timeout_s,
+                     record_trace=record_trace, record_trace_max_bytes=max_bytes if record_trace else None)
     except ServerStartError as exc:
         report_error(f"sglang serve: {exc}")
         raise typer.Exit(1) from None

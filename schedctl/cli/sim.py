@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,12 @@ from schedctl.workloads.registry import (
     parse_rate,
     parse_workload,
 )
-from schedctl.workloads.trace import read_trace
+from schedctl.workloads.trace import read_trace, time_scaled
 
 WORKLOAD_HELP = "workload by name and parameters, e.g. gsp or gsp:num_groups=32 (see `schedctl workloads`)"
 DEFAULT_WORKLOAD, DEFAULT_RATE, DEFAULT_ARRIVAL, DEFAULT_NUM_REQUESTS = "gsp", "10", "poisson", 2000
+TIME_SCALE = typer.Option(1.0, "--time-scale", help="with --trace: multiply every arrival time (0.5: the trace at "
+                          "twice its load, 2: at half)")
 SWEEP_WORKLOAD = "gsp:num_groups=256,system_prompt_len=4096"  # the scenarios' big-prefix stream
 
 
@@ -43,11 +46,12 @@ def _progress(enabled: bool, total: float | None, what: str) -> Progress:
 
 def _requests(workload: str | None, workload_file: Path | None, trace: Path | None, rate: str | None,
               arrival: str | None, num_requests: int | None, duration_s: float | None,
-              seed: int) -> tuple[Any, float | None]:
+              seed: int, time_scale: float = 1.0) -> tuple[Any, float | None]:
     """The request stream and its nominal rate, from a trace, a workload file, or the command-line form.
 
     A trace or a workload file says what to send: --workload, --rate and --arrival with one are an error;
-    --num-requests (and, for a file, --duration-s) override the file's bound, or take the trace's first N."""
+    --num-requests (and, for a file, --duration-s) override the file's bound, or take the trace's first N.
+    --time-scale (traces only) multiplies every arrival time: 0.5 replays the trace at twice its load."""
     source = "--trace" if trace is not None else ("--workload-file" if workload_file is not None else None)
     if trace is not None and workload_file is not None:
         raise UsageError("--trace and --workload-file: give one")
@@ -57,8 +61,12 @@ def _requests(workload: str | None, workload_file: Path | None, trace: Path | No
     if source is not None and clash:
         raise UsageError(f"{', '.join(clash)} with {source}: the {source.removeprefix('--')} already says that "
                          "(give one or the other)")
+    if time_scale != 1.0 and trace is None:
+        raise UsageError("--time-scale replays a trace at another load: give --trace (a workload's load is --rate)")
+    if not (time_scale > 0 and math.isfinite(time_scale)):
+        raise UsageError(f"--time-scale {time_scale:g}: must be a number > 0")
     if trace is not None:
-        reqs = list(itertools.islice(read_trace(trace), num_requests))
+        reqs = list(time_scaled(itertools.islice(read_trace(trace), num_requests), time_scale))
         if not reqs:
             raise InputFileError(trace, "", "no requests in this trace (nothing to simulate)")
         return reqs, None
@@ -84,6 +92,7 @@ def simulate_cmd(
     workload_file: Path | None = typer.Option(None, "--workload-file", help="workload TOML (config/workloads/)"),
     trace: Path | None = typer.Option(None, "--trace", help="replay a JSONL trace (docs/traces.md) instead of "
                                       "generating"),
+    time_scale: float = TIME_SCALE,
     rate: str | None = typer.Option(None, "--rate", help="req/s, or a schedule: steps:0=2,60=8 | ramp:... | "
                                     f"diurnal:...; default {DEFAULT_RATE}"),
     arrival: str | None = typer.Option(None, "--arrival", help=f"poisson | gamma:cv=2 | regular; default "
@@ -110,7 +119,8 @@ def simulate_cmd(
         raise UsageError(f"--warmup-s {warmup_s:g}: expected seconds >= 0")
     hw = common.hardware(gpu, model, step_profile, kv_capacity_tokens)
     cfg = common.engine_config(chunked_prefill_tokens, max_running_requests, sglang_scheduler)
-    reqs, rate_rps = _requests(workload, workload_file, trace, rate, arrival, num_requests, duration_s, seed)
+    reqs, rate_rps = _requests(workload, workload_file, trace, rate, arrival, num_requests, duration_s, seed,
+                               time_scale)
     show = not as_json and sys.stderr.isatty()
     with _progress(show, None, "simulating") as progress:
         task = progress.add_task("run", total=None)

@@ -52,6 +52,7 @@ class SimAdapter:
         self.window_s = window_s
         self.trim_log = trim_log
         self.ttfts_s: array[float] | None = array("d") if keep_ttfts else None
+        self.ttft_arrivals_s: array[float] | None = array("d") if keep_ttfts else None  # arrival of each ttfts_s
         self.now_s = engine.now_s  # the adapter's simulated clock (the engine's may lag when it is idle)
         self._fed: deque[tuple[float, int]] = deque()  # (arrival_s, request_id) of requests handed to the engine
         self._served: Counter[float] = Counter()  # arrival times of requests that got their first token
@@ -105,9 +106,10 @@ class SimAdapter:
         ttfts = [ft - arr for arr, ft in firsts]
         for arr, _ft in firsts:
             self._served[arr] += 1
-        del firsts[:]
-        if self.ttfts_s is not None:
+        if self.ttfts_s is not None and self.ttft_arrivals_s is not None:
             self.ttfts_s.extend(ttfts)
+            self.ttft_arrivals_s.extend(arr for arr, _ft in firsts)
+        del firsts[:]
         for rid in eng.aborted[self._aborted:]:
             self._gone.add(rid)
         self._aborted = len(eng.aborted)

@@ -2,7 +2,8 @@
 
 - ``rate``: replace the arrival times by a Poisson process at that rate (or rate schedule), drawn from ``seed``
   (the same seed gives the same times); the order of the requests is kept.
-- ``time_scale``: multiply every offset (0.5 plays a trace twice as fast, 2 half as fast).
+- ``time_scale``: multiply every offset (0.5 plays a trace twice as fast, 2 half as fast;
+  ``workloads.trace.time_scaled``).
 
 The first request goes at offset 0 whatever its ``arrival_s`` (a trace cut from the middle of a day does not
 wait for its first arrival); the gaps between requests are the stream's.
@@ -16,6 +17,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 from schedctl.workloads.arrivals import ArrivalSpec, RateSchedule, arrival_times
+from schedctl.workloads.trace import time_scaled
 from schedctl.workloads.types import Request
 
 
@@ -23,9 +25,11 @@ def retime(
     requests: Iterable[Request], rate: RateSchedule | float | None = None, seed: int = 0, time_scale: float = 1.0,
 ) -> Iterator[Request]:
     """The requests with ``arrival_s`` as the offset at which to send them (lazy)."""
-    if not time_scale > 0:
-        raise ValueError(f"time_scale must be > 0, got {time_scale}")
     times = None if rate is None else arrival_times(ArrivalSpec(), rate, np.random.default_rng(seed))
+    yield from time_scaled(_offsets(requests, times), time_scale)
+
+
+def _offsets(requests: Iterable[Request], times: Iterator[float] | None) -> Iterator[Request]:
     first_s: float | None = None
     for req in requests:
         if times is not None:
@@ -37,4 +41,4 @@ def retime(
             if first_s is None:
                 first_s = req.arrival_s
             t = req.arrival_s - first_s
-        yield dataclasses.replace(req, arrival_s=t * time_scale)
+        yield dataclasses.replace(req, arrival_s=t)

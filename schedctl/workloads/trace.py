@@ -12,12 +12,14 @@ slo_class ("default" when absent). A token-id list holds ids and runs: an item i
 runs, so a million-request trace stays small; real tokenizer ids are written one by one.
 
 Reading is lazy and validates every line: a bad line raises InputFileError with the file, the line number and the
-reason. A file whose first line has ``hash_ids`` is a Mooncake trace (``mooncake.py``). Writing is atomic: a
-failed write leaves no file behind.
+reason. A file whose first line has ``hash_ids`` is a Mooncake trace (``mooncake.py``); a file whose first line is
+the header ``TIMESTAMP,ContextTokens,GeneratedTokens`` is an Azure LLM inference trace (``azure.py``). Writing is
+atomic: a failed write leaves no file behind. :func:`time_scaled` replays a trace at another load.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -30,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schedctl.files import AtomicWriter, InputFileError, iter_jsonl, model_from_dict
 from schedctl.tokens import TokenArray
+from schedctl.workloads.azure import azure_requests, is_azure
 from schedctl.workloads.mooncake import is_mooncake, mooncake_requests
 from schedctl.workloads.shared_prefix import id_range
 from schedctl.workloads.types import Request
@@ -120,8 +123,12 @@ def write_trace(path: str | os.PathLike[str], requests: Iterable[Request]) -> in
 def read_trace(path: str | os.PathLike[str]) -> Iterator[Request]:
     """The requests of a JSONL trace, lazily, validating each line (InputFileError names the file and line).
 
-    A file whose first line carries ``hash_ids`` is read as a Mooncake trace (``mooncake.py``).
+    A file whose first line carries ``hash_ids`` is read as a Mooncake trace (``mooncake.py``), one whose first line
+    is ``TIMESTAMP,ContextTokens,GeneratedTokens`` (or any ``.csv``) as an Azure trace (``azure.py``).
     """
+    if is_azure(path):
+        yield from azure_requests(path)
+        return
     lines = iter_jsonl(path)
     first = next(lines, None)
     if first is None:
@@ -153,3 +160,14 @@ def _read_schedctl(path: str | os.PathLike[str], lines: Iterable[tuple[int, dict
         except ValueError as exc:
             raise InputFileError(path, where, str(exc)) from None
         yield req
+
+
+def time_scaled(requests: Iterable[Request], time_scale: float) -> Iterator[Request]:
+    """The requests with every arrival time multiplied by ``time_scale`` (lazily).
+
+    ``time_scale`` < 1 compresses the gaps between arrivals: 0.5 replays a trace twice as fast, at twice the load;
+    2 at half the load. The requests, their order and their lengths are unchanged."""
+    if not (time_scale > 0 and np.isfinite(time_scale)):
+        raise ValueError(f"time_scale must be a number > 0, got {time_scale}")
+    for req in requests:
+        yield req if time_scale == 1.0 else dataclasses.replace(req, arrival_s=req.arrival_s * time_scale)

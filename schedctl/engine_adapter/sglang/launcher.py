@@ -35,6 +35,7 @@ from typing import IO
 import httpx
 
 from schedctl.engine_adapter.sglang.cpu_shims import pythonpath_for_missing
+from schedctl.engine_adapter.sglang.recorder import MAX_BYTES_ENV, TRACE_ENV
 
 PLUGIN_NAME = "schedctl"  # the entry point name in [project.entry-points."sglang.srt.plugins"]
 DEFAULT_REQUEST_METRICS_DIR = "sglang-request-metrics"
@@ -73,8 +74,11 @@ def build_command(
     python: str = sys.executable,
     environ: Mapping[str, str] | None = None,
     cpu: bool = False,
+    record_trace: str | os.PathLike[str] | None = None,
+    record_trace_max_bytes: int | None = None,
 ) -> tuple[list[str], dict[str, str]]:
-    """The argv and environment that start SGLang with the plugin, metrics and request export on."""
+    """The argv and environment that start SGLang with the plugin, metrics and request export on (and, with
+    ``record_trace``, the plugin recording a Mooncake-format trace of the requests: ``recorder.py``)."""
     args = list(sglang_args)
     if args and args[0] == "--":
         args = args[1:]
@@ -94,6 +98,10 @@ def build_command(
     if plugins and PLUGIN_NAME not in plugins:
         plugins.append(PLUGIN_NAME)
     env["SGLANG_PLUGINS"] = ",".join(plugins or [PLUGIN_NAME])
+    if record_trace is not None:
+        env[TRACE_ENV] = str(Path(record_trace).absolute())
+        if record_trace_max_bytes is not None:
+            env[MAX_BYTES_ENV] = str(record_trace_max_bytes)
     if cpu:
         for key, value in CPU_ENV.items():
             env.setdefault(key, value)
@@ -205,10 +213,12 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
 
 def serve(
     sglang_args: Sequence[str], *, request_metrics_dir: str | os.PathLike[str] = DEFAULT_REQUEST_METRICS_DIR,
-    cpu: bool = False, start_timeout_s: float = 600.0,
+    cpu: bool = False, start_timeout_s: float = 600.0, record_trace: str | os.PathLike[str] | None = None,
+    record_trace_max_bytes: int | None = None,
 ) -> int:
     """Run SGLang in the foreground: print its URL once healthy; Ctrl-C or SIGTERM stops its process group."""
-    argv, env = build_command(sglang_args, request_metrics_dir=request_metrics_dir, cpu=cpu)
+    argv, env = build_command(sglang_args, request_metrics_dir=request_metrics_dir, cpu=cpu,
+                              record_trace=record_trace, record_trace_max_bytes=record_trace_max_bytes)
     print("schedctl: starting", " ".join(argv), f"(SGLANG_PLUGINS={env['SGLANG_PLUGINS']})", file=sys.stderr)
     server = ServerProcess(argv, env, die_with_parent=sys.platform == "linux").start()
 

@@ -17,6 +17,8 @@ with ``SGLANG_PLUGINS=schedctl``) in every process that calls ``load_plugins()``
   table (encoding in ``channel.py``; ``schedctl_schedule_conservativeness``, the admission reserve, in
   ``reserve.py``); every rank receives the request.
 * AFTER ``SchedulerInternalStateController.get_internal_state`` — our state in ``/server_info``.
+* BEFORE ``Scheduler.handle_generate_request``, only when ``SCHEDCTL_RECORD_TRACE`` is set — the requests the
+  server receives, written as a Mooncake-format trace of block hashes (``recorder.py``; off by default).
 
 Above 128 waiting requests SGLang skips prefix matching (``WAITING_QUEUE_PREFIX_MATCH_MAX``: LPM becomes "keep
 the list as it is"). The plugin keeps k-LPM there at bounded cost: each pass re-matches at most
@@ -48,7 +50,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from schedctl.engine_adapter.sglang import channel, reserve
+from schedctl.engine_adapter.sglang import channel, recorder, reserve
 from schedctl.engine_adapter.sglang.plugin_state import KEY_TEST_FAULT as KEY_TEST_FAULT
 from schedctl.engine_adapter.sglang.plugin_state import TEST_FAULTS_ENV as TEST_FAULTS_ENV
 from schedctl.engine_adapter.sglang.plugin_state import PluginState as PluginState
@@ -275,5 +277,6 @@ def register() -> None:
     HookRegistry.register(TARGET_SORT_LPM, _sort_by_longest_prefix_hook, HookType.AROUND)
     HookRegistry.register(TARGET_UPDATE_HANDLERS, _update_handlers_hook, HookType.AFTER)
     HookRegistry.register(TARGET_GET_STATE, _get_internal_state_hook, HookType.AFTER)
+    recorder.register(HookRegistry, HookType.BEFORE)  # only when SCHEDCTL_RECORD_TRACE is set (recorder.py)
     _registered = True
     logger.info("schedctl plugin registered for SGLang %s (pid %d)", found, os.getpid())
