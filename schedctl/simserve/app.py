@@ -39,6 +39,7 @@ from schedctl.engine_adapter.sglang import channel
 from schedctl.engine_adapter.sglang.plugin_state import PluginState
 from schedctl.policies.spec import KLPMSpec, PolicySpec, policy_label
 from schedctl.sim.paced import PacedEngine, Stream
+from schedctl.sim.run import summarize
 from schedctl.simserve.metrics import EngineGauges, ReplicaMetrics
 from schedctl.tokens import as_tokens
 
@@ -295,6 +296,12 @@ def build_app(server: SimServer) -> FastAPI:
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": server.info.model, "object": "model", "owned_by": "schedctl-sim"}]}
+
+    @app.get("/schedctl_sim/summary")
+    async def summary() -> Response:
+        """Not SGLang's: the figures of the requests this replica finished, in simulated seconds (the fleet
+        benchmark reads them per replica; a router in front hides which replica served a request)."""
+        return Response(summarize(server.paced.engine).model_dump_json(), media_type="application/json")
 
     @app.api_route("/set_internal_state", methods=["POST", "PUT"])
     async def set_internal_state(request: Request) -> Response:
