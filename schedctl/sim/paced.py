@@ -118,7 +118,9 @@ class PacedEngine:
         for rid, (stream, live) in list(self._open.items()):
             if first_only and stream.released:
                 continue
-            if live is not None and live.times is not None:
+            if stream.aborted:
+                changed.append(stream)
+            elif live is not None and live.times is not None:
                 times = live.times
                 n = stream.released
                 while n < len(times) and times[n] <= now_s:
@@ -128,8 +130,6 @@ class PacedEngine:
                     stream.cached_tokens = max(0, live.cached_tokens)
                     stream.retractions = live.retractions
                     changed.append(stream)
-            elif stream.aborted:
-                changed.append(stream)
             if stream.finished:
                 del self._open[rid]
         return changed

@@ -58,7 +58,7 @@ class FleetConfig(BaseModel):
     replica_policy: str = Field("lpm", description="each replica's own order (the plugin off)")
     sidecars: bool = Field(False, description="one adaptive sidecar per replica")
     initial_policy: str = "klpm:4"
-    arms: list[int | str] = Field(default_factory=lambda: [1, 2, 4, 8, "inf"])
+    arms: tuple[int | str, ...] = (1, 2, 4, 8, "inf")
     tick_interval_s: float = Field(0.5, gt=0, description="sidecar tick, wall seconds")
     min_dwell_ticks: int = Field(2, ge=1)
     router_policy: str = "cache_aware"
