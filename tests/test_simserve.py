@@ -9,9 +9,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cli_support import assert_one_error_line, run_cli
 from prometheus_client.parser import text_string_to_metric_families
 
-from cli_support import assert_one_error_line, run_cli
 from schedctl.engine_adapter.base import UnsupportedPolicy
 from schedctl.engine_adapter.sglang import metrics
 from schedctl.engine_adapter.sglang.adapter import SGLangAdapter

@@ -303,6 +303,11 @@ def build_app(server: SimServer) -> FastAPI:
         benchmark reads them per replica; a router in front hides which replica served a request)."""
         return Response(summarize(server.paced.engine).model_dump_json(), media_type="application/json")
 
+    @app.get("/schedctl_sim/ttfts")
+    async def ttfts() -> dict[str, list[float]]:
+        """Not SGLang's: the TTFT of every request this replica finished (simulated seconds), to pool a fleet's."""
+        return {"ttft_s": server.paced.engine.completed.ttft_s().tolist()}
+
     @app.api_route("/set_internal_state", methods=["POST", "PUT"])
     async def set_internal_state(request: Request) -> Response:
         try:

@@ -173,6 +173,11 @@ class Fleet:
         with httpx.Client(timeout=5.0, trust_env=False) as client:
             return [client.get(f"{p.url}/schedctl_sim/summary").json() for p in self.replicas]
 
+    def fleet_ttfts(self) -> list[float]:
+        """Every finished request's TTFT on any replica (simulated seconds, as each replica measured it)."""
+        with httpx.Client(timeout=5.0, trust_env=False) as client:
+            return [t for p in self.replicas for t in client.get(f"{p.url}/schedctl_sim/ttfts").json()["ttft_s"]]
+
     def server_infos(self) -> list[dict[str, Any]]:
         with httpx.Client(timeout=5.0, trust_env=False) as client:
             return [client.get(f"{p.url}/server_info").json() for p in self.replicas]
