@@ -36,6 +36,7 @@ BAD_VALUES: dict[tuple[str, ...], list[str]] = {
     ("plan",): ["--router", "nosuch"],
     ("profile",): ["--out", "{tmp}/steps.csv", "--clock", "nosuch"],
     ("run",): ["--config", "{tmp}/no-such-settings.toml"],
+    ("sim", "serve"): ["--time-scale", "-1"],
     ("sglang", "push"): ["klpm:0"],
     ("sglang", "serve"): ["--start-timeout-s", "0"],
     ("sglang", "show"): ["--url", "nonsense"],

@@ -18,6 +18,8 @@ ALLOWED: dict[str, set[str]] = {
     "engine_adapter": {"policies", "sim", "workloads"},
     "loadgen": {"workloads", "sim.records"},  # sim.records: the record and summary formats shared with simulate
     "controller": {"policies", "bandits", "engine_adapter.base"},
+    # the embedded engine behind SGLang's HTTP surface: the plugin's channel and state, the load generator's URLs
+    "simserve": {"policies", "sim", "workloads", "engine_adapter", "loadgen"},
     "planner": {"policies", "sim", "workloads", "bench.sweep"},
     "settings": {"policies", "bandits", "controller", "engine_adapter", "sim", "workloads"},
     "bench": {"policies", "bandits", "sim", "workloads", "engine_adapter", "controller", "settings"},

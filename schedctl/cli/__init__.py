@@ -20,7 +20,8 @@ app = typer.Typer(
 )
 
 # command modules, in --help order
-COMMAND_MODULES = ("sim", "sidecar", "bench", "whatif", "capacity", "plan", "calibrate", "sglang", "load", "trace")
+COMMAND_MODULES = ("sim", "simserve", "sidecar", "bench", "whatif", "capacity", "plan", "calibrate", "sglang", "load",
+                   "trace")
 
 
 def _print_version(value: bool) -> None:

@@ -178,7 +178,7 @@ class SGLangBatcher:
         for live in self._fresh.values():
             e.tbt.add(first_end - live.last_token_s)
         e.tbt.add_run(run, 1, n, batch)
-        if e.cfg.record_token_times:
+        if e.cfg.token_times:
             t, times = e.now_s, []
             for j in range(n):
                 t += run.step_s(j)

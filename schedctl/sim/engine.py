@@ -55,6 +55,9 @@ class EngineConfig(BaseModel):
         "reserve share at start and whenever the engine falls idle, decaying to new_token_ratio (SGLang's "
         "NewTokenRatioTracker); unset: new_token_ratio from the start"))
     record_token_times: bool = False
+    stream_tokens: bool = Field(default=False, description=(
+        "keep each request's token times, by request id, in SimEngine.streams until the caller pops them (sim "
+        "serve streams tokens as they are produced); the completed log does not keep them unless record_token_times"))
     max_decode_run_steps: int | None = Field(
         default=None, ge=1, description="cap on decode steps advanced at once (1 = the step-by-step loop; tests)"
     )
@@ -67,6 +70,12 @@ class EngineConfig(BaseModel):
     sglang_plugin_order: bool = Field(default=False, description=(
         "every queue policy orders as the schedctl plugin inside SGLang does (sim/sglang_pass.py): SGLang's "
         "deprioritisation, then k-LPM; with sglang_lpm or this, a batch's requests do not share uncached prefixes"))
+
+
+    @property
+    def token_times(self) -> bool:
+        """Whether requests in flight record every token's time (for the completed log or for streams)."""
+        return self.record_token_times or self.stream_tokens
 
 
 def sglang_engine_config(schedule_conservativeness: float = 1.0, fixed_length_outputs: bool = False,
@@ -148,6 +157,8 @@ class SimEngine:
         self.tbt = TBTHistogram()
         self.tbt_classes: dict[str, TBTHistogram] | None = {} if config.tbt_by_class else None
         self.first_token_times: list[tuple[float, float]] = []  # (arrival_s, first_token_s), drained by adapters
+        # stream_tokens: the requests taken in, by request id, for a caller that streams their tokens (it pops them)
+        self.streams: dict[int, _Live] | None = {} if config.stream_tokens else None
         self.arrivals = 0
         self.aborted: list[int] = []  # request ids that can never fit in the KV cache
         self.prefill_steps = 0  # batches with prefill work
@@ -241,7 +252,9 @@ class SimEngine:
 
     def _take_arrivals(self) -> None:
         while self._next is not None and self._next.arrival_s <= self.now_s:
-            live = _Live(self._next, self.arrivals, self.cfg.record_token_times)
+            live = _Live(self._next, self.arrivals, self.cfg.token_times)
+            if self.streams is not None:
+                self.streams[live.req.request_id] = live
             self.arrivals += 1
             self._batcher.push(live)
             self._next = next(self._source, None)

@@ -318,7 +318,7 @@ class HybridBatcher:
         gaps: dict[tuple[float, str], int] = {}
         classes: dict[str, int] = {}
         times = None
-        if e.cfg.record_token_times:
+        if e.cfg.token_times:
             t, times = start_s, []
             for j in range(n):
                 t += run.step_s(j)

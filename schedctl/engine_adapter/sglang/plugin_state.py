@@ -127,6 +127,10 @@ class PluginState:
             self._pending.clear()  # SGLang stops at the first rejection: the next push starts afresh
             raise
 
+    def discard_pending(self) -> None:
+        """Forget the values validated in a push that will not be applied (another check refused it)."""
+        self._pending.clear()
+
     def set_field(self, key: str, value: Any) -> None:
         self._pending.clear()  # every key of this push is validated by now
         n = channel.as_int(value, key)
