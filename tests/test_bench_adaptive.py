@@ -119,3 +119,12 @@ def test_cli_json_rows(tmp_path: Path) -> None:
     oracle = next(r for r in rows if r["policy"] == SWITCHING)  # one phase: the best static run
     assert oracle["ratio_to_switching"] == 1.0 and oracle["ratio_to_best_static"] == 1.0
     assert 0 <= oracle["attainment"] <= 1 and oracle["schedule"] == [oracle["best_static"]]
+
+
+def test_warmup_leaves_the_first_requests_out_of_every_figure() -> None:
+    sc = scenario((60, [("gsp:num_groups=64,system_prompt_len=2048", "6")]))
+    job = RunJob(scenario=sc, seed=0, policy="fcfs", controller=ControllerParams(), hardware=HW, tick_interval_s=10)
+    cold, warm = run_job(job), run_job(job.model_copy(update={"warmup_s": 20.0}))
+    late = [r for r in scenario_requests(sc, seed=0) if r.arrival_s >= 20.0]
+    assert cold.requests == len(list(scenario_requests(sc, seed=0))) and warm.requests == len(late)
+    assert warm.ttft_p99_s != cold.ttft_p99_s

@@ -57,7 +57,8 @@ def test_whatif_replays_a_trace_under_the_arms_and_adaptive(tmp_path: Path, caps
     assert all(r["requests"] == 200 for r in rows.values())
     assert all(r["cache_hit_rate"] > 0 for r in rows.values())  # the trace's shared blocks hit the cache
     rec = doc["recommendation"]
-    assert rec["best_static"] == min(("fcfs", "klpm:4", "lpm"), key=lambda p: rows[p]["ttft_p99_s"])
+    # the best static policy has the lowest P99 (ties: the higher attainment)
+    assert rows[rec["best_static"]]["ttft_p99_s"] == min(rows[p]["ttft_p99_s"] for p in ("fcfs", "klpm:4", "lpm"))
     assert rec["p99_gain"] == pytest.approx(rows["fcfs"]["ttft_p99_s"] / rows[rec["policy"]]["ttft_p99_s"])
     assert load_settings(out_toml).tuner.arms == [1, 4, "inf"]
     assert plot.stat().st_size > 10_000

@@ -23,7 +23,7 @@ import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from schedctl.bench.scenarios import Scenario, scenario_requests
 from schedctl.bench.sweep import pool_map
@@ -59,6 +59,7 @@ class RunJob(BaseModel):
     drain_limit_s: float = 1800.0
     keep_timeline: bool = False
     schedule: tuple[str, ...] | None = None  # a static policy per phase, pushed at each phase's start (switching.py)
+    warmup_s: float = Field(default=0.0, ge=0)  # requests arriving before this are left out of every figure
 
 
 class TickPoint(BaseModel):
@@ -168,6 +169,9 @@ def run_job(job: RunJob) -> RunResult:
         if job.keep_timeline:
             timeline.append(tick_point(d))
     arrivals, allv = run_arrivals_ttfts(adapter)
+    if job.warmup_s > 0:
+        kept = arrivals >= job.warmup_s
+        arrivals, allv = arrivals[kept], allv[kept]
     unserved = int(adapter.waiting_ages_s().size)
     cache = engine.cache
     return RunResult(

@@ -69,6 +69,7 @@ def adaptive_cmd(
         "default: the settings' [whatif] enabled"),
     whatif_mode: str | None = typer.Option(None, "--whatif-mode", help="prior or filter (default: the settings')"),
     step_profile: Path | None = common.STEP_PROFILE,
+    warmup_s: float = common.WARMUP,
     as_json: bool = common.JSON,
 ) -> None:
     """P99 TTFT of the adaptive controller against every static policy, FCFS, LPM, the best static policy and the
@@ -78,6 +79,8 @@ def adaptive_cmd(
     common.check_sim_settings(settings, path)
     if whatif not in (None, "off", "on", "both"):
         raise UsageError(f"--whatif: {whatif!r} is not off, on or both")
+    if not warmup_s >= 0:
+        raise UsageError(f"--warmup-s {warmup_s:g}: expected seconds >= 0")
     if whatif_mode not in (None, "prior", "filter"):
         raise UsageError(f"--whatif-mode: {whatif_mode!r} is not prior or filter")
     known = load_scenarios(scenarios_file)
@@ -99,7 +102,7 @@ def adaptive_cmd(
     statics = static_policies(params)
     run = [
         RunJob(scenario=known[n], seed=s, policy=p, controller=params, hardware=hw, engine=cfg,
-               tick_interval_s=settings.service.tick_interval_s)
+               tick_interval_s=settings.service.tick_interval_s, warmup_s=warmup_s)
         for n in names for s in range(seeds if known[n].seeded else 1) for p in [*adaptives, *statics]
     ]
     show = not as_json and sys.stderr.isatty()
