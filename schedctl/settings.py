@@ -16,7 +16,8 @@ Tables: ``[slo]`` targets, ``[objective]`` how a window becomes a reward, ``[tun
 learner, ``[guard]`` the guard rules, ``[deadline]`` the SLAI DeadlineTuner (only with an slai initial policy),
 ``[whatif]`` the what-if replay (off by default; controller/whatif.py), ``[sanity]`` the bounds of a plausible
 window (controller/sanity.py), ``[reconcile]`` the backoff of refused pushes (controller/reconcile.py),
-``[engine]`` which adapter and its address (``[engine.metrics]``: the engine's /metrics or Prometheus), ``[service]`` tick interval and mode, ``[log]`` the decision log,
+``[engine]`` which adapter and its address (``[engine.metrics]``: the engine's /metrics or Prometheus),
+``[service]`` tick interval and mode, ``[log]`` the decision log,
 ``[api]`` the HTTP API. Shipped
 examples: ``config/sidecar.sim.toml``, ``config/sidecar.sglang.toml``.
 """

@@ -3,9 +3,10 @@
     .venv/bin/python deploy/grafana/build.py            # rewrite deploy/grafana/schedctl.json
     .venv/bin/python deploy/grafana/build.py --check    # exit 1 if the committed file differs from the code
 
-Every replica is one pod running SGLang and the schedctl sidecar, both scraped by Prometheus with a ``pod``
-label (the ServiceMonitor in deploy/kubernetes/ adds it). The panels: per replica TTFT P50/P99 against the
-sidecar's SLO, TBT, the waiting queue, the prefix-cache hit rate, the policy the sidecar runs over time,
+SGLang's series are matched as ``sglang:x`` or ``sglang_x`` (Prometheus 2.x stores them with the underscore:
+engine_adapter/sglang/prometheus.py). Every replica is one pod running SGLang and the schedctl sidecar, both
+scraped by Prometheus with a ``pod`` label (the ServiceMonitor in deploy/kubernetes/ adds it). The panels: per
+replica TTFT P50/P99 against the sidecar's SLO, TBT, the waiting queue, the prefix-cache hit rate, the policy the sidecar runs over time,
 decisions by reason, fallbacks and stale windows, push failures. tests/test_deploy.py checks that the committed
 JSON is what this script writes and that every metric named here is one SGLang or the sidecar exports.
 """
@@ -23,6 +24,9 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.common import GraphDrawStyle, LegendDisplayMode, LegendPlacement, StackingMode
 from grafana_foundation_sdk.models.dashboard import DataSourceRef, VariableRefresh
 
+from schedctl.engine_adapter.sglang import metrics
+from schedctl.engine_adapter.sglang.prometheus import series as sglang
+
 OUT = Path(__file__).with_name("schedctl.json")
 DS = DataSourceRef(type_val="prometheus", uid="${datasource}")
 POD = 'pod=~"$pod"'
@@ -34,7 +38,7 @@ def q(expr: str, legend: str, ref: str) -> prometheus.Dataquery:
 
 
 def quantile(p: float, histogram: str) -> str:
-    return f"histogram_quantile({p}, sum by (pod, le) (rate({histogram}_bucket{{{POD}}}[{RATE}])))"
+    return f"histogram_quantile({p}, sum by (pod, le) (rate({sglang(histogram + '_bucket', POD)}[{RATE}])))"
 
 
 def legend() -> VizLegendOptions:
@@ -54,15 +58,14 @@ def series(title: str, unit: str, targets: list[prometheus.Dataquery], descripti
 
 
 def build() -> db.Dashboard:
-    ttft = "sglang:time_to_first_token_seconds"
-    itl = "sglang:inter_token_latency_seconds"
+    ttft, itl = metrics.TTFT, metrics.ITL
     d = (db.Dashboard("schedctl · SGLang replicas").uid("schedctl").tags(["schedctl", "sglang"])
          .description("SGLang replicas with the schedctl sidecar: latency against the SLO, load, cache, and what "
                       "the sidecar decided (one pod = one replica)")
          .refresh("30s").time("now-3h", "now").timezone("browser")
          .with_variable(db.DatasourceVariable("datasource").label("Prometheus").type("prometheus"))
          .with_variable(db.QueryVariable("pod").label("replica").datasource(DS)
-                        .query("label_values(sglang:num_queue_reqs, pod)").multi(True).include_all(True)
+                        .query(f"label_values({sglang(metrics.QUEUE, '')}, pod)").multi(True).include_all(True)
                         .all_value(".*").refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)))
     d = d.with_row(db.Row("Latency and load"))
     d = d.with_panel(series("TTFT P50 / P99 against the SLO", "s", [
@@ -75,12 +78,12 @@ def build() -> db.Dashboard:
         q(quantile(0.5, itl), "{{pod}} P50", "B"),
     ], "SGLang's inter-token latency histogram"))
     d = d.with_panel(series("Queue and running requests", "short", [
-        q(f"sum by (pod) (sglang:num_queue_reqs{{{POD}}})", "{{pod}} waiting", "A"),
-        q(f"sum by (pod) (sglang:num_running_reqs{{{POD}}})", "{{pod}} running", "B"),
+        q(f"sum by (pod) ({sglang(metrics.QUEUE, POD)})", "{{pod}} waiting", "A"),
+        q(f"sum by (pod) ({sglang(metrics.RUNNING, POD)})", "{{pod}} running", "B"),
     ], "requests waiting in SGLang's queue (the order the sidecar sets) and running"))
     d = d.with_panel(series("Prefix cache hit rate", "percentunit", [
-        q(f"sum by (pod) (rate(sglang:cached_tokens_total{{{POD}}}[{RATE}])) / "
-          f"sum by (pod) (rate(sglang:prompt_tokens_total{{{POD}}}[{RATE}]))", "{{pod}}", "A"),
+        q(f"sum by (pod) (rate({sglang(metrics.CACHED_TOKENS, POD)}[{RATE}])) / "
+          f"sum by (pod) (rate({sglang(metrics.PROMPT_TOKENS, POD)}[{RATE}]))", "{{pod}}", "A"),
     ], "cached prompt tokens / prompt tokens admitted"))
     d = d.with_row(db.Row("What the sidecar decided"))
     d = d.with_panel(statetimeline.Panel().title("Policy over time").datasource(DS).height(8).span(12)

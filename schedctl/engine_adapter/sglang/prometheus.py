@@ -60,15 +60,26 @@ def selector_problem(selector: str) -> str | None:
     return None
 
 
+def series(name: str, selector: str) -> str:
+    """A selector of SGLang's series ``name`` as Prometheus stores it: ``sglang:x`` or ``sglang_x``.
+
+    SGLang 0.5.23 names its metrics ``sglang:...``, but prometheus-client (0.26) writes the samples of its
+    OpenMetrics exposition, which Prometheus 2.x asks for first, with the colon as an underscore; the plain text
+    format (what the adapter's own scrape gets) keeps the colon. Both spellings are matched.
+    """
+    pattern = name.replace("sglang:", "sglang[:_]", 1)
+    return "{" + ", ".join([f'__name__=~"{pattern}"'] + ([selector] if selector else [])) + "}"
+
+
 def window_query(selector: str, window_s: float) -> str:
     """The one PromQL query that reads a window of ``window_s`` seconds ending at the evaluation time."""
-    sel = "{" + selector + "}"
     rng = f"[{max(1, round(window_s * 1000))}ms]"
-    parts = [(f"increase({h}_bucket{sel}{rng})", h + "_bucket") for h in metrics.HISTOGRAMS]
-    parts += [(f"increase({c}{sel}{rng})", c) for c in metrics.COUNTERS]
-    parts += [(f"{g}{sel}", g) for g in metrics.GAUGES]
-    parts += [(f"resets({metrics.REQUESTS}{sel}{rng})", RESETS), (f"up{sel}", UP),
-              (f"time() - timestamp(up{sel})", UP_AGE)]
+    parts = [(f"increase({series(h + '_bucket', selector)}{rng})", h + "_bucket") for h in metrics.HISTOGRAMS]
+    parts += [(f"increase({series(c, selector)}{rng})", c) for c in metrics.COUNTERS]
+    parts += [(series(g, selector), g) for g in metrics.GAUGES]
+    up = "up{" + selector + "}"
+    parts += [(f"resets({series(metrics.REQUESTS, selector)}{rng})", RESETS), (up, UP),
+              (f"time() - timestamp({up})", UP_AGE)]
     return " or ".join(f'label_replace({expr}, "{TAG}", "{key}", "", "")' for expr, key in parts)
 
 
