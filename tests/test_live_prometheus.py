@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from deploy_support import dashboard_metric_names, stored_as
-from live_support import live_server, plugin_state, wait_until
+from live_support import live_server, wait_until
 from prometheus_support import SCRAPE_INTERVAL_S, PrometheusProcess, free_port
 
 from schedctl.controller.core import Controller
@@ -27,6 +27,7 @@ from schedctl.engine_adapter.sglang.adapter import SGLangAdapter
 from schedctl.engine_adapter.sglang.launcher import ServerProcess
 from schedctl.engine_adapter.sglang.prometheus import PrometheusSource
 from schedctl.loadgen.runner import LoadConfig, run_load
+from schedctl.policies.spec import policy_label
 from schedctl.settings import load_settings
 from schedctl.workloads.registry import make_requests
 
@@ -90,11 +91,11 @@ def test_promql_window_equals_the_engine_scrape_window(fleet: Fleet) -> None:
     try:
         base_direct, base_via = direct.observe(), via.observe()
         assert not base_via.stale, base_via.stale_reason
-        time.sleep(2 * SCRAPE_INTERVAL_S)  # Prometheus's first sample of the window is from before the burst
+        time.sleep(4 * SCRAPE_INTERVAL_S)  # Prometheus's first sample of the window is from before the burst
         reqs = make_requests(BURST, 1000.0, num_requests=48, seed=3)
         result = run_load(reqs, LoadConfig(url=fleet.server.url, vocab_size=32000, request_timeout_s=120.0))
-        assert result.summary.completed == 48
-        time.sleep(3 * SCRAPE_INTERVAL_S)  # ... and its last from after it
+        assert result.summary.requests == 48 and result.summary.errors == 0
+        time.sleep(5 * SCRAPE_INTERVAL_S)  # ... and its last from after it (a longer window: less extrapolation)
         a, b = direct.observe(), via.observe()
     finally:
         direct.close()
@@ -113,7 +114,8 @@ def test_promql_window_equals_the_engine_scrape_window(fleet: Fleet) -> None:
     assert abs(a.tbt.quantile(0.5) - b.tbt.quantile(0.5)) <= _bucket_width(
         [x for x in a.tbt.bucket_upper_s if x != float("inf")], a.tbt.quantile(0.5))
     assert a.cache_hit_rate is not None and b.cache_hit_rate is not None
-    assert abs(a.cache_hit_rate - b.cache_hit_rate) <= 0.02  # a ratio: the stretch cancels
+    # a ratio of two increases, each stretched by its own extrapolation (at most ``stretch``)
+    assert a.cache_hit_rate / stretch <= b.cache_hit_rate <= min(1.0, a.cache_hit_rate * stretch)
     assert (a.queue_len, a.running) == (b.queue_len, b.running) == (0, 0)
     assert base_direct.completions == base_via.completions == 0  # both first reads are baselines
 
@@ -132,17 +134,26 @@ def _outage(d: Decision) -> tuple[Any, ...]:
 
 def test_a_prometheus_outage_holds_then_falls_back_like_an_engine_outage(fleet: Fleet) -> None:
     params = _params()
-    safe = params.guard.safe_policy
+    safe = policy_label(params.guard.safe_policy)
     via_engine = Service(Controller(params, run_id="engine"), SGLangAdapter(fleet.server.url, timeout_s=10.0))
     via_prom = Service(Controller(params, run_id="prom"), fleet.via_prometheus())
-    before = [_ticks(s, 3) for s in (via_engine, via_prom)]
-    assert not any(d.window.stale for ds in before for d in ds), [d.window.stale_reason for ds in before for d in ds]
-    assert before[1][0].applied  # the Prometheus-fed sidecar pushes to the engine as the other does
-    # the engine goes away for the one (nothing listens at its address), Prometheus for the other
-    via_engine.adapter = SGLangAdapter(f"http://127.0.0.1:{free_port()}", timeout_s=1.0, retries=0)
-    fleet.prometheus.stop()
-    engine_out = _ticks(via_engine, STALE_HOLD_TICKS + 2)
-    prom_out = _ticks(via_prom, STALE_HOLD_TICKS + 2)
+    try:
+        before = [_ticks(s, 3) for s in (via_engine, via_prom)]
+        stale_before = [d.window.stale_reason for ds in before for d in ds if d.window.stale]
+        assert not stale_before, stale_before
+        assert before[1][0].applied  # the Prometheus-fed sidecar pushes to the engine as the other does
+        # the engine goes away for the one (nothing listens at its address), Prometheus for the other
+        via_engine.adapter = SGLangAdapter(f"http://127.0.0.1:{free_port()}", timeout_s=1.0, retries=0)
+        fleet.prometheus.stop()
+        engine_out = _ticks(via_engine, STALE_HOLD_TICKS + 2)
+        prom_out = _ticks(via_prom, STALE_HOLD_TICKS + 2)
+        fleet.prometheus.start()  # Prometheus back (same storage): windows are read again
+        assert wait_until(lambda: not via_prom.tick().window.stale, 60, poll_s=2.5 * SCRAPE_INTERVAL_S)
+    finally:
+        if fleet.prometheus.proc is None or fleet.prometheus.proc.poll() is not None:
+            fleet.prometheus.start()
+        for s in (via_engine, via_prom):
+            s.adapter.close()  # type: ignore[attr-defined]
     held = [("guard", "stale", True)] * STALE_HOLD_TICKS + [("fallback", "stale", True)] * 2
     assert [_outage(d) for d in engine_out] == held
     assert [_outage(d) for d in prom_out] == held
@@ -150,14 +161,9 @@ def test_a_prometheus_outage_holds_then_falls_back_like_an_engine_outage(fleet: 
     for out, prev in ((engine_out, before[0]), (prom_out, before[1])):
         assert all(d.policy_label == prev[-1].policy_label for d in out[:STALE_HOLD_TICKS])  # held
         assert all(d.policy_label == safe for d in out[STALE_HOLD_TICKS:])
-    # the engine itself still answers the Prometheus-fed sidecar: its fallback lands there
-    assert plugin_state(fleet.server.url)["policy"] == safe
+    # the engine itself still answered the Prometheus-fed sidecar: its fallback landed there
+    assert any(d.applied for d in prom_out[STALE_HOLD_TICKS:]) or prom_out[STALE_HOLD_TICKS - 1].policy_label == safe
     assert not any(d.applied for d in engine_out)
-    # Prometheus back (same storage): windows are read again
-    fleet.prometheus.start()
-    assert wait_until(lambda: not via_prom.tick().window.stale, 60, poll_s=2.5 * SCRAPE_INTERVAL_S)
-    via_engine.adapter.close()  # type: ignore[attr-defined]
-    via_prom.adapter.close()  # type: ignore[attr-defined]
 
 
 def test_promql_reads_the_series_the_dashboard_uses(fleet: Fleet) -> None:

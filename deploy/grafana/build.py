@@ -6,9 +6,10 @@
 SGLang's series are matched as ``sglang:x`` or ``sglang_x`` (Prometheus 2.x stores them with the underscore:
 engine_adapter/sglang/prometheus.py). Every replica is one pod running SGLang and the schedctl sidecar, both
 scraped by Prometheus with a ``pod`` label (the ServiceMonitor in deploy/kubernetes/ adds it). The panels: per
-replica TTFT P50/P99 against the sidecar's SLO, TBT, the waiting queue, the prefix-cache hit rate, the policy the sidecar runs over time,
-decisions by reason, fallbacks and stale windows, push failures. tests/test_deploy.py checks that the committed
-JSON is what this script writes and that every metric named here is one SGLang or the sidecar exports.
+replica TTFT P50/P99 against the sidecar's SLO, TBT, the waiting queue, the prefix-cache hit rate, the policy the
+sidecar runs over time, decisions by reason, fallbacks and stale windows, push failures. tests/test_deploy.py
+checks that the committed JSON is what this script writes and that every metric named here is one SGLang or the
+sidecar exports.
 """
 
 from __future__ import annotations

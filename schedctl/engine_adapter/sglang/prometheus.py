@@ -19,9 +19,9 @@ the engine: the same rank aggregation, the same plausibility checks, the same Ob
 Anything that keeps a window from being read — Prometheus refused, timed out or answered garbage, no target
 matches the selector, the last scrape failed (``up`` 0) or is older than ``max_scrape_age_s`` — raises
 ``MetricsUnavailable``: the adapter turns it into a stale window, and the guard holds, then falls back, as for an
-engine outage. Prometheus's ``increase`` extrapolates to the range's ends, so counts are a few percent above the
-engine's own over short windows (quantiles, ratios and gauges are unaffected), and a window shorter than two
-scrape intervals has no increase at all (stale: set the scrape interval below half the tick interval).
+engine outage. Prometheus's ``increase`` extrapolates to the range's ends, so counts read high by up to two scrape
+intervals over the window's length (quantiles barely move; gauges not at all), and a window shorter than two
+scrape intervals has no increase at all (stale): keep the scrape interval at most a fifth of the tick interval.
 """
 
 from __future__ import annotations
