@@ -101,7 +101,8 @@ def test_promql_window_equals_the_engine_scrape_window(fleet: Fleet) -> None:
         direct.close()
         via.close()
     assert not a.stale and not b.stale, (a.stale_reason, b.stale_reason)
-    print(f"\nwindow {a.duration_s:.1f} s: completions engine {a.completions} PromQL {b.completions}; TTFT P50/P90/P99 engine "
+    print(f"\nwindow {a.duration_s:.1f} s: completions engine {a.completions} PromQL {b.completions}; "
+          "TTFT P50/P90/P99 engine "
           f"{[round(a.ttft.quantile(q), 3) for q in (0.5, 0.9, 0.99)]} PromQL "
           f"{[round(b.ttft.quantile(q), 3) for q in (0.5, 0.9, 0.99)]}; hit rate {a.cache_hit_rate:.3f} / "
           f"{b.cache_hit_rate:.3f}")
