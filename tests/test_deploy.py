@@ -267,3 +267,14 @@ def test_every_dashboard_query_reads_metrics_that_exist() -> None:
     broken = dashboard()
     broken["panels"][1]["targets"][0]["expr"] = "schedctl_no_such_metric"
     assert dashboard_metric_names(broken) - sglang - sidecar == {"schedctl_no_such_metric"}
+
+
+def test_the_pods_sidecar_settings_are_the_shipped_sglang_ones_but_for_where_things_are(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    for k in [k for k in os.environ if k.startswith("SCHEDCTL_")]:
+        monkeypatch.delenv(k)
+    pod = load_settings(KUSTOMIZE_DIR / "sidecar.toml")
+    shipped = load_settings(ROOT / "config" / "sidecar.sglang.toml")
+    for table in ("slo", "objective", "tuner", "guard", "sanity", "reconcile", "service"):
+        assert getattr(pod, table) == getattr(shipped, table), table
+    assert pod.engine.sglang.base_url == shipped.engine.sglang.base_url  # localhost: the same pod
