@@ -16,7 +16,8 @@ Tables: ``[slo]`` targets, ``[objective]`` how a window becomes a reward, ``[tun
 learner, ``[guard]`` the guard rules, ``[deadline]`` the SLAI DeadlineTuner (only with an slai initial policy),
 ``[whatif]`` the what-if replay (off by default; controller/whatif.py), ``[sanity]`` the bounds of a plausible
 window (controller/sanity.py), ``[reconcile]`` the backoff of refused pushes (controller/reconcile.py),
-``[engine]`` which adapter and its address, ``[service]`` tick interval and mode, ``[log]`` the decision log,
+``[engine]`` which adapter and its address (``[engine.metrics]``: the engine's /metrics or Prometheus),
+``[service]`` tick interval and mode, ``[log]`` the decision log,
 ``[api]`` the HTTP API. Shipped
 examples: ``config/sidecar.sim.toml``, ``config/sidecar.sglang.toml``.
 """
@@ -39,6 +40,7 @@ from schedctl.controller.objective import ObjectiveParams
 from schedctl.controller.reconcile import ReconcileParams
 from schedctl.controller.sanity import SanityParams
 from schedctl.controller.whatif import WhatIfParams
+from schedctl.engine_adapter.sglang.prometheus import selector_problem
 from schedctl.files import InputFileError, read_toml, validation_message
 from schedctl.policies.spec import PolicySpec, parse_policy
 from schedctl.sim.engine import EngineConfig
@@ -136,12 +138,34 @@ class SGLangEngineSettings(BaseModel):
     retries: int = Field(2, ge=0, le=100)
 
 
+class MetricsSourceSettings(BaseModel):
+    """Where the SGLang adapter reads its windows: the engine's own /metrics, or the Prometheus that scrapes it
+    (engine_adapter/sglang/prometheus.py; the same window, staleness, sanity and fallback rules either way)."""
+
+    model_config = _STRICT
+
+    source: Literal["engine", "prometheus"] = Field("engine", description="engine: scrape engine.sglang.base_url; "
+                                                    "prometheus: PromQL over prometheus_url")
+    prometheus_url: str = Field("http://127.0.0.1:9090", description="the Prometheus server's HTTP address")
+    selector: str = Field("", description='PromQL label matchers of this replica\'s series, e.g. pod="sglang-0"')
+    max_scrape_age_s: float = Field(60.0, gt=0, le=86400, description="a last scrape older than this: stale window")
+
+    @model_validator(mode="after")
+    def _selector(self) -> MetricsSourceSettings:
+        if self.source == "prometheus":
+            problem = selector_problem(self.selector)
+            if problem is not None:
+                raise ValueError(f"selector: {problem}")
+        return self
+
+
 class EngineSettings(BaseModel):
     model_config = _STRICT
 
     adapter: Literal["sim", "sglang"] = "sim"
     sim: SimEngineSettings = Field(default_factory=SimEngineSettings)
     sglang: SGLangEngineSettings = Field(default_factory=SGLangEngineSettings)
+    metrics: MetricsSourceSettings = Field(default_factory=MetricsSourceSettings)
 
 
 class ServiceSettings(BaseModel):

@@ -13,7 +13,7 @@ start=$SECONDS
 bash scripts/setup.sh dev
 part "set-up of .venv"
 . .venv/bin/activate
-ruff check schedctl tests benchmarks
+ruff check schedctl tests benchmarks deploy
 mypy
 part "ruff and mypy"
 set +e

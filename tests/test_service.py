@@ -181,3 +181,32 @@ def test_sidecar_against_an_unreachable_sglang_server_holds_falls_back_and_exits
     assert [d.reason for d in back] == ["guard", "guard", "fallback", "fallback"] and torn == 0
     assert all(d.window.stale and not d.applied and not d.push for d in back)
     assert all("deferred" in (d.reconcile or "") for d in back)  # nothing answers: no push is attempted
+
+
+def test_metrics_show_the_policy_over_time_stale_windows_fallbacks_and_the_slo() -> None:
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    inner = sim()
+    ad = Flaky(inner)
+    params = ControllerParams(guard={"stale_hold_ticks": 1, "safe_policy": "fcfs"},
+                              objective={"ttft_target_s": 1.5})
+    svc, _ = open_sidecar(params, ad, run_id="m", clock=lambda: inner.now_s)
+    assert svc.metrics is not None
+
+    def samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        text = generate_latest(svc.metrics.registry).decode()  # type: ignore[union-attr]
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(text) for s in f.samples}
+
+    first = svc.tick()
+    assert samples()[("schedctl_policy", (("policy", first.policy_label),))] == 1.0
+    assert samples()[("schedctl_slo_ttft_p99_seconds", ())] == 1.5
+    ad.down = True
+    outage = [svc.tick() for _ in range(3)]
+    assert outage[-1].reason == "fallback" and outage[-1].policy_label == "fcfs"
+    now = samples()
+    policies = {dict(labels)["policy"]: v for (name, labels), v in now.items() if name == "schedctl_policy"}
+    assert policies == {"fcfs": 1.0}  # one series: the policy that runs now
+    assert now[("schedctl_stale_windows_total", ())] == 3.0
+    assert now[("schedctl_decisions_total", (("reason", "fallback"),))] == sum(d.reason == "fallback" for d in outage)

@@ -242,14 +242,23 @@ def _run_sim(settings: Settings, fast: bool, max_ticks: int | None, plot: Path |
 
 def _run_sglang(settings: Settings, max_ticks: int | None, console: Console, fresh: bool = False) -> None:
     from schedctl.engine_adapter.sglang.adapter import SGLangAdapter  # the CLI builds the concrete adapter
+    from schedctl.engine_adapter.sglang.prometheus import PrometheusSource
 
     sg = settings.engine.sglang
     metrics_dir = str(sg.request_metrics_dir) if sg.request_metrics_dir else None
-    adapter = SGLangAdapter(sg.base_url, request_metrics_dir=metrics_dir, timeout_s=sg.timeout_s, retries=sg.retries)
+    source = None
+    m = settings.engine.metrics
+    if m.source == "prometheus":
+        source = PrometheusSource(m.prometheus_url, m.selector, timeout_s=sg.timeout_s, retries=sg.retries,
+                                  max_scrape_age_s=m.max_scrape_age_s)
+    adapter = SGLangAdapter(sg.base_url, request_metrics_dir=metrics_dir, timeout_s=sg.timeout_s, retries=sg.retries,
+                            prometheus=source)
     service, server = _open(settings, adapter, f"sglang-{uuid.uuid4().hex[:8]}", clock=time.time, fresh=fresh)
     stop = threading.Event()
     _stop_on_signals(stop)
     title = f"schedctl · SGLang at {sg.base_url} · every {settings.service.tick_interval_s:g} s"
+    if source is not None:
+        title += f" · metrics from Prometheus at {m.prometheus_url} {{{m.selector}}}"
     if server is not None:
         title += f"\nAPI http://{settings.api.host}:{server.port}"
     display = Display(console, title, None)

@@ -56,7 +56,7 @@ logger = logging.getLogger("schedctl.service")
 class ServiceMetrics:
     """The sidecar's own Prometheus metrics (``schedctl_*``), in a registry of its own."""
 
-    def __init__(self) -> None:
+    def __init__(self, ttft_target_s: float | None = None) -> None:
         r = self.registry = CollectorRegistry()
         self.ticks = Counter("schedctl_ticks", "controller ticks", registry=r)
         self.decisions = Counter("schedctl_decisions", "decisions by reason", ["reason"], registry=r)
@@ -79,6 +79,15 @@ class ServiceMetrics:
             buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
         )
         self.replay_errors = Counter("schedctl_whatif_replay_errors", "ticks whose what-if replay failed", registry=r)
+        self.stale = Counter("schedctl_stale_windows", "ticks whose window was stale (engine or metrics source out, "
+                             "implausible metrics)", registry=r)
+        self.policy = Gauge("schedctl_policy", "1 for the policy the controller runs (its label), over time",
+                            ["policy"], registry=r)
+        self.slo_ttft = Gauge("schedctl_slo_ttft_p99_seconds", "the P99 TTFT target (slo.ttft_p99_target_ms)",
+                              registry=r)
+        self._policy_label: str | None = None
+        if ttft_target_s is not None:
+            self.slo_ttft.set(ttft_target_s)
         for reason in REASONS:
             self.decisions.labels(reason)
 
@@ -94,6 +103,13 @@ class ServiceMetrics:
         self.reward.set(d.learner.reward if d.learner.reward is not None else float("nan"))
         self.ttft_p99.set(d.window.ttft_p99_s if d.window.ttft_p99_s is not None else float("nan"))
         self.queue.set(d.window.queue_len)
+        if d.window.stale:
+            self.stale.inc()
+        if d.policy_label != self._policy_label:  # one series per policy, present while it runs
+            if self._policy_label is not None:
+                self.policy.remove(self._policy_label)
+            self._policy_label = d.policy_label
+            self.policy.labels(d.policy_label).set(1)
         self.pinned.set(1 if d.reason == "pinned" else 0)
         self.active.set(1 if d.mode == "active" else 0)
         self.tick_seconds.observe(tick_s)
@@ -341,7 +357,8 @@ def open_sidecar(
     controller = Controller(params, run_id=run_id)
     resumed = load_state(controller, state_path) if state_path is not None and not fresh else None
     log = DecisionLog(log_path, log_max_bytes, log_backup_count, fsync=log_fsync) if log_path is not None else None
-    service = Service(controller, adapter, log, clock=clock, keep_decisions=keep_decisions, metrics=ServiceMetrics(),
+    service = Service(controller, adapter, log, clock=clock, keep_decisions=keep_decisions,
+                      metrics=ServiceMetrics(controller.params.objective.ttft_target_s),
                       replayer=replayer, state_path=state_path)
     service.resumed = resumed
     server = None

@@ -3,7 +3,10 @@
 * ``observe()`` scrapes ``GET /metrics`` (SGLang started with ``--enable-metrics``) and differences it with the
   previous scrape (``metrics.py``): the window's TTFT and inter-token-latency histograms, finished and aborted
   requests, prompt and cached tokens, and the queue, running, KV-usage and cache-hit gauges aggregated across
-  ranks. It also reads ``GET /server_info`` for the policy the plugin reports active; that read may fail
+  ranks. With a ``PrometheusSource`` (``[engine.metrics] source = "prometheus"``, ``prometheus.py``) the same
+  window comes from PromQL over the Prometheus server that scrapes the engine; a Prometheus that cannot give it
+  makes the window stale (the guard holds, then falls back, as in an engine outage). It also reads
+  ``GET /server_info`` for the policy the plugin reports active; that read may fail
   without failing the observation.
 * ``take_requests()`` returns the per-request records SGLang exported since the previous call
   (``export.py``): the latency stream (arrival time, TTFT, prompt and cached tokens) for the controller and the
@@ -29,6 +32,7 @@ import httpx
 from schedctl.engine_adapter.base import Capabilities, EngineUnavailable, Observation, UnsupportedPolicy
 from schedctl.engine_adapter.sglang import channel, metrics, reserve
 from schedctl.engine_adapter.sglang.export import RequestExportFollower, RequestRecord
+from schedctl.engine_adapter.sglang.prometheus import MetricsUnavailable, PrometheusSource
 from schedctl.policies.spec import PolicySpec, policy_label
 
 logger = logging.getLogger("schedctl.sglang.adapter")
@@ -52,6 +56,7 @@ class SGLangAdapter:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         transport: httpx.BaseTransport | None = None,
+        prometheus: PrometheusSource | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.retries = retries
@@ -59,6 +64,7 @@ class SGLangAdapter:
         self._clock = clock
         self._sleep = sleep
         self._client = httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(timeout_s), transport=transport)
+        self._prometheus = prometheus  # None: scrape the engine's /metrics; else read the windows from Prometheus
         self._follower = RequestExportFollower(request_metrics_dir) if request_metrics_dir else None
         self._prev: metrics.Scrape | None = None
         self._prev_t_s: float | None = None
@@ -69,6 +75,8 @@ class SGLangAdapter:
 
     def close(self) -> None:
         self._client.close()
+        if self._prometheus is not None:
+            self._prometheus.close()
 
     # -- HTTP ---------------------------------------------------------------------------------------------------
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -152,6 +160,8 @@ class SGLangAdapter:
         return caps, self._active_from(info)[0]
 
     def observe(self) -> Observation:
+        if self._prometheus is not None:
+            return self._observe_prometheus(self._prometheus)
         resp = self._request("GET", "/metrics")
         if resp.status_code != 200:
             raise EngineUnavailable(f"GET /metrics answered HTTP {resp.status_code}")
@@ -159,33 +169,65 @@ class SGLangAdapter:
         scrape = metrics.parse_scrape(resp.text)
         if scrape.empty:
             raise EngineUnavailable("GET /metrics has no SGLang metrics (is the server started with --enable-metrics?)")
-        active, stale_reason, reported = None, None, False
-        try:
-            info = self._server_info()
-            active, _version = self._active_from(info)
-            reported = bool(self._plugin_states(info))  # the plugin answered: None is "its own order"
-        except EngineUnavailable as exc:
-            stale_reason = f"active policy unknown: {exc}"
+        active, stale_reason, reported = self._active_or_why()
         if scrape.implausible is not None:  # not data: a stale window; the previous scrape stays the baseline
-            logger.warning("SGLang %s", scrape.implausible)
-            return Observation(start_s=self._prev_t_s if self._prev_t_s is not None else now_s, end_s=now_s,
-                               arrivals=0, completions=0, stale=True, stale_reason=scrape.implausible,
-                               active_policy=active, active_reported=reported,
-                               engine_generation=self.engine_generation)
+            return self._stale(now_s, scrape.implausible, active, reported)
         prev, prev_t_s = self._prev, self._prev_t_s
         self._prev, self._prev_t_s = scrape, now_s
-        return self._window(prev, scrape, prev_t_s, now_s, active, stale_reason).model_copy(
+        delta = metrics.diff(prev, scrape) if prev is not None and prev_t_s is not None else None
+        return self._window(delta, scrape, prev_t_s, now_s, active, stale_reason).model_copy(
             update={"active_reported": reported})
+
+    def _observe_prometheus(self, source: PrometheusSource) -> Observation:
+        """The window from Prometheus (``prometheus.py``): a Prometheus that cannot give it makes the window stale
+        while the engine answers (a push still lands), an EngineUnavailable when the engine does not either."""
+        now_s = self._clock()
+        active, stale_reason, reported = self._active_or_why()
+        prev_t_s = self._prev_t_s
+        # the first read is a baseline (an empty window, as the first scrape of the engine) with the gauges now
+        window_s = now_s - prev_t_s if prev_t_s is not None else source.max_scrape_age_s
+        try:
+            scrape, reset = source.read(window_s, now_s)
+        except MetricsUnavailable as exc:  # the window start stays: the next read covers the gap
+            if stale_reason is not None:
+                raise EngineUnavailable(f"{stale_reason}; and {exc}") from None
+            return self._stale(now_s, f"metrics unavailable: {exc}", active, reported)
+        if scrape.implausible is not None:
+            return self._stale(now_s, scrape.implausible, active, reported)
+        self._prev_t_s = now_s
+        delta = None
+        if prev_t_s is not None:
+            delta = metrics.diff(metrics.Scrape(), scrape)  # the increases are the window's differences from zero
+            delta.reset = reset
+        return self._window(delta, scrape, prev_t_s, now_s, active, stale_reason).model_copy(
+            update={"active_reported": reported})
+
+    def _active_or_why(self) -> tuple[PolicySpec | None, str | None, bool]:
+        """The policy the plugin reports, why it is unknown (None: known), whether the plugin answered."""
+        try:
+            info = self._server_info()
+        except EngineUnavailable as exc:
+            return None, f"active policy unknown: {exc}", False
+        active, _version = self._active_from(info)
+        return active, None, bool(self._plugin_states(info))  # the plugin answered: None is "its own order"
+
+    def _stale(self, now_s: float, why: str, active: PolicySpec | None, reported: bool) -> Observation:
+        logger.warning("SGLang %s", why)
+        return Observation(start_s=self._prev_t_s if self._prev_t_s is not None else now_s, end_s=now_s,
+                           arrivals=0, completions=0, stale=True, stale_reason=why, active_policy=active,
+                           active_reported=reported, engine_generation=self.engine_generation)
 
     def _window(
         self,
-        prev: metrics.Scrape | None,
+        delta: metrics.Delta | None,
         cur: metrics.Scrape,
         prev_t_s: float | None,
         now_s: float,
         active: PolicySpec | None,
         stale_reason: str | None,
     ) -> Observation:
+        """The Observation of the window (``prev_t_s``, ``now_s``]: ``delta`` what happened in it (None: the first
+        read, a baseline), ``cur`` the gauges at its end."""
         queue = metrics.gauge_sum(cur, metrics.QUEUE)
         running = metrics.gauge_sum(cur, metrics.RUNNING)
         load = (queue or 0.0) + (running or 0.0)
@@ -198,7 +240,7 @@ class SGLangAdapter:
             "stale_reason": stale_reason,
         }
         prev_load, self._prev_load = self._prev_load, load
-        if prev is None or prev_t_s is None:  # first scrape: a baseline, an empty window
+        if delta is None or prev_t_s is None:  # first read: a baseline, an empty window
             return Observation(
                 start_s=now_s,
                 arrivals=0,
@@ -207,7 +249,6 @@ class SGLangAdapter:
                 engine_generation=self.engine_generation,
                 **common,
             )
-        delta = metrics.diff(prev, cur)
         if delta.reset:
             self.engine_generation += 1
             prev_load = 0.0  # the restarted engine started empty

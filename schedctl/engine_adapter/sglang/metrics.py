@@ -52,7 +52,7 @@ RANK_LABELS = frozenset({"tp_rank", "pp_rank", "moe_ep_rank"})
 Labels = tuple[tuple[str, str], ...]
 
 
-def _labels(d: dict[str, str], drop: frozenset[str] = frozenset()) -> Labels:
+def label_key(d: dict[str, str], drop: frozenset[str] = frozenset()) -> Labels:
     return tuple(sorted((k, v) for k, v in d.items() if k not in drop))
 
 
@@ -110,7 +110,7 @@ def parse_scrape(text: str) -> Scrape:
             if family.name.startswith("sglang:"):
                 scrape.families.add(family.name)
             for sample in family.samples:
-                _add_sample(scrape, sample.name, dict(sample.labels), sample.value)
+                add_sample(scrape, sample.name, dict(sample.labels), sample.value)
     return scrape
 
 
@@ -123,7 +123,7 @@ def _read(name: str) -> bool:
     return name in METRICS_READ or (name.endswith("_bucket") and name[: -len("_bucket")] in HISTOGRAMS)
 
 
-def _add_sample(scrape: Scrape, name: str, labels: dict[str, str], value: float) -> None:
+def add_sample(scrape: Scrape, name: str, labels: dict[str, str], value: float) -> None:
     if not isinstance(value, int | float) or not math.isfinite(value):
         if _read(name):
             scrape.problems.append(f"{name}={value!r}")  # the adapter says so once, for the whole scrape
@@ -134,16 +134,16 @@ def _add_sample(scrape: Scrape, name: str, labels: dict[str, str], value: float)
         scrape.problems.append(f"{name}={value:.3g}")
         return
     if name in COUNTERS:
-        scrape.counters.setdefault(name, {})[_labels(labels)] = float(value)
+        scrape.counters.setdefault(name, {})[label_key(labels)] = float(value)
     elif name in GAUGES:
-        scrape.gauges.setdefault(name, {})[_labels(labels)] = float(value)
+        scrape.gauges.setdefault(name, {})[label_key(labels)] = float(value)
     elif name.endswith("_bucket") and name[: -len("_bucket")] in HISTOGRAMS:
         try:
             le = float(labels.pop("le"))
         except (KeyError, ValueError):
             logger.warning("skipping bucket of %s without a valid le label", name)
             return
-        series = scrape.histograms.setdefault(name[: -len("_bucket")], {}).setdefault(_labels(labels), {})
+        series = scrape.histograms.setdefault(name[: -len("_bucket")], {}).setdefault(label_key(labels), {})
         series[le] = float(value)
 
 
@@ -220,7 +220,7 @@ def _scheduler_groups(series: dict[Labels, float]) -> list[float]:
         d = dict(labels)
         if d.get("priority", ""):
             continue  # per-priority breakdown; the total is under priority=""
-        key = _labels(d, RANK_LABELS)
+        key = label_key(d, RANK_LABELS)
         groups[key] = max(groups[key], value)
     return list(groups.values())
 
