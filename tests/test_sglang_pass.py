@@ -234,3 +234,21 @@ def test_fixed_length_outputs_reserve_everything_whatever_the_conservativeness()
         cfg = sglang_engine_config(schedule_conservativeness=c, fixed_length_outputs=True)
         assert (cfg.init_new_token_ratio, cfg.new_token_ratio, cfg.token_ratio_decay_per_step) == (1.0, 1.0, 0.0)
     assert sglang_engine_config(schedule_conservativeness=0.1).init_new_token_ratio == pytest.approx(0.07)
+
+
+def test_a_chunked_request_picks_up_what_its_batch_cached_at_its_next_chunk() -> None:
+    """B (150 shared + 50) fills most of a 300-token prefill round; A (the same 150 + 50 of its own) gets the last
+    100 tokens as a chunk, matched against the tree as it was before the round (nothing). At its next chunk SGLang
+    re-matches A's prompt and finds B's 150 (``cached_tokens += pre_len - already_computed``): 50 more cached."""
+    shared = cold(0, 150)
+    b = Request(request_id=0, arrival_s=0.0, prompt=(*shared, *cold(1, 50)), output_len=2)
+    a = Request(request_id=1, arrival_s=0.0, prompt=(*shared, *cold(2, 50)), output_len=2)
+    cached = {}
+    for sglang in (True, False):
+        cfg = EngineConfig(chunked_prefill_tokens=300, sglang_lpm=sglang)
+        eng = SimEngine(cfg, MODEL, 100_000, FCFSSpec())
+        eng.add_requests([b, a])
+        eng.run()
+        cached[sglang] = {eng.completed.row(i).request_id: eng.completed.row(i).cached_tokens for i in range(2)}
+    assert cached[True] == {0: 0, 1: 50}
+    assert cached[False] == {0: 0, 1: 150}  # the idealised engine shares all of B's prefix within the round

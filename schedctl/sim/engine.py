@@ -296,30 +296,52 @@ class SimEngine:
                 cache.available_tokens - pinned
             ):
                 return False
+        # SGLang matches a request against the tree as it was before this round (scheduler.py inserts a batch's KV
+        # after its forward): requests of one batch that share an uncached prefix each compute it, and a chunked
+        # request re-matches its prompt at its next chunk, picking up what others cached since (schedule_batch.py:
+        # cached_tokens += pre_len - already_computed). The idealised engine shares a prefix within the round.
+        sglang = (self.cfg.sglang_lpm or self.cfg.sglang_plugin_order) and not whole_prompt
+        own: KVNode | None = None  # a chunked request's own path, while a longer match is tried
         if fresh:
             node, cached = cache.lock_prefix(tokens, len(tokens) - 1)
+            if sglang:
+                node, cached = self._before_round(node, cached)
         else:
             assert live.node is not None
             node, cached = live.node, live.done_tokens
+            if sglang:
+                longer, longer_cached = self._before_round(*cache.lock_prefix(tokens, len(tokens) - 1))
+                if longer_cached > cached:
+                    own, node, cached = node, longer, longer_cached
+                else:
+                    cache.unlock(longer)
         need = self._need(live, cached, budget, others, rs.ratio, rs.remaining_tokens)
         if need > cache.available_tokens:
-            if fresh:
+            if fresh or own is not None:
                 cache.unlock(node)
             return False
+        if own is not None:
+            cache.unlock(own)
+            live.cached_tokens += cached - live.done_tokens
+            cache.record_lookup(0, cached - live.done_tokens)
         take = min(len(tokens) - cached, budget)
-        # SGLang matches a request against the tree as it was before this batch: requests of one batch that share
-        # an uncached prefix each compute it (scheduler.py inserts a batch's KV after its forward). The idealised
-        # engine shares it within the round.
-        sglang = self.cfg.sglang_lpm or self.cfg.sglang_plugin_order
-        seen = cache.depth_before_round(node) if fresh and sglang and not whole_prompt else cached
         if fresh and live.cached_tokens < 0:
-            live.cached_tokens = seen
-            cache.record_lookup(len(tokens), seen)
+            live.cached_tokens = cached
+            cache.record_lookup(len(tokens), cached)
         cache.make_room(take)
         live.node = cache.extend_locked(node, tokens, cached + take)
         live.done_tokens = cached + take
-        batch.append((live, take + cached - seen, seen))
+        batch.append((live, take, cached))
         return True
+
+    def _before_round(self, node: KVNode, cached: int) -> tuple[KVNode, int]:
+        """The locked ``node`` (``cached`` deep) moved up to what was cached before this round (SGLang's match)."""
+        earlier = self.cache.before_round(node)
+        if earlier is node:
+            return node, cached
+        self.cache.lock(earlier)
+        self.cache.unlock(node)
+        return earlier, earlier.depth
 
     def _steps_until_admissible(
         self, live: _Live | None, budget: int, batch: int, limit: int, capped: bool, reserved: int = 0

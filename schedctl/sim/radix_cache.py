@@ -146,10 +146,14 @@ class RadixKVCache:
 
     def depth_before_round(self, node: KVNode) -> int:
         """How much of the path ending at ``node`` was cached before the current round's admissions."""
+        return self.before_round(node).depth
+
+    def before_round(self, node: KVNode) -> KVNode:
+        """The deepest node of the path ending at ``node`` that was cached before the current round's admissions."""
         cur = node
         while cur.born_round == self.round and cur.parent is not None:
             cur = cur.parent  # type: ignore[assignment]
-        return cur.depth
+        return cur
 
     def prefix_unlocked(self, tokens: Tokens, limit: int) -> tuple[int, int]:
         """(cached length of ``tokens[:limit]``, how many of those cached tokens are unlocked) — no side effects.
