@@ -20,6 +20,7 @@ restarted) or ``/server_info``'s ``startup_time`` changes.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +33,10 @@ from schedctl.engine_adapter.sglang.export import RequestExportFollower, Request
 from schedctl.policies.spec import PolicySpec, policy_label
 
 logger = logging.getLogger("schedctl.sglang.adapter")
+
+
+def _positive(x: float | None) -> bool:
+    return x is not None and math.isfinite(x) and x > 0
 
 
 def _clamp01(x: float | None) -> float | None:
@@ -159,11 +164,12 @@ class SGLangAdapter:
         scrape = metrics.parse_scrape(resp.text)
         if scrape.empty:
             raise EngineUnavailable("GET /metrics has no SGLang metrics (is the server started with --enable-metrics?)")
-        active, stale_reason, reported = None, None, False
+        active, stale_reason, reported, conservativeness = None, None, False, None
         try:
             info = self._server_info()
             active, _version = self._active_from(info)
             reported = bool(self._plugin_states(info))  # the plugin answered: None is "its own order"
+            conservativeness = self._reserve_from(info).get("schedule_conservativeness")
         except EngineUnavailable as exc:
             stale_reason = f"active policy unknown: {exc}"
         if scrape.implausible is not None:  # not data: a stale window; the previous scrape stays the baseline
@@ -175,7 +181,8 @@ class SGLangAdapter:
         prev, prev_t_s = self._prev, self._prev_t_s
         self._prev, self._prev_t_s = scrape, now_s
         return self._window(prev, scrape, prev_t_s, now_s, active, stale_reason).model_copy(
-            update={"active_reported": reported})
+            update={"active_reported": reported,
+                    "conservativeness": conservativeness if _positive(conservativeness) else None})
 
     def _window(
         self,
@@ -214,6 +221,7 @@ class SGLangAdapter:
             logger.warning("SGLang counters went down: engine restarted (generation %d)", self.engine_generation)
         completions = delta.counters[metrics.REQUESTS]
         aborted = delta.counters[metrics.ABORTED]
+        retracted = round(delta.counters[metrics.RETRACTED]) if metrics.RETRACTED in cur.families else None
         prompt = delta.counters[metrics.PROMPT_TOKENS]
         cached = delta.counters[metrics.CACHED_TOKENS]
         # No arrival counter in SGLang: requests in = requests out + growth of (waiting + running).
@@ -227,6 +235,7 @@ class SGLangAdapter:
             tbt=delta.histograms[metrics.ITL],
             cache_hit_rate=_clamp01(hit_rate),
             prompt_tokens_mean=prompt / completions if completions > 0 else None,
+            retractions=retracted,
             engine_generation=self.engine_generation,
             **common,
         )
@@ -264,11 +273,16 @@ class SGLangAdapter:
 
     def reserve(self) -> dict[str, float] | None:
         """The admission reserve the plugin reads back from the scheduler (``reserve.py``); None if none reports it."""
-        for state in self._plugin_states(self._server_info()):
+        return self._reserve_from(self._server_info()) or None
+
+    @classmethod
+    def _reserve_from(cls, info: dict[str, Any]) -> dict[str, float]:
+        """The first rank's reserve readback in a ``/server_info`` answer (empty: none reports it)."""
+        for state in cls._plugin_states(info):
             found = state.get("reserve")
             if isinstance(found, dict):
-                return {k: float(v) for k, v in found.items() if isinstance(v, int | float)}
-        return None
+                return {k: float(v) for k, v in found.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        return {}
 
     def set_conservativeness(self, value: float) -> dict[str, float]:
         """Set SGLang's ``schedule_conservativeness`` on every rank at run time; returns the readback."""
