@@ -221,7 +221,7 @@ class SGLangAdapter:
             logger.warning("SGLang counters went down: engine restarted (generation %d)", self.engine_generation)
         completions = delta.counters[metrics.REQUESTS]
         aborted = delta.counters[metrics.ABORTED]
-        retracted = round(delta.counters[metrics.RETRACTED]) if metrics.RETRACTED in cur.families else None
+        retracted = round(delta.counters[metrics.RETRACTED]) if metrics.RETRACTED_FAMILY in cur.families else None
         prompt = delta.counters[metrics.PROMPT_TOKENS]
         cached = delta.counters[metrics.CACHED_TOKENS]
         # No arrival counter in SGLang: requests in = requests out + growth of (waiting + running).

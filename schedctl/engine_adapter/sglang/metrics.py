@@ -47,6 +47,7 @@ RUNNING = "sglang:num_running_reqs"
 CACHE_HIT_RATE = "sglang:cache_hit_rate"
 TOKEN_USAGE = "sglang:token_usage"
 RETRACTED = "sglang:num_retracted_requests_total"  # scheduler-side: one series per rank (scheduler.py retract_decode)
+RETRACTED_FAMILY = RETRACTED.removesuffix("_total")  # prometheus-client's name for the counter's family
 
 HISTOGRAMS = (TTFT, ITL)
 COUNTERS = (REQUESTS, ABORTED, PROMPT_TOKENS, CACHED_TOKENS)
