@@ -73,9 +73,9 @@ def pushed(d: Decision) -> str:
 
 
 def reserve_note(d: Decision) -> str:
-    """The reserve tuner's move, when this tick made one ("; c 1->1.5")."""
+    """The reserve tuner's move, when this tick made one ("c 1->1.5; "), first: a narrow column keeps it."""
     r = d.reserve
-    return f"; c {r.previous:g}->{r.value:g}" if r is not None and r.changed else ""
+    return f"c {r.previous:g}->{r.value:g}; " if r is not None and r.changed else ""
 
 
 def _reserve_line(d: Decision) -> str:
@@ -159,7 +159,7 @@ def tick_lines(decisions: Sequence[Decision], width: int, iso: bool, start_s: fl
         w = d.window
         when = datetime.fromtimestamp(d.time_s, UTC).strftime("%H:%M:%S") if iso else f"{d.time_s - start_s:.0f}"
         att = "-" if w.attainment is None else f"{w.attainment:.0%}"
-        mid = [acted(d) + reserve_note(d)]
+        mid = [reserve_note(d) + acted(d)]
         end = [_num(w.ttft_p99_s) + (" s" if w.ttft_p99_s is not None else ""), att, pushed(d)]
         if wide:
             end = [_num(w.arrival_rate_rps, ".1f"), str(w.queue_len), *end[:2], _num(d.learner.reward, ".2f"), end[2]]

@@ -29,7 +29,8 @@ from a noisy P99 reward shared with the k tuner's moves. So, once per tick, alon
 Reconcile, level-triggered as the queue policy's (``reconcile.py``): the engine reports the value it runs in
 ``Observation.conservativeness`` (SGLang: the plugin's readback in ``/server_info``; the embedded engine: its
 config); a difference from the desired value is a push in that tick — a restart that lost it, a push that did not
-land. An engine that does not report it gets a push when the value changes or the last push failed. A refusal
+land. An engine that does not report it gets a push when the value changes, the engine restarted (its generation
+changed) or the last push failed. A refusal
 (the adapter has no such knob, the plugin is not loaded) waits ``unsupported_backoff_ticks``, doubling up to
 ``unsupported_backoff_max_ticks``; other failures are retried at the next tick the engine answers. The shell
 pushes through the adapter's ``set_conservativeness`` (``engine_adapter/base.py`` ``ReserveKnob``).
@@ -126,6 +127,7 @@ class ReserveTuner:
         self.pending = True  # push whatever the engine reports (first tick)
         self.failures = 0
         self.retry_at = 0
+        self.generation: int | None = None  # the engine's, as last seen (a change: it restarted)
 
     # -- the rule -------------------------------------------------------------------------------------------------
     def step(self, obs: Observation, tick: int, *, fresh: bool, fallback: bool, pinned: bool, tail_s: float | None,
@@ -200,15 +202,21 @@ class ReserveTuner:
         if not active:
             return False, None
         reported = obs.conservativeness if obs.reachable else None
+        restarted = obs.reachable and obs.engine_generation is not None and self.generation is not None \
+            and obs.engine_generation != self.generation
+        if obs.reachable and obs.engine_generation is not None:
+            self.generation = obs.engine_generation
         why: str | None
         if self.pending:
             why = "first tick"
         elif reported is not None:
             why = None if reported == self.value else f"engine runs {reported:g}, want {self.value:g}"
+        elif restarted:
+            why = "engine restarted"
         elif self.failures:
             why = "last push failed"
         elif self.running != self.value:
-            why = f"{self.running} -> {self.value:g}"
+            why = f"{'unknown' if self.running is None else format(self.running, 'g')} -> {self.value:g}"
         else:
             why = None
         if why is None:
