@@ -60,8 +60,10 @@ class ReserveParams(BaseModel):
     enabled: bool = Field(default=False, description="tune schedule_conservativeness beside the queue policy")
     arms: list[float] = Field(default=[0.3, 0.6, 1.0, 1.5], min_length=2, max_length=32,
                               description="the values it moves along, one step at a time (sorted on load)")
-    initial: float = Field(default=1.0, description="the value at start (SGLang's default: 1.0); one of arms")
-    safe: float = Field(default=1.0, description="the value while observations are stale (fallback); one of arms")
+    initial: float = Field(default=1.0, gt=0, le=MAX_CONSERVATIVENESS,
+                           description="the value at start (SGLang's default: 1.0); one of arms")
+    safe: float = Field(default=1.0, gt=0, le=MAX_CONSERVATIVENESS,
+                        description="the value while observations are stale (fallback); one of arms")
     min_dwell_ticks: int = Field(default=2, ge=1, le=1_000_000, description="windows a value runs before a move")
     raise_min_retractions: int = Field(default=1, ge=1, le=1_000_000,
                                        description="retractions in one window that raise the value one step")
