@@ -16,6 +16,7 @@ Tables: ``[slo]`` targets, ``[objective]`` how a window becomes a reward, ``[tun
 learner, ``[guard]`` the guard rules, ``[deadline]`` the SLAI DeadlineTuner (only with an slai initial policy),
 ``[whatif]`` the what-if replay (off by default; controller/whatif.py), ``[sanity]`` the bounds of a plausible
 window (controller/sanity.py), ``[reconcile]`` the backoff of refused pushes (controller/reconcile.py),
+``[reserve]`` the schedule_conservativeness tuner (off by default; controller/reserve_tuner.py),
 ``[engine]`` which adapter and its address (``[engine.metrics]``: the engine's /metrics or Prometheus),
 ``[service]`` tick interval and mode, ``[log]`` the decision log,
 ``[api]`` the HTTP API. Shipped
@@ -38,6 +39,7 @@ from schedctl.controller.guard_state import DEFAULT_POLICY
 from schedctl.controller.ktuner import KTuner, KTunerParams
 from schedctl.controller.objective import ObjectiveParams
 from schedctl.controller.reconcile import ReconcileParams
+from schedctl.controller.reserve_tuner import ReserveParams
 from schedctl.controller.sanity import SanityParams
 from schedctl.controller.whatif import WhatIfParams
 from schedctl.engine_adapter.sglang.prometheus import selector_problem
@@ -205,6 +207,7 @@ class Settings(BaseSettings):
     whatif: WhatIfParams = Field(default_factory=WhatIfParams)
     sanity: SanityParams = Field(default_factory=SanityParams)
     reconcile: ReconcileParams = Field(default_factory=ReconcileParams)
+    reserve: ReserveParams = Field(default_factory=ReserveParams)
     engine: EngineSettings = Field(default_factory=EngineSettings)
     service: ServiceSettings = Field(default_factory=ServiceSettings)
     log: LogSettings = Field(default_factory=LogSettings)
@@ -236,7 +239,7 @@ class Settings(BaseSettings):
         return ControllerParams(
             initial_policy=parse_policy(self.tuner.initial_policy), mode=self.service.mode, objective=objective,
             tuner=self.tuner.params(), guard=self.guard, deadline=deadline, whatif=self.whatif, sanity=self.sanity,
-            reconcile=self.reconcile,
+            reconcile=self.reconcile, reserve=self.reserve,
         )
 
     def initial_policy(self) -> PolicySpec:

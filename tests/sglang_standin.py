@@ -3,8 +3,8 @@
 It stands for what the sidecar's SGLang adapter talks to: ``GET /metrics`` (Prometheus text written by
 prometheus-client with SGLang 0.5.23's metric names, labels and default buckets), ``GET /server_info`` (the
 resolved server args, ``startup_time`` and the plugin's readback under ``internal_states[i]["schedctl"]``) and
-``POST /set_internal_state`` (the plugin's keys, answered ``[true]``/``[false]`` as SGLang does). It is not SGLang:
-no model, no scheduler; tests set the metrics and read the pushes.
+``POST /set_internal_state`` (the plugin's keys, the reserve's among them, answered ``[true]``/``[false]`` as
+SGLang does). It is not SGLang: no model, no scheduler; tests set the metrics and read the pushes.
 
 For fault injection it can also: die (the socket closes, connections are refused) and come back on the same port
 (``restart(lose_policy=True)``: a new ``startup_time``, counters from zero, the plugin's state back to "off", as
@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from schedctl.engine_adapter.sglang import channel, metrics
+from schedctl.engine_adapter.sglang import channel, metrics, reserve
 
 TTFT_BUCKETS_S = [0.1, 0.2, 0.4, 0.6, 0.8, 1, 2, 4, 6, 8, 10, 20, 40, 60, 80, 100, 200, 400]  # SGLang's defaults
 ITL_BUCKETS_S = [0.002, 0.004, 0.006, 0.008, 0.010, 0.015, 0.020, 0.025, 0.030, 0.035, 0.040, 0.060, 0.080, 0.100,
@@ -51,6 +51,7 @@ class FakeSGLangMetrics:
         self.cached = Counter(metrics.CACHED_TOKENS, "n", ["model_name", "cache_source"], registry=r)
         rank_labels = ["model_name", "engine_type", "tp_rank", "pp_rank", "moe_ep_rank", "dp_rank", "priority"]
         self.gauges = {name: Gauge(name, "g", rank_labels, registry=r) for name in metrics.GAUGES}
+        self.retracted = Counter(metrics.RETRACTED, "n", rank_labels[:-1], registry=r)  # no sample before the first
         self.ranks = ranks or [{"tp_rank": "0", "dp_rank": "0"}]
 
     def finish(self, ttft_s: float, prompt: int, cached: int, stream: bool = False) -> None:
@@ -66,6 +67,11 @@ class FakeSGLangMetrics:
                 labels = {"model_name": "m", "engine_type": "unified", "pp_rank": "0", "moe_ep_rank": "0",
                           "priority": "", **rank}  # fmt: skip
                 self.gauges[f"sglang:{name}"].labels(**labels).set(value)
+
+    def retract(self, n: int) -> None:
+        """The scheduler retracted ``n`` requests: every TP rank of the group counts them (scheduler.py)."""
+        for rank in self.ranks:
+            self.retracted.labels(model_name="m", engine_type="unified", pp_rank="0", moe_ep_rank="0", **rank).inc(n)
 
     def text(self) -> str:
         return generate_latest(self.registry).decode()
@@ -87,11 +93,15 @@ class FakeSGLang:
         self.plugin_state = {channel.KEY_KIND: 0, channel.KEY_K: 0, channel.KEY_VERSION: 0}
         self.pushes: list[dict[str, Any]] = []
         self.hits = 0
+        self.conservativeness = 1.0  # schedule_conservativeness, read back as the plugin does (reserve.py)
 
     def server_info(self) -> dict[str, Any]:
         state: dict[str, Any] = {"startup_time": self.startup_time}
         if self.plugin:
-            state[channel.SERVER_INFO_KEY] = dict(self.plugin_state)
+            init = min(0.7 * self.conservativeness, 1.0)
+            state[channel.SERVER_INFO_KEY] = {**self.plugin_state, "reserve": {
+                "schedule_conservativeness": self.conservativeness, "new_token_ratio_init": init,
+                "new_token_ratio_min": init * 0.14, "new_token_ratio": init}}
         return {"schedule_policy": self.schedule_policy, "version": "0.5.23", "startup_time": self.startup_time,
                 "internal_states": [state]}  # fmt: skip
 
@@ -100,6 +110,7 @@ class FakeSGLang:
         self.metrics = FakeSGLangMetrics(self.metrics.ranks)
         self.startup_time += 60.0
         self.plugin_state = {channel.KEY_KIND: 0, channel.KEY_K: 0, channel.KEY_VERSION: 0}
+        self.conservativeness = 1.0  # the server's start value again
 
     def handle(self, method: str, path: str, body: bytes) -> tuple[int, str]:
         self.hits += 1
@@ -118,9 +129,14 @@ class FakeSGLang:
                 return 500, "Internal Server Error"
             if self.push_answer == "not_json":
                 return 200, "<html>proxy error</html>"
-            ok = self.plugin and self.accept_push and set(args) <= set(channel.KEYS)
+            ok = self.plugin and self.accept_push and set(args) <= {*channel.KEYS, reserve.KEY_CONSERVATIVENESS}
+            if ok and reserve.KEY_CONSERVATIVENESS in args:
+                try:
+                    self.conservativeness = reserve.check_conservativeness(args[reserve.KEY_CONSERVATIVENESS])
+                except ValueError:
+                    ok = False
             if ok:
-                self.plugin_state.update(args)
+                self.plugin_state.update({k: v for k, v in args.items() if k in channel.KEYS})
             return 200, json.dumps([ok])
         return 404, "not found"
 

@@ -20,6 +20,10 @@ import pytest
 from live_support import child_pids, group_alive, live_server, plugin_state, set_internal_state, wait_until
 
 from schedctl import __version__
+from schedctl.controller.core import Controller, ControllerParams
+from schedctl.controller.guard import GuardParams
+from schedctl.controller.reserve_tuner import ReserveParams
+from schedctl.controller.service import Service
 from schedctl.engine_adapter.base import UnsupportedPolicy
 from schedctl.engine_adapter.sglang import channel, metrics, plugin
 from schedctl.engine_adapter.sglang.adapter import SGLangAdapter
@@ -206,6 +210,50 @@ def test_conservativeness_is_set_at_run_time_read_back_and_changes_admission(ada
         assert adapter.reserve() is not None and adapter.reserve()["schedule_conservativeness"] == 0.1  # type: ignore[index]
     finally:
         adapter.set_conservativeness(1.0)  # the server's start-up value, for the tests after this one
+
+
+def test_the_reserve_tuner_raises_conservativeness_on_real_retractions_and_sglang_reads_it_back(
+        adapter: SGLangAdapter, server: ServerProcess) -> None:
+    """The sidecar's loop (Service.tick every 1.5 s, as run_realtime ticks) with [reserve] on, starting at 0.1,
+    while requests that may stop early (no ignore_eos) retract under that small reserve: the tuner sees the
+    retractions in SGLang's /metrics, raises the value, pushes it, and the scheduler reports it in /server_info."""
+    params = ControllerParams(initial_policy="fcfs", guard=GuardParams(min_dwell_ticks=1_000_000, safe_policy="fcfs"),
+                              reserve=ReserveParams(enabled=True, arms=[0.1, 0.3, 1.0, 2.0], initial=0.1,
+                                                    min_dwell_ticks=1))
+    service = Service(Controller(params), adapter, clock=time.time)
+    done = threading.Event()
+    runs: list[tuple[float, float]] = []
+
+    def load() -> None:
+        try:
+            for seed in (11, 12, 13):
+                runs.append(_reserve_run(server.url, seed=seed))
+        finally:
+            done.set()
+
+    try:
+        first = service.tick()  # the baseline scrape; pushes fcfs and 0.1
+        assert first.reserve is not None and first.reserve.applied and first.reserve.value == 0.1
+        loader = threading.Thread(target=load)
+        loader.start()
+        decisions = []
+        deadline = time.monotonic() + 300
+        while not done.is_set() and time.monotonic() < deadline:
+            time.sleep(1.5)
+            decisions.append(service.tick())
+        loader.join()
+        decisions.append(service.tick())
+        raised = [d.reserve for d in decisions if d.reserve is not None and d.reserve.action == "raise"]
+        print(f"runs (most running, retracted): {runs}; reserve moves: "
+              f"{[(r.previous, r.value, r.retractions, r.readback) for r in raised]}")
+        assert raised, [d.reserve for d in decisions]
+        assert all(r.retractions and r.applied for r in raised)
+        assert raised[0].readback is not None and raised[0].readback["schedule_conservativeness"] == raised[0].value
+        assert raised[0].readback["new_token_ratio_init"] == pytest.approx(min(0.7 * raised[0].value, 1.0))
+        now = adapter.reserve()
+        assert now is not None and now["schedule_conservativeness"] == decisions[-1].reserve.value > 0.1  # type: ignore[union-attr]
+    finally:
+        adapter.set_conservativeness(1.0)
 
 
 def test_serve_stops_its_whole_process_group_on_sigterm(server: ServerProcess) -> None:

@@ -279,3 +279,31 @@ def test_request_export_is_followed(tmp_path: Path, engine: tuple[FakeSGLang, st
     assert adapter.take_requests() == []
     follower = RequestExportFollower(tmp_path)
     assert len(follower.poll()) == 3 and follower.skipped_lines == 2
+
+
+def test_retractions_are_the_windows_count_once_per_scheduler_group(engine: tuple[FakeSGLang, str]) -> None:
+    fake, url = engine
+    fake.metrics.ranks = [{"tp_rank": "0", "dp_rank": "0"}, {"tp_rank": "1", "dp_rank": "0"},  # TP peers
+                          {"tp_rank": "0", "dp_rank": "1"}]  # fmt: skip
+    adapter, _ = make_adapter(url)
+    assert adapter.observe().retractions is None  # the first scrape is the baseline: no window yet
+    assert adapter.observe().retractions == 0  # the family is declared, with no sample before the first retraction
+    fake.metrics.retract(3)  # each DP group retracted 3: 6 in all, whatever the TP ranks repeat
+    assert adapter.observe().retractions == 6
+    assert adapter.observe().retractions == 0
+    fake.metrics_text = fake.metrics.text().replace(metrics.RETRACTED_FAMILY, "sglang:other")
+    assert adapter.observe().retractions is None  # an engine that does not export it says nothing
+
+
+def test_the_reserve_it_runs_is_read_back_in_each_window_and_set(engine: tuple[FakeSGLang, str]) -> None:
+    fake, url = engine
+    adapter, _ = make_adapter(url)
+    assert adapter.observe().conservativeness == 1.0
+    readback = adapter.set_conservativeness(0.4)
+    assert readback["schedule_conservativeness"] == 0.4
+    assert fake.pushes[-1] == {"schedctl_schedule_conservativeness": 0.4}
+    assert adapter.observe().conservativeness == 0.4
+    with pytest.raises(ValueError, match="must be in"):
+        adapter.set_conservativeness(11.0)
+    fake.plugin = False
+    assert adapter.observe().conservativeness is None

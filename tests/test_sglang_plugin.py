@@ -361,12 +361,16 @@ def test_metric_names_come_from_sglangs_own_collectors(sg: SimpleNamespace) -> N
     for gauge, value in ((sched.num_queue_reqs, 3), (sched.num_running_reqs, 2), (sched.cache_hit_rate, 0.4),
                          (sched.token_usage, 0.5)):  # fmt: skip
         gauge.labels(**sched_labels).set(value)
+    sched.increment_retracted_reqs(num_retracted_reqs=2, num_retracted_input_tokens=100,
+                                   num_retracted_output_tokens=10)  # what Scheduler.update_running_batch calls
 
     scrape = metrics.parse_scrape(generate_latest(REGISTRY).decode())
     found = set(scrape.counters) | set(scrape.histograms) | set(scrape.gauges)
     assert set(metrics.METRICS_READ) <= found, set(metrics.METRICS_READ) - found
     assert metrics.gauge_sum(scrape, metrics.QUEUE) == 3
     assert scrape.counters[metrics.CACHED_TOKENS] and scrape.histograms[metrics.TTFT]
+    assert metrics.RETRACTED_FAMILY in scrape.families
+    assert metrics.diff(metrics.Scrape(), scrape).counters[metrics.RETRACTED] == 2
 
 
 def test_launcher_flags_parse_with_sglangs_own_parser(sg: SimpleNamespace, tmp_path: Path) -> None:

@@ -72,6 +72,23 @@ def pushed(d: Decision) -> str:
     return "yes" if d.applied else ("failed" if d.push else "no")
 
 
+def reserve_note(d: Decision) -> str:
+    """The reserve tuner's move, when this tick made one ("c 1->1.5; "), first: a narrow column keeps it."""
+    r = d.reserve
+    return f"c {r.previous:g}->{r.value:g}; " if r is not None and r.changed else ""
+
+
+def _reserve_line(d: Decision) -> str:
+    r = d.reserve
+    assert r is not None
+    pushed = "pushed" if r.applied else ("push failed" if r.push else "not pushed")
+    return (f"schedule_conservativeness {r.previous:g} -> {r.value:g} ({r.action}, rule {r.rule}): {r.detail}; "
+            f"window retractions {'-' if r.retractions is None else r.retractions}, engine runs "
+            f"{_num(r.engine_value, 'g')}; {pushed}" + (f" ({r.reconcile})" if r.reconcile else "")
+            + (f"; error: {r.apply_error}" if r.apply_error else "")
+            + (f"; readback {r.readback}" if r.readback else ""))
+
+
 def _wall(decisions: Sequence[Decision]) -> bool:
     return bool(decisions) and decisions[0].time_s > WALL_CLOCK_S
 
@@ -142,7 +159,7 @@ def tick_lines(decisions: Sequence[Decision], width: int, iso: bool, start_s: fl
         w = d.window
         when = datetime.fromtimestamp(d.time_s, UTC).strftime("%H:%M:%S") if iso else f"{d.time_s - start_s:.0f}"
         att = "-" if w.attainment is None else f"{w.attainment:.0%}"
-        mid = [acted(d)]
+        mid = [reserve_note(d) + acted(d)]
         end = [_num(w.ttft_p99_s) + (" s" if w.ttft_p99_s is not None else ""), att, pushed(d)]
         if wide:
             end = [_num(w.arrival_rate_rps, ".1f"), str(w.queue_len), *end[:2], _num(d.learner.reward, ".2f"), end[2]]
@@ -186,6 +203,8 @@ def detail_view(d: Decision, width: int, start_s: float) -> list[str]:
     if d.deadline:
         items.append(("deadline", ", ".join(f"{k}={_num(v) if isinstance(v, float) else v}"
                                             for k, v in d.deadline.items())))
+    if d.reserve is not None:
+        items.append(("reserve", _reserve_line(d)))
     if d.conditions:
         items.append(("conditions", "; ".join(str(c) for c in d.conditions)))
     if d.whatif is not None:

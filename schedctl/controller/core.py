@@ -23,6 +23,10 @@ rollback, dwell, idle, learner, locality, explore filter, hysteresis, step limit
 one that acted), and the reconciler compares it with what the engine reports it runs (``reconcile.py``):
 ``push`` is set, with the why in ``Decision.reconcile``, whenever they differ — a restart, a lost policy, a
 failed push — and never toward an engine that did not answer this tick.
+
+With ``[reserve]`` on, the ReserveTuner (``reserve_tuner.py``) then chooses SGLang's ``schedule_conservativeness``
+from the same window (its retractions, queue and KV use), after the guard, and sees the guard's fallback and pin;
+its choice and push are ``Decision.reserve`` (the shell reports the push with ``record_reserve_apply``).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from schedctl.controller.guard_state import DEFAULT_POLICY
 from schedctl.controller.ktuner import KTuner, KTunerParams, arm_label, arm_of_policy
 from schedctl.controller.objective import ObjectiveParams, Score, evaluate
 from schedctl.controller.reconcile import ReconcileParams, Reconciler
+from schedctl.controller.reserve_tuner import ReserveParams, ReserveTuner
 from schedctl.controller.sanity import SanityParams, gate
 from schedctl.controller.whatif import WhatIf, WhatIfParams, WhatIfRecord
 from schedctl.engine_adapter.base import Observation, ReplayReport
@@ -70,6 +75,7 @@ class ControllerParams(BaseModel):
     whatif: WhatIfParams = Field(default_factory=WhatIfParams)
     sanity: SanityParams = Field(default_factory=SanityParams)
     reconcile: ReconcileParams = Field(default_factory=ReconcileParams)
+    reserve: ReserveParams = Field(default_factory=ReserveParams)
 
     @field_validator("initial_policy", mode="before")
     @classmethod
@@ -145,6 +151,8 @@ class Controller:
         self.last_end_s: float | None = None
         self.whatif = WhatIf(p.whatif, p.objective, p.tuner.estimate_weight)
         self._vetoed: str | None = None  # filter mode: the exploration the replay refused this tick
+        # schedule_conservativeness, tuned beside the policy (reserve_tuner.py); None: [reserve] off
+        self.reserve = ReserveTuner(p.reserve, p.reconcile) if p.reserve.enabled else None
 
     # -- operator controls (the shell serialises them with step) ---------------------------------------------------
     def pin(self, spec: PolicySpec) -> None:
@@ -221,6 +229,9 @@ class Controller:
         push, sync = rec.plan(chosen, obs, g.running, t, self.mode == "active")
         if replay is not None and self._vetoed is not None:
             replay = replay.model_copy(update={"vetoed": self._vetoed})
+        reserve = None if self.reserve is None else self.reserve.step(
+            obs, t, fresh=fresh, fallback=g.in_fallback, pinned=g.pinned is not None, tail_s=score.tail_s,
+            ttft_target_s=self.params.objective.ttft_target_s, active=self.mode == "active")
         return Decision(
             tick_id=t, decision_id=f"{self.run_id}:{t}", time_s=obs.end_s, window=_window(obs, score),
             learner=LearnerSummary(
@@ -231,7 +242,7 @@ class Controller:
             previous=previous, policy=chosen, policy_label=policy_label(chosen), changed=chosen != previous,
             reason=reason, rule=choice.rule, detail=detail, mode=self.mode, push=push, reconcile=sync,
             conditions=rec.summary(), guard=g.summary(t), deadline=deadline_info[0] if deadline_info else None,
-            whatif=replay,
+            whatif=replay, reserve=reserve,
         )
 
     def record_apply(self, decision: Decision, ok: bool, error: str | None = None, *, unsupported: bool = False,
@@ -249,6 +260,14 @@ class Controller:
                                    supported_kinds)
         return decision.model_copy(update={"applied": ok, "apply_error": error,
                                            "conditions": self.reconciler.summary()})
+
+    def record_reserve_apply(self, decision: Decision, ok: bool, error: str | None = None, *,
+                             unsupported: bool = False, readback: dict[str, float] | None = None) -> Decision:
+        """The shell's report on pushing ``decision.reserve.value``; returns the decision with the outcome."""
+        assert decision.reserve is not None and self.reserve is not None
+        self.reserve.applied(decision.tick_id, ok, unsupported)
+        return decision.model_copy(update={"reserve": decision.reserve.model_copy(
+            update={"applied": ok, "apply_error": error, "readback": readback})})
 
     # -- pieces ------------------------------------------------------------------------------------------------------
     def _learn(self, obs: Observation, score: Score, t: int) -> tuple[str | None, str | None]:
@@ -297,6 +316,7 @@ class Controller:
             "deadline_mode": self.deadline_mode, "guard": self.guard.summary(self.tick),
             "conditions": self.reconciler.summary(), "engine_generation": self.reconciler.generation,
             "learner": self.params.tuner.learner,
+            **({"reserve": self.reserve.summary()} if self.reserve is not None else {}),
             "knowledge": {ctx: self.ktuner.summary(ctx) for ctx in sorted(self.ktuner.stats)},
             **({"whatif": {ctx: self.whatif.summary(ctx) for ctx in sorted(self.whatif.stats)}}
                if self.params.whatif.enabled else {}),

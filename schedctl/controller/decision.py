@@ -13,6 +13,10 @@ the run id is), what the window looked like (``window``), what the objective and
 
 ``whatif`` (only with the replay on) says which arms the replay scored, how, and what it changed (whatif.py).
 
+``reserve`` (only with ``[reserve]`` on) is SGLang's ``schedule_conservativeness`` chosen beside the policy: the
+value, the rule that chose it, the window's retractions, and its own push, readback and error
+(``reserve_tuner.py``).
+
 ``applied`` is filled in by the shell after it pushed the policy (always False in advisory mode).
 """
 
@@ -22,6 +26,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
+from schedctl.controller.reserve_tuner import ReserveRecord
 from schedctl.controller.whatif import WhatIfRecord
 from schedctl.policies.spec import PolicySpec, policy_family
 
@@ -95,6 +100,7 @@ class Decision(BaseModel):
     guard: dict[str, Any] = Field(default_factory=dict)
     deadline: dict[str, Any] | None = None  # DeadlineTuner (SLAI): knob, error, window P99 TBT
     whatif: WhatIfRecord | None = None  # the what-if replay of this tick (None: replay off or not this tick)
+    reserve: ReserveRecord | None = None  # the conservativeness tuner (reserve_tuner.py; None: [reserve] off)
 
     @computed_field  # type: ignore[prop-decorator]  # in the log's JSON; recomputed (not read) when a log is loaded
     @property

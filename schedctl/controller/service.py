@@ -7,6 +7,7 @@ One tick, whatever drives it::
     report = replayer.replay(arms)        # only on a replay tick; a failure becomes a report with an error
     decision = controller.step(observation, report)
     if decision.push: adapter.apply(decision.policy)   # failures become conditions (reconcile.py), never raised
+    if decision.reserve.push: adapter.set_conservativeness(value)   # [reserve] on: the second knob, same rules
     decision log <- one line (fsynced);  metrics, recent decisions <- updated
 
 Drivers: :func:`run_simulated` calls ``tick`` back to back (the embedded engine's ``observe`` advances simulated
@@ -44,6 +45,7 @@ from schedctl.engine_adapter.base import (
     Observation,
     Replayer,
     ReplayReport,
+    ReserveKnob,
     UnsupportedPolicy,
     failed_report,
 )
@@ -88,6 +90,8 @@ class ServiceMetrics:
         self._policy_label: str | None = None
         if ttft_target_s is not None:
             self.slo_ttft.set(ttft_target_s)
+        self.conservativeness = Gauge("schedctl_reserve_conservativeness",
+                                      "schedule_conservativeness the reserve tuner wants (NaN: tuner off)", registry=r)
         for reason in REASONS:
             self.decisions.labels(reason)
 
@@ -113,6 +117,7 @@ class ServiceMetrics:
         self.pinned.set(1 if d.reason == "pinned" else 0)
         self.active.set(1 if d.mode == "active" else 0)
         self.tick_seconds.observe(tick_s)
+        self.conservativeness.set(d.reserve.value if d.reserve is not None else float("nan"))
         if d.whatif is not None:
             self.replay_seconds.observe(d.whatif.wall_ms / 1e3)
             if d.whatif.error is not None:
@@ -183,6 +188,23 @@ class Service:
             return self.controller.record_apply(decision, False, f"adapter failure: {type(exc).__name__}: {exc}")
         return self.controller.record_apply(decision, True)
 
+    def _apply_reserve(self, decision: Decision) -> Decision:
+        """Push the reserve tuner's value (``ReserveKnob``); failures become the record's error, never raised."""
+        assert decision.reserve is not None
+        value, record = decision.reserve.value, self.controller.record_reserve_apply
+        if not isinstance(self.adapter, ReserveKnob):
+            return record(decision, False, "this engine adapter cannot set schedule_conservativeness", unsupported=True)
+        try:
+            readback = self.adapter.set_conservativeness(value)
+        except (UnsupportedPolicy, ValueError) as exc:
+            return record(decision, False, f"{type(exc).__name__}: {exc}", unsupported=True)
+        except EngineError as exc:
+            return record(decision, False, f"{type(exc).__name__}: {exc}")
+        except Exception as exc:
+            logger.exception("adapter set_conservativeness() failed")
+            return record(decision, False, f"adapter failure: {type(exc).__name__}: {exc}")
+        return record(decision, True, readback=readback)
+
     def _begin_window(self) -> bool:
         """Let the replayer keep the state at the start of this window; False if it failed (no replay then)."""
         if self.replayer is None or not self.controller.whatif_active():
@@ -220,6 +242,8 @@ class Service:
             decision = self.controller.step(obs, report) if report is not None else self.controller.step(obs)
             if decision.push:
                 decision = self._apply(decision)
+            if decision.reserve is not None and decision.reserve.push:
+                decision = self._apply_reserve(decision)
             if self.log is not None:
                 try:
                     self.log.write(decision)

@@ -57,6 +57,11 @@ class Observation(BaseModel):
     # age of the oldest request still waiting for its first token at the end of the window (None: unknown).
     # A starving request shows here long before it completes and enters the TTFT samples.
     oldest_wait_s: float | None = Field(default=None, ge=0.0)
+    # requests the engine retracted (sent back to the queue for memory, their prefill wasted) in the window; None:
+    # the engine does not say (SGLang: sglang:num_retracted_requests_total)
+    retractions: int | None = Field(default=None, ge=0)
+    # the schedule_conservativeness the engine reports it runs (None: unknown); the reserve tuner reconciles on it
+    conservativeness: float | None = Field(default=None, gt=0)
     active_policy: PolicySpec | None = None
     # True when the engine reported which policy it runs: active_policy None then means "none of ours" (the
     # engine's own order, e.g. after a restart); False: active_policy None means unknown
@@ -87,6 +92,16 @@ class EngineAdapter(Protocol):
 
     def apply(self, spec: PolicySpec) -> None:
         """Make ``spec`` the engine's policy (raises UnsupportedPolicy or EngineUnavailable)."""
+        ...
+
+
+@runtime_checkable
+class ReserveKnob(Protocol):
+    """An engine whose admission reserve (SGLang's ``schedule_conservativeness``) can change while it runs."""
+
+    def set_conservativeness(self, value: float) -> dict[str, float]:
+        """Set it (ValueError: out of range; UnsupportedPolicy, EngineUnavailable); returns the engine's readback:
+        ``schedule_conservativeness`` and the shares (``new_token_ratio_init``, ``_min``, ``new_token_ratio``)."""
         ...
 
 

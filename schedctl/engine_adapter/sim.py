@@ -3,13 +3,15 @@
 ``observe()`` advances the engine by one window (``window_s`` of simulated time) and returns that window, so
 the shell that calls observe, step and apply once per tick runs the controller every ``window_s`` simulated
 seconds — the same loop as against a real engine, only the clock differs. ``apply(spec)`` switches the engine's
-policy at the current simulated instant.
+policy at the current simulated instant; ``set_conservativeness(c)`` the admission reserve (SGLang's
+``schedule_conservativeness``, the reserve tuner's knob), and each window reports the value the engine runs.
 
 Per window: arrivals and completions (counter deltas), the TTFT of every request whose first token came in the
-window (raw samples), the TBT histogram delta, queue length, running requests, KV utilisation, the prefix-cache
-hit rate of the prompts admitted in the window, the mean prompt length of the completions, the active policy, and
-the age of the oldest request still waiting for its first token (tracked here: the requests are fed to the
-engine through this adapter, and the engine reports each first token with its arrival time).
+window (raw samples), the TBT histogram delta, the requests retracted, queue length, running requests, KV
+utilisation, the prefix-cache hit rate of the prompts admitted in the window, the mean prompt length of the
+completions, the active policy, and the age of the oldest request still waiting for its first token (tracked here:
+the requests are fed to the engine through this adapter, and the engine reports each first token with its arrival
+time).
 
 Memory stays flat however long the run: first-token times are drained every window and, with ``trim_log``
 (default), the engine's per-request log is emptied after each window (the sidecar does not need old rows; a
@@ -62,6 +64,7 @@ class SimAdapter:
         self._completed = len(engine.completed)
         self._aborted = len(engine.aborted)
         self._hit, self._lookup = engine.cache.hit_tokens, engine.cache.lookup_tokens
+        self._retractions = engine.retractions
         self.on_feed: Callable[[Request], None] | None = None  # hears each request as the engine takes it in
         engine.add_requests(self._feed(requests))
 
@@ -87,6 +90,20 @@ class SimAdapter:
             self.engine.set_policy(spec)
         except (ValueError, TypeError) as exc:  # e.g. a family switch with requests in flight
             raise UnsupportedPolicy(f"{spec.kind}: {exc}") from None
+
+    def set_conservativeness(self, value: float) -> dict[str, float]:
+        """``schedule_conservativeness`` from now on (``SimEngine.set_conservativeness``); returns the readback."""
+        self.engine.set_conservativeness(value)
+        return self.reserve()
+
+    def reserve(self) -> dict[str, float]:
+        """The engine's reserve as the SGLang plugin reads it back (``engine_adapter/sglang/reserve.py``)."""
+        cfg, rs = self.engine.cfg, self.engine.running_set
+        out = {"new_token_ratio_init": cfg.init_new_token_ratio if cfg.init_new_token_ratio is not None
+               else cfg.new_token_ratio, "new_token_ratio_min": cfg.new_token_ratio, "new_token_ratio": rs.ratio}
+        if cfg.schedule_conservativeness is not None:
+            out["schedule_conservativeness"] = cfg.schedule_conservativeness
+        return out
 
     def observe(self) -> Observation:
         start_s = self.now_s
@@ -125,12 +142,14 @@ class SimAdapter:
         self._arrivals = eng.arrivals
         hit, lookup = eng.cache.hit_tokens - self._hit, eng.cache.lookup_tokens - self._lookup
         self._hit, self._lookup = eng.cache.hit_tokens, eng.cache.lookup_tokens
+        retractions, self._retractions = eng.retractions - self._retractions, eng.retractions
         return Observation(
             start_s=start_s, end_s=end_s, arrivals=arrivals, completions=completions,
             ttft=LatencyDist(samples_s=ttfts), tbt=eng.tbt.drain(), queue_len=eng.queue_len, running=eng.running,
             cache_hit_rate=min(1.0, hit / lookup) if lookup > 0 else None,
             kv_utilization=min(1.0, max(0.0, eng.kv_utilization)), prompt_tokens_mean=prompt_mean,
-            active_policy=eng.policy, oldest_wait_s=self._oldest_wait_s(end_s),
+            active_policy=eng.policy, oldest_wait_s=self._oldest_wait_s(end_s), retractions=retractions,
+            conservativeness=eng.cfg.schedule_conservativeness,
         )
 
     def _oldest_wait_s(self, now_s: float) -> float:

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from schedctl.policies.spec import FCFSSpec, PolicySpec, is_token_budget, policy_label
 from schedctl.sim.radix_cache import KVNode, RadixKVCache
 from schedctl.sim.records import RequestLog, RequestRow, TBTHistogram
-from schedctl.sim.running import RunningSet
+from schedctl.sim.running import RunningSet, sglang_reserve_shares
 from schedctl.sim.step_time import StepTimeModel
 from schedctl.tokens import SYNTHETIC_TOKEN_BASE, IdAllocator, TokenArray
 from schedctl.workloads.types import Request
@@ -70,7 +70,11 @@ class EngineConfig(BaseModel):
     sglang_plugin_order: bool = Field(default=False, description=(
         "every queue policy orders as the schedctl plugin inside SGLang does (sim/sglang_pass.py): SGLang's "
         "deprioritisation, then k-LPM; with sglang_lpm or this, a batch's requests do not share uncached prefixes"))
-
+    schedule_conservativeness: float | None = Field(default=None, gt=0, description=(
+        "SGLang's knob the reserve shares were derived from (sim/running.py sglang_reserve_shares); unset: the "
+        "shares were set directly"))
+    fixed_length_outputs: bool = Field(default=False, description=(
+        "every request is sent with ignore_eos: the reserve share stays 1 whatever schedule_conservativeness"))
 
     @property
     def token_times(self) -> bool:
@@ -94,10 +98,9 @@ def sglang_engine_config(schedule_conservativeness: float = 1.0, fixed_length_ou
     in ``srt/environ.py``). A retraction there sets the share from what the retracted requests decoded; here it
     is raised to ``retract_token_ratio``.
     """
-    init = 1.0 if fixed_length_outputs else min(0.7 * schedule_conservativeness, 1.0)
-    floor = init if fixed_length_outputs else min(init * 0.14, 1.0)
-    base: dict[str, object] = dict(new_token_ratio=floor, init_new_token_ratio=init,
-                                   token_ratio_decay_per_step=(init - floor) / 600, sglang_lpm=True)
+    base: dict[str, object] = dict(sglang_reserve_shares(schedule_conservativeness, fixed_length_outputs),
+                                   schedule_conservativeness=schedule_conservativeness,
+                                   fixed_length_outputs=fixed_length_outputs, sglang_lpm=True)
     return EngineConfig.model_validate({**base, **fields})
 
 
@@ -208,6 +211,15 @@ class SimEngine:
             return
         self.policy = spec
         self._batcher.set_policy(spec)
+
+    def set_conservativeness(self, value: float) -> None:
+        """Change ``schedule_conservativeness`` while running, as the SGLang plugin does (``reserve.py``): the reserve
+        share's init, floor and decay are rebuilt from it (SGLang's tracker), the share now is scaled by new init /
+        old init and clipped; admission uses it from the next batch. With ``fixed_length_outputs`` the share stays 1.
+        """
+        shares = sglang_reserve_shares(value, self.cfg.fixed_length_outputs)  # ValueError: not > 0
+        self.cfg = self.cfg.model_copy(update={**shares, "schedule_conservativeness": float(value)})
+        self.running_set.retune(self.cfg)
 
     # -- state ---------------------------------------------------------------------------------------------
     @property

@@ -14,6 +14,10 @@ the requests (insertion order = admission order, newest last):
   ``srt/managers/scheduler_components/new_token_ratio_tracker.py``): min(1, (decoded + 20 x running) /
   (their output lengths + 1)), which may be lower than the share before it.
 
+``schedule_conservativeness`` defines the share's init, floor and decay as SGLang's ``NewTokenRatioTracker.from_config``
+does (:func:`sglang_reserve_shares`); :meth:`RunningSet.retune` rebuilds them at run time when it changes, keeping
+the decay where it was (the rule of the SGLang plugin's ``engine_adapter/sglang/reserve.py``).
+
 How much a request adds when it joins and takes when it leaves is the batcher's to say (an SGLang-like batcher
 settles its decode steps in bulk, the hybrid one per iteration); the sums live here, written in one place.
 """
@@ -26,6 +30,26 @@ if TYPE_CHECKING:
     from schedctl.sim.engine import EngineConfig, _Live
 
 RETRACT_DECODE_STEPS = 20  # SGLang's SGLANG_RETRACT_DECODE_STEPS (srt/environ.py)
+# srt/environ.py: SGLANG_INIT_NEW_TOKEN_RATIO, SGLANG_MIN_NEW_TOKEN_RATIO_FACTOR, SGLANG_NEW_TOKEN_RATIO_DECAY_STEPS
+INIT_NEW_TOKEN_RATIO = 0.7
+MIN_NEW_TOKEN_RATIO_FACTOR = 0.14
+NEW_TOKEN_RATIO_DECAY_STEPS = 600
+
+
+def sglang_reserve_shares(schedule_conservativeness: float, fixed_length_outputs: bool = False) -> dict[str, float]:
+    """The EngineConfig fields of SGLang's reserve share for a ``schedule_conservativeness``.
+
+    ``srt/managers/scheduler_components/new_token_ratio_tracker.py`` (``from_config``): init = min(0.7 c, 1),
+    min = min(init * 0.14, 1), decay = (init - min) / 600 per decode step. ``fixed_length_outputs`` (every request
+    sent with ``ignore_eos``): SGLang reserves all of a running request's remaining output whatever the share, so
+    the share is 1 and ``c`` changes nothing.
+    """
+    if not schedule_conservativeness > 0:
+        raise ValueError(f"schedule_conservativeness must be > 0, got {schedule_conservativeness!r}")
+    init = 1.0 if fixed_length_outputs else min(INIT_NEW_TOKEN_RATIO * schedule_conservativeness, 1.0)
+    floor = init if fixed_length_outputs else min(init * MIN_NEW_TOKEN_RATIO_FACTOR, 1.0)
+    return dict(new_token_ratio=floor, init_new_token_ratio=init,
+                token_ratio_decay_per_step=(init - floor) / NEW_TOKEN_RATIO_DECAY_STEPS)
 
 
 class RunningSet:
@@ -38,12 +62,24 @@ class RunningSet:
         self.remaining_tokens = 0
         self.outputs_tokens = 0  # the output lengths of the decoding requests, summed
         self._estimate = cfg.sglang_lpm or cfg.sglang_plugin_order
+        self._set_shares(cfg)
+        self.ratio = self._idle_ratio
+
+    def _set_shares(self, cfg: EngineConfig) -> None:
         self._floor = cfg.new_token_ratio
         self._decay = cfg.token_ratio_decay_per_step
         self._retract = cfg.retract_token_ratio
         self._reset_when_idle = cfg.init_new_token_ratio is not None
         self._idle_ratio = cfg.new_token_ratio if cfg.init_new_token_ratio is None else cfg.init_new_token_ratio
-        self.ratio = self._idle_ratio
+
+    def retune(self, cfg: EngineConfig) -> None:
+        """New reserve shares (``schedule_conservativeness`` changed at run time): floor, decay and idle share from
+        ``cfg``; the share now is scaled by new init / old init and clipped to [new floor, new init], so the decay
+        goes on where it was (``engine_adapter/sglang/reserve.py``'s ``apply_conservativeness``, the same rule)."""
+        old_init = self._idle_ratio
+        self._set_shares(cfg)
+        scale = self._idle_ratio / old_init if old_init > 0 else 1.0
+        self.ratio = min(self._idle_ratio, max(self._floor, self.ratio * scale))
 
     def __len__(self) -> int:
         return len(self.requests)

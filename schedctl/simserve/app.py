@@ -111,6 +111,7 @@ class SimServer:
         self.metrics = ReplicaMetrics(info.model, EngineGauges(
             queue=lambda: eng.queue_len, running=lambda: eng.running, token_usage=lambda: eng.kv_utilization,
             cache_hit_rate=lambda: eng.cache.hit_tokens / eng.cache.lookup_tokens if eng.cache.lookup_tokens else 0.0,
+            retractions=lambda: eng.retractions,
         ))
 
     def now_s(self) -> float:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from itertools import pairwise
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from schedctl.engine_adapter.sglang import metrics as names
@@ -30,12 +30,14 @@ class EngineGauges:
     """What the scheduler-side gauges read, at scrape time."""
 
     def __init__(self, queue: Callable[[], float], running: Callable[[], float], token_usage: Callable[[], float],
-                 cache_hit_rate: Callable[[], float]) -> None:
+                 cache_hit_rate: Callable[[], float], retractions: Callable[[], float] = lambda: 0.0) -> None:
         self.queue, self.running, self.token_usage, self.cache_hit_rate = queue, running, token_usage, cache_hit_rate
+        self.retractions = retractions  # the scheduler's counter (requests retracted since start)
 
 
 class _GaugeCollector(Collector):
-    """SGLang's scheduler gauges, labelled as one scheduler (tp_rank 0, pp_rank 0) reports them."""
+    """SGLang's scheduler gauges and its retraction counter, labelled as one scheduler (tp_rank 0, pp_rank 0)
+    reports them."""
 
     def __init__(self, model_name: str, gauges: EngineGauges) -> None:
         self._labels = {"model_name": model_name, "engine_type": "unified", "tp_rank": "0", "pp_rank": "0"}
@@ -52,6 +54,10 @@ class _GaugeCollector(Collector):
             family = GaugeMetricFamily(name, doc, labels=list(self._labels))
             family.add_metric(list(self._labels.values()), float(read()))
             yield family
+        retracted = CounterMetricFamily(names.RETRACTED.removesuffix("_total"), "Total number of retracted requests.",
+                                        labels=list(self._labels))
+        retracted.add_metric(list(self._labels.values()), float(g.retractions()))
+        yield retracted
 
 
 class ReplicaMetrics:

@@ -23,6 +23,7 @@ restarted) or ``/server_info``'s ``startup_time`` changes.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +37,10 @@ from schedctl.engine_adapter.sglang.prometheus import MetricsUnavailable, Promet
 from schedctl.policies.spec import PolicySpec, policy_label
 
 logger = logging.getLogger("schedctl.sglang.adapter")
+
+
+def _positive(x: float | None) -> bool:
+    return x is not None and math.isfinite(x) and x > 0
 
 
 def _clamp01(x: float | None) -> float | None:
@@ -169,20 +174,20 @@ class SGLangAdapter:
         scrape = metrics.parse_scrape(resp.text)
         if scrape.empty:
             raise EngineUnavailable("GET /metrics has no SGLang metrics (is the server started with --enable-metrics?)")
-        active, stale_reason, reported = self._active_or_why()
+        active, stale_reason, reported, conservativeness = self._active_or_why()
         if scrape.implausible is not None:  # not data: a stale window; the previous scrape stays the baseline
             return self._stale(now_s, scrape.implausible, active, reported)
         prev, prev_t_s = self._prev, self._prev_t_s
         self._prev, self._prev_t_s = scrape, now_s
         delta = metrics.diff(prev, scrape) if prev is not None and prev_t_s is not None else None
         return self._window(delta, scrape, prev_t_s, now_s, active, stale_reason).model_copy(
-            update={"active_reported": reported})
+            update={"active_reported": reported, "conservativeness": conservativeness})
 
     def _observe_prometheus(self, source: PrometheusSource) -> Observation:
         """The window from Prometheus (``prometheus.py``): a Prometheus that cannot give it makes the window stale
         while the engine answers (a push still lands), an EngineUnavailable when the engine does not either."""
         now_s = self._clock()
-        active, stale_reason, reported = self._active_or_why()
+        active, stale_reason, reported, conservativeness = self._active_or_why()
         prev_t_s = self._prev_t_s
         # the first read is a baseline (an empty window, as the first scrape of the engine) with the gauges now
         window_s = now_s - prev_t_s if prev_t_s is not None else source.max_scrape_age_s
@@ -200,16 +205,19 @@ class SGLangAdapter:
             delta = metrics.diff(metrics.Scrape(), scrape)  # the increases are the window's differences from zero
             delta.reset = reset
         return self._window(delta, scrape, prev_t_s, now_s, active, stale_reason).model_copy(
-            update={"active_reported": reported})
+            update={"active_reported": reported, "conservativeness": conservativeness})
 
-    def _active_or_why(self) -> tuple[PolicySpec | None, str | None, bool]:
-        """The policy the plugin reports, why it is unknown (None: known), whether the plugin answered."""
+    def _active_or_why(self) -> tuple[PolicySpec | None, str | None, bool, float | None]:
+        """The policy the plugin reports, why it is unknown (None: known), whether the plugin answered, and the
+        schedule_conservativeness it reads back (None: not reported)."""
         try:
             info = self._server_info()
         except EngineUnavailable as exc:
-            return None, f"active policy unknown: {exc}", False
+            return None, f"active policy unknown: {exc}", False, None
         active, _version = self._active_from(info)
-        return active, None, bool(self._plugin_states(info))  # the plugin answered: None is "its own order"
+        conservativeness = self._reserve_from(info).get("schedule_conservativeness")
+        # the plugin answered: None is "its own order"
+        return active, None, bool(self._plugin_states(info)), conservativeness if _positive(conservativeness) else None
 
     def _stale(self, now_s: float, why: str, active: PolicySpec | None, reported: bool) -> Observation:
         logger.warning("SGLang %s", why)
@@ -255,6 +263,7 @@ class SGLangAdapter:
             logger.warning("SGLang counters went down: engine restarted (generation %d)", self.engine_generation)
         completions = delta.counters[metrics.REQUESTS]
         aborted = delta.counters[metrics.ABORTED]
+        retracted = round(delta.counters[metrics.RETRACTED]) if metrics.RETRACTED_FAMILY in cur.families else None
         prompt = delta.counters[metrics.PROMPT_TOKENS]
         cached = delta.counters[metrics.CACHED_TOKENS]
         # No arrival counter in SGLang: requests in = requests out + growth of (waiting + running).
@@ -268,6 +277,7 @@ class SGLangAdapter:
             tbt=delta.histograms[metrics.ITL],
             cache_hit_rate=_clamp01(hit_rate),
             prompt_tokens_mean=prompt / completions if completions > 0 else None,
+            retractions=retracted,
             engine_generation=self.engine_generation,
             **common,
         )
@@ -305,11 +315,16 @@ class SGLangAdapter:
 
     def reserve(self) -> dict[str, float] | None:
         """The admission reserve the plugin reads back from the scheduler (``reserve.py``); None if none reports it."""
-        for state in self._plugin_states(self._server_info()):
+        return self._reserve_from(self._server_info()) or None
+
+    @classmethod
+    def _reserve_from(cls, info: dict[str, Any]) -> dict[str, float]:
+        """The first rank's reserve readback in a ``/server_info`` answer (empty: none reports it)."""
+        for state in cls._plugin_states(info):
             found = state.get("reserve")
             if isinstance(found, dict):
-                return {k: float(v) for k, v in found.items() if isinstance(v, int | float)}
-        return None
+                return {k: float(v) for k, v in found.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        return {}
 
     def set_conservativeness(self, value: float) -> dict[str, float]:
         """Set SGLang's ``schedule_conservativeness`` on every rank at run time; returns the readback."""

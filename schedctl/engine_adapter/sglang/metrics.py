@@ -8,6 +8,11 @@ Deltas between scrapes: a counter or histogram series whose value went down was 
 its delta is then its current value (what it counted since the restart), never negative, and the reset is
 reported. Histograms become per-bucket counts of the window, the input of ``LatencyDist``'s quantiles.
 
+Retractions (``sglang:num_retracted_requests_total``, a scheduler-side counter) are differenced per series and
+then aggregated as the gauges are (below): every TP rank of a group counts the same retractions. A labelled
+counter has no sample before its first increment, so a declared family without samples is a window with 0
+retractions; a scrape without the family (metrics off, another release) says nothing (None).
+
 Gauges, aggregated deliberately: the scheduler of each (DP rank) group reports the same queue from every TP/PP
 rank when ``--enable-metrics-for-all-schedulers`` is on, so series are grouped by their labels without
 ``tp_rank``, ``pp_rank`` and ``moe_ep_rank`` and the group takes its max (one value per scheduler group); queue
@@ -41,11 +46,14 @@ QUEUE = "sglang:num_queue_reqs"
 RUNNING = "sglang:num_running_reqs"
 CACHE_HIT_RATE = "sglang:cache_hit_rate"
 TOKEN_USAGE = "sglang:token_usage"
+RETRACTED = "sglang:num_retracted_requests_total"  # scheduler-side: one series per rank (scheduler.py retract_decode)
+RETRACTED_FAMILY = RETRACTED.removesuffix("_total")  # prometheus-client's name for the counter's family
 
 HISTOGRAMS = (TTFT, ITL)
 COUNTERS = (REQUESTS, ABORTED, PROMPT_TOKENS, CACHED_TOKENS)
+SCHEDULER_COUNTERS = (RETRACTED,)  # reported by every TP/PP rank of a group: aggregated as the gauges are
 GAUGES = (QUEUE, RUNNING, CACHE_HIT_RATE, TOKEN_USAGE)
-METRICS_READ = HISTOGRAMS + COUNTERS + GAUGES  # every SGLang metric name the adapter reads
+METRICS_READ = HISTOGRAMS + COUNTERS + SCHEDULER_COUNTERS + GAUGES  # every SGLang metric name the adapter reads
 
 RANK_LABELS = frozenset({"tp_rank", "pp_rank", "moe_ep_rank"})
 
@@ -116,7 +124,7 @@ def parse_scrape(text: str) -> Scrape:
 
 # a count above 2**53 cannot go up by one in a float: no engine's counter, a broken exporter's
 MAX_COUNT = float(2**53)
-COUNTS = frozenset(COUNTERS) | {h + "_bucket" for h in HISTOGRAMS} | {QUEUE, RUNNING}
+COUNTS = frozenset(COUNTERS + SCHEDULER_COUNTERS) | {h + "_bucket" for h in HISTOGRAMS} | {QUEUE, RUNNING}
 
 
 def _read(name: str) -> bool:
@@ -133,7 +141,7 @@ def add_sample(scrape: Scrape, name: str, labels: dict[str, str], value: float) 
     if name in COUNTS and (value < 0 or value > MAX_COUNT):
         scrape.problems.append(f"{name}={value:.3g}")
         return
-    if name in COUNTERS:
+    if name in COUNTERS or name in SCHEDULER_COUNTERS:
         scrape.counters.setdefault(name, {})[label_key(labels)] = float(value)
     elif name in GAUGES:
         scrape.gauges.setdefault(name, {})[label_key(labels)] = float(value)
@@ -173,6 +181,12 @@ def diff(prev: Scrape, cur: Scrape) -> Delta:
             total += d
             out.reset |= was_reset
         out.counters[name] = total
+    for name in SCHEDULER_COUNTERS:  # the delta of each series, then one per scheduler group (the max), summed
+        deltas: dict[Labels, float] = {}
+        for labels, value in cur.counters.get(name, {}).items():
+            deltas[labels], was_reset = _counter_delta(value, prev.counters.get(name, {}).get(labels))
+            out.reset |= was_reset
+        out.counters[name] = sum(_scheduler_groups(deltas))
     for name in HISTOGRAMS:
         dist, was_reset = _histogram_delta(name, prev.histograms.get(name, {}), cur.histograms.get(name, {}))
         out.histograms[name] = dist

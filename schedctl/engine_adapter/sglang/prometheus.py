@@ -75,7 +75,7 @@ def window_query(selector: str, window_s: float) -> str:
     """The one PromQL query that reads a window of ``window_s`` seconds ending at the evaluation time."""
     rng = f"[{max(1, round(window_s * 1000))}ms]"
     parts = [(f"increase({series(h + '_bucket', selector)}{rng})", h + "_bucket") for h in metrics.HISTOGRAMS]
-    parts += [(f"increase({series(c, selector)}{rng})", c) for c in metrics.COUNTERS]
+    parts += [(f"increase({series(c, selector)}{rng})", c) for c in metrics.COUNTERS + metrics.SCHEDULER_COUNTERS]
     parts += [(series(g, selector), g) for g in metrics.GAUGES]
     up = "up{" + selector + "}"
     parts += [(f"resets({series(metrics.REQUESTS, selector)}{rng})", RESETS), (up, UP),
