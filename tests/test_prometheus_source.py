@@ -47,7 +47,8 @@ def test_the_query_reads_every_metric_the_adapter_reads_over_the_window() -> Non
     q = window_query('pod="p"', 12.5)
     for name in metrics.METRICS_READ:
         assert f'"{name.replace("sglang:", "sglang[:_]")}' in q
-    assert q.count("[12500ms]") == len(metrics.HISTOGRAMS) + len(metrics.COUNTERS + metrics.SCHEDULER_COUNTERS) + 1  # + resets()
+    counters = metrics.COUNTERS + metrics.SCHEDULER_COUNTERS
+    assert q.count("[12500ms]") == len(metrics.HISTOGRAMS) + len(counters) + 1  # + resets()
     assert q.count('pod="p"') == len(metrics.METRICS_READ) + 3  # + resets, up, timestamp(up)
 
 
