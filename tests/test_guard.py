@@ -230,10 +230,10 @@ def test_a_new_load_context_starts_from_the_initial_policy() -> None:
         eng.rate_rps = 3.0
         c = Controller(ControllerParams(tuner={"seed": seed}, guard={  # type: ignore[arg-type]
             "min_dwell_ticks": 2, "settle_ticks": 0, "rollback_ticks": 99}))
-        light = [eng.tick(c, eng.window()) for _ in range(30)]
+        light = [eng.tick(c, eng.window(queue=5)) for _ in range(30)]  # 0.5 s of backlog
         assert light[-1].policy == K2
-        eng.rate_rps = 30.0  # a new load context
-        heavy = [eng.tick(c, eng.window()) for _ in range(12)]
+        eng.rate_rps = 30.0  # a new load context: 200 s of backlog
+        heavy = [eng.tick(c, eng.window(queue=2000)) for _ in range(12)]
         assert all(spec_k(d.policy) != 1 for d in heavy)
         assert any(d.policy == K4 for d in heavy[:4])
 
