@@ -161,3 +161,48 @@ def test_arms_follow_into_every_bucket_and_state_round_trips() -> None:
         bandit.update(a, 0.3)
         restored.update(b, 0.3)
     assert restored.state() == bandit.state()
+
+
+def backlog_feats(backlog_s: float | None, rate: float = 1.0) -> LoadFeatures:
+    return LoadFeatures(arrival_rate_rps=rate, queue_len=0.0, backlog_s=backlog_s, prefix_share=0.2)
+
+
+def test_backlog_levels_alone_whatever_the_rate() -> None:
+    params = BucketerParams(rate_thresholds_rps=[], queue_thresholds=[], backlog_thresholds_s=[1.0, 10.0])
+    bucketer = LoadBucketer(params)
+    # 1.3 req/s with 150 s of backlog is overload; 34 req/s with 0.2 s of it is not: the rate says nothing
+    assert bucketer.observe(backlog_feats(150.0, rate=1.3)) == "load2-share0"
+    assert LoadBucketer(params).observe(backlog_feats(0.2, rate=34.0)) == "load0-share0"
+    assert LoadBucketer(params).observe(backlog_feats(3.0)) == "load1-share0"
+    assert bucketer.observe(backlog_feats(None)) == "load2-share0"  # not measured: the last level holds
+    assert set(LoadBucketer(params).labels()) == {f"load{n}-share{s}" for n in range(3) for s in range(2)}
+    assert LoadBucketer(params).current is None  # nothing observed yet
+
+
+def test_the_load_level_is_the_highest_of_the_given_features() -> None:
+    params = BucketerParams(rate_thresholds_rps=[10.0], queue_thresholds=[], backlog_thresholds_s=[5.0])
+    assert LoadBucketer(params).observe(backlog_feats(20.0, rate=1.0)) == "load1-share0"
+    assert LoadBucketer(params).observe(backlog_feats(0.0, rate=20.0)) == "load1-share0"
+    assert LoadBucketer(params).observe(backlog_feats(0.0, rate=1.0)) == "load0-share0"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"rate_thresholds_rps": [], "queue_thresholds": [], "backlog_thresholds_s": []},  # no load feature at all
+        {"rate_thresholds_rps": [4.0, 16.0], "queue_thresholds": [8.0, 64.0], "backlog_thresholds_s": [1.0]},
+        {"backlog_thresholds_s": [10.0, 1.0]},
+    ],
+)
+def test_bad_backlog_thresholds_refused(fields: dict) -> None:
+    with pytest.raises(BanditConfigError):
+        LoadBucketer(fields)
+
+
+def test_a_state_saved_before_the_backlog_feature_restores() -> None:
+    old = {"params": {"rate_thresholds_rps": [10.0], "queue_thresholds": [1000.0], "share_thresholds": [0.5],
+                      "hysteresis_fraction": 0.2},
+           "levels": {"rate": 1, "queue": 0, "share": 0}}
+    restored = LoadBucketer.from_state(old)
+    assert restored.current == "load1-share0"
+    assert restored.observe(feats(9.0)) == "load1-share0"  # the hysteresis memory came back

@@ -230,10 +230,10 @@ def test_a_new_load_context_starts_from_the_initial_policy() -> None:
         eng.rate_rps = 3.0
         c = Controller(ControllerParams(tuner={"seed": seed}, guard={  # type: ignore[arg-type]
             "min_dwell_ticks": 2, "settle_ticks": 0, "rollback_ticks": 99}))
-        light = [eng.tick(c, eng.window()) for _ in range(30)]
+        light = [eng.tick(c, eng.window(queue=5)) for _ in range(30)]  # 0.5 s of backlog
         assert light[-1].policy == K2
-        eng.rate_rps = 30.0  # a new load context
-        heavy = [eng.tick(c, eng.window()) for _ in range(12)]
+        eng.rate_rps = 30.0  # a new load context: 200 s of backlog
+        heavy = [eng.tick(c, eng.window(queue=2000)) for _ in range(12)]
         assert all(spec_k(d.policy) != 1 for d in heavy)
         assert any(d.policy == K4 for d in heavy[:4])
 
@@ -262,3 +262,26 @@ def test_asking_whether_a_policy_is_blocked_changes_nothing() -> None:
     assert g.blocked == {"klpm:8": 15}  # asked past the end: still there until the tick expires it
     g.expire(15)
     assert g.blocked == {}
+
+
+def test_an_arm_learned_without_backlog_is_not_exploited_through_an_overload() -> None:
+    # Mooncake-like: the request rate never changes (1.3 req/s of long prompts). FCFS is best while nothing
+    # queues and very bad once a backlog builds. The backlog is a new load context: the controller leaves FCFS
+    # for the initial policy there instead of exploiting what FCFS earned in the quiet spell.
+    def tail(p: PolicySpec, t: float) -> float:
+        k = spec_k(p)
+        if t <= 300:
+            return {1: 3.0, 2: 3.5, 4: 5.0, 8: 7.0, "inf": 9.0}[k]
+        return {1: 400.0}.get(k, 20.0)
+
+    for seed in range(4):
+        eng = Engine(tail)
+        eng.rate_rps = 1.3
+        c = Controller(ControllerParams(tuner={"seed": seed}, guard={  # type: ignore[arg-type]
+            "min_dwell_ticks": 2, "settle_ticks": 0, "rollback_ticks": 99}))
+        quiet = [eng.tick(c, eng.window(queue=2)) for _ in range(30)]  # 0.2 s of backlog
+        assert quiet[-1].policy == FCFS
+        overload = [eng.tick(c, eng.window(queue=190)) for _ in range(12)]  # 19 s of backlog, same rate
+        assert overload[0].learner.context != quiet[-1].learner.context
+        assert sum(spec_k(d.policy) == 1 for d in overload) <= 1  # at most the tick that saw the backlog first
+        assert any(d.policy == K4 for d in overload[:4])

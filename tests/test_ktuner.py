@@ -93,3 +93,21 @@ def test_same_seed_same_proposals() -> None:
 
     assert run(5) == run(5)
     assert run(5) != run(6)
+
+
+def test_backlog_is_the_queue_in_seconds_of_the_engines_own_service() -> None:
+    from schedctl.controller.ktuner import backlog_s
+
+    def window(queue: int, first_tokens: int, rate_rps: float) -> Observation:
+        return Observation(start_s=0.0, end_s=10.0, arrivals=int(rate_rps * 10), completions=first_tokens,
+                           ttft=LatencyDist(samples_s=[1.0] * first_tokens), queue_len=queue, cache_hit_rate=0.1)
+
+    mooncake = window(queue=190, first_tokens=13, rate_rps=1.3)  # 15k-token prompts past saturation
+    tree = window(queue=6, first_tokens=340, rate_rps=34.0)  # short prompts, busy but not queueing
+    assert backlog_s(mooncake) == pytest.approx(190 * 10 / 13)
+    assert backlog_s(tree) == pytest.approx(6 * 10 / 340)
+    assert backlog_s(window(queue=5, first_tokens=0, rate_rps=1.0)) == pytest.approx(50.0)  # none admitted
+    assert backlog_s(window(queue=0, first_tokens=0, rate_rps=0.0)) == 0.0
+    kt = KTuner()  # the default buckets: the rate does not decide, the backlog does
+    assert kt.context_label(mooncake).startswith("load1")
+    assert kt.context_label(tree).startswith("load0")

@@ -22,7 +22,11 @@ from schedctl.workloads.registry import make_requests
 
 HW = Hardware(gpu=load_gpu("h100-sxm"), model=load_model("llama-3.1-8b"))
 GSP = "gsp:num_groups=256,system_prompt_len=4096"
-PARAMS = ControllerParams(guard={"min_dwell_ticks": 1, "explore_when_slo_met": True})
+# rate buckets: a fresh engine's first window (empty queue) falls in the context the first run learned in
+RATE_BUCKETS = {"learner": "ucb1", "learner_params": {"exploration": 0.3}, "bucketer": {
+    "rate_thresholds_rps": [6.0, 24.0], "queue_thresholds": [], "share_thresholds": [0.6]}}
+PARAMS = ControllerParams(guard={"min_dwell_ticks": 1, "explore_when_slo_met": True},
+                          tuner={"learner_params": RATE_BUCKETS})  # type: ignore[arg-type]
 
 
 def sim(seed: int = 2) -> SimAdapter:

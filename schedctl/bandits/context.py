@@ -4,8 +4,12 @@ The best k of k-LPM depends on the load (FCFS at low load, LPM at high load, k =
 the prompts share. ``LoadBucketer`` turns three features of a window into a bucket label such as
 ``"load1-share0"``:
 
-- load level: the higher of the arrival-rate level and the queue-length level. With thresholds
-  ``[t1, t2]`` a feature is at level 0 below t1, 1 from t1, 2 from t2.
+- load level: the highest of the arrival-rate level, the queue-length level and the backlog level (the queue in
+  seconds of the engine's own recent service rate, ``LoadFeatures.backlog_s``). With thresholds ``[t1, t2]`` a
+  feature is at level 0 below t1, 1 from t1, 2 from t2; a feature whose threshold list is empty is ignored.
+  Request rates mean different loads for different prompts (1.3 req/s of 15k-token prompts saturates an H100
+  that serves 34 req/s of tree prompts unqueued); the backlog is the wait a new arrival sees, in the units of
+  the SLO, on any workload.
 - share level: the same on the prefix-share fraction (e.g. the prefix-cache hit rate), when thresholds are given.
 
 Hysteresis keeps a bucket from flapping when a feature hovers at a threshold: a level rises past threshold t
@@ -50,6 +54,10 @@ class LoadFeatures(BaseModel):
 
     arrival_rate_rps: float = Field(ge=0)
     queue_len: float = Field(ge=0, description="waiting requests at the end of the window")
+    backlog_s: float | None = Field(
+        default=None, ge=0, allow_inf_nan=False,
+        description="the waiting queue in seconds of the engine's service: queue_len / requests admitted per s",
+    )
     prefix_share: float | None = Field(default=None, ge=0, le=1, description="e.g. prefix-cache hit rate")
 
 
@@ -58,10 +66,13 @@ class BucketerParams(BaseModel):
 
     rate_thresholds_rps: list[float] = Field(default=[4.0, 16.0], description="arrival-rate level boundaries")
     queue_thresholds: list[float] = Field(default=[8.0, 64.0], description="queue-length level boundaries")
+    backlog_thresholds_s: list[float] = Field(
+        default=[], description="backlog level boundaries (seconds of service queued); [] = ignore"
+    )
     share_thresholds: list[float] = Field(default=[0.5], description="prefix-share boundaries; [] = ignore")
     hysteresis_fraction: float = Field(default=0.1, ge=0, lt=1)
 
-    @field_validator("rate_thresholds_rps", "queue_thresholds", "share_thresholds")
+    @field_validator("rate_thresholds_rps", "queue_thresholds", "backlog_thresholds_s", "share_thresholds")
     @classmethod
     def _increasing(cls, v: list[float]) -> list[float]:
         if any(t <= 0 for t in v):
@@ -72,9 +83,20 @@ class BucketerParams(BaseModel):
 
     @model_validator(mode="after")
     def _same_levels(self) -> BucketerParams:
-        if len(self.rate_thresholds_rps) != len(self.queue_thresholds):
-            raise ValueError("rate_thresholds_rps and queue_thresholds must have the same length (same load levels)")
+        given = {name: len(v) for name, v in self.load_thresholds().items() if v}
+        if not given:
+            raise ValueError("give at least one of rate_thresholds_rps, queue_thresholds, backlog_thresholds_s")
+        if len(set(given.values())) > 1:
+            raise ValueError(f"{', '.join(given)} must have the same length (same load levels)")
         return self
+
+    def load_thresholds(self) -> dict[str, list[float]]:
+        """The load features' thresholds by feature name (an empty list: the feature is ignored)."""
+        return {"rate": self.rate_thresholds_rps, "queue": self.queue_thresholds, "backlog": self.backlog_thresholds_s}
+
+    @property
+    def load_levels(self) -> int:
+        return 1 + max(len(v) for v in self.load_thresholds().values())
 
 
 def _level(value: float, thresholds: list[float], current: int | None, hysteresis: float) -> int:
@@ -89,34 +111,42 @@ def _level(value: float, thresholds: list[float], current: int | None, hysteresi
     return level
 
 
+_LEVELS = ("rate", "queue", "backlog", "share")
+
+
 class LoadBucketer:
-    """Thresholds with hysteresis on arrival rate, queue length and prefix share -> a bucket label."""
+    """Thresholds with hysteresis on arrival rate, queue length, backlog and prefix share -> a bucket label."""
 
     def __init__(self, params: BucketerParams | Mapping[str, Any] | None = None) -> None:
         self.params = validate_params(BucketerParams, "bucketer", {} if params is None else params)
-        self.levels: dict[str, int | None] = {"rate": None, "queue": None, "share": None}
+        self.levels: dict[str, int | None] = dict.fromkeys(_LEVELS)
+        self.observed = False  # whether a window was observed (``current`` is None before)
+
+    def _kept(self, name: str, value: float | None, thresholds: list[float]) -> int | None:
+        """The level of one feature: None when ignored; the last level when not measured this window."""
+        if not thresholds:
+            return None
+        if value is None:
+            return self.levels[name]
+        return _level(value, thresholds, self.levels[name], self.params.hysteresis_fraction)
 
     def _levels(self, f: LoadFeatures) -> dict[str, int | None]:
-        p, h = self.params, self.params.hysteresis_fraction
-        share = None
-        if p.share_thresholds and f.prefix_share is not None:
-            share = _level(f.prefix_share, p.share_thresholds, self.levels["share"], h)
-        elif p.share_thresholds:
-            share = self.levels["share"]  # no share measured this window: keep the last level
-        return {
-            "rate": _level(f.arrival_rate_rps, p.rate_thresholds_rps, self.levels["rate"], h),
-            "queue": _level(f.queue_len, p.queue_thresholds, self.levels["queue"], h),
-            "share": share,
-        }
+        p = self.params
+        values = {"rate": f.arrival_rate_rps, "queue": f.queue_len, "backlog": f.backlog_s}
+        levels = {name: self._kept(name, values[name], t) for name, t in p.load_thresholds().items()}
+        levels["share"] = self._kept("share", f.prefix_share, p.share_thresholds)
+        return levels
 
     @staticmethod
     def _label(levels: Mapping[str, int | None]) -> str:
-        load = max(levels["rate"] or 0, levels["queue"] or 0)
-        return f"load{load}" if levels["share"] is None else f"load{load}-share{levels['share']}"
+        load = max(levels.get(name) or 0 for name in ("rate", "queue", "backlog"))
+        share = levels.get("share")
+        return f"load{load}" if share is None else f"load{load}-share{share}"
 
     def observe(self, features: LoadFeatures | Mapping[str, Any]) -> str:
         """The bucket of this window; moves the hysteresis state."""
         self.levels = self._levels(_as_features(features))
+        self.observed = True
         return self._label(self.levels)
 
     def peek(self, features: LoadFeatures | Mapping[str, Any]) -> str:
@@ -126,22 +156,25 @@ class LoadBucketer:
     @property
     def current(self) -> str | None:
         """The bucket of the last observed window (None before the first)."""
-        return None if self.levels["rate"] is None else self._label(self.levels)
+        return self._label(self.levels) if self.observed else None
 
     def labels(self) -> list[str]:
         """Every bucket label this bucketer can produce."""
-        loads = range(len(self.params.rate_thresholds_rps) + 1)
+        loads = range(self.params.load_levels)
         if not self.params.share_thresholds:
             return [f"load{n}" for n in loads]
         return [f"load{n}-share{s}" for n in loads for s in range(len(self.params.share_thresholds) + 1)]
 
     def state(self) -> dict[str, Any]:
-        return {"params": self.params.model_dump(mode="json"), "levels": dict(self.levels)}
+        return {"params": self.params.model_dump(mode="json"), "levels": dict(self.levels), "observed": self.observed}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> Self:
         bucketer = cls(state["params"])
-        bucketer.levels = {k: (None if v is None else int(v)) for k, v in state["levels"].items()}
+        levels = state["levels"]
+        bucketer.levels.update({k: (None if v is None else int(v)) for k, v in levels.items() if k in _LEVELS})
+        # a state saved before "observed" was kept: the rate level was set from the first window on
+        bucketer.observed = bool(state.get("observed", levels.get("rate") is not None))
         return bucketer
 
 
@@ -149,7 +182,7 @@ def _as_features(features: LoadFeatures | Mapping[str, Any]) -> LoadFeatures:
     if isinstance(features, LoadFeatures):
         return features
     if features is None:
-        raise ValueError("contextual: needs load features (arrival_rate_rps, queue_len, prefix_share)")
+        raise ValueError("contextual: needs load features (arrival_rate_rps, queue_len, backlog_s, prefix_share)")
     return LoadFeatures.model_validate(features)
 
 

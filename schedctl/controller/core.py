@@ -42,6 +42,7 @@ from schedctl.controller.guard import Guard, GuardParams, Tick, run_chain
 from schedctl.controller.guard_state import DEFAULT_POLICY
 from schedctl.controller.ktuner import KTuner, KTunerParams, arm_label, arm_of_policy
 from schedctl.controller.objective import ObjectiveParams, Score, evaluate
+from schedctl.controller.pooling import WindowPool
 from schedctl.controller.reconcile import ReconcileParams, Reconciler
 from schedctl.controller.reserve_tuner import ReserveParams, ReserveTuner
 from schedctl.controller.sanity import SanityParams, gate
@@ -150,6 +151,7 @@ class Controller:
         self.reconciler = Reconciler(p.reconcile)  # what the engine runs vs what we want; failed pushes
         self.last_end_s: float | None = None
         self.whatif = WhatIf(p.whatif, p.objective, p.tuner.estimate_weight)
+        self.pool = WindowPool(p.objective.min_samples, p.objective.pool_max_windows)  # thin windows (pooling.py)
         self._vetoed: str | None = None  # filter mode: the exploration the replay refused this tick
         # schedule_conservativeness, tuned beside the policy (reserve_tuner.py); None: [reserve] off
         self.reserve = ReserveTuner(p.reserve, p.reconcile) if p.reserve.enabled else None
@@ -198,9 +200,17 @@ class Controller:
         g.note_fresh(fresh)
         if fresh:
             self.last_end_s = obs.end_s
-        context, credited, replay = self._learn_all(obs, score, t, fresh, whatif)
+        window, window_score, pooled = obs, score, None  # the evidence: this window, or thin ones merged
+        if fresh and score.thin and not self.deadline_mode:
+            merged = self.pool.add(obs, g.running)
+            if merged is not None:
+                window, pooled = merged, self.pool.merged_windows
+                score = evaluate(merged, self.params.objective)
+        else:
+            self.pool.clear()
+        context, credited, replay = self._learn_all(window, score, t, fresh, whatif)
         if fresh:
-            g.record_tail(t, score.tail_s, self.ktuner.context_label(obs) if not self.deadline_mode else None)
+            g.record_tail(t, score.tail_s, self.ktuner.context_label(window) if not self.deadline_mode else None)
         previous = self.target
         deadline_info: list[dict[str, Any]] = []
 
@@ -233,10 +243,11 @@ class Controller:
             obs, t, fresh=fresh, fallback=g.in_fallback, pinned=g.pinned is not None, tail_s=score.tail_s,
             ttft_target_s=self.params.objective.ttft_target_s, active=self.mode == "active")
         return Decision(
-            tick_id=t, decision_id=f"{self.run_id}:{t}", time_s=obs.end_s, window=_window(obs, score),
+            tick_id=t, decision_id=f"{self.run_id}:{t}", time_s=obs.end_s, window=_window(obs, window_score),
             learner=LearnerSummary(
                 learner=self.params.tuner.learner if not self.deadline_mode else "deadline_pid",
                 context=context, reward=score.reward, why_no_reward=score.why_none, credited=credited,
+                pooled_windows=pooled,
                 proposal=proposal, arms=self.ktuner.summary(context) if context else {},
             ),
             previous=previous, policy=chosen, policy_label=policy_label(chosen), changed=chosen != previous,

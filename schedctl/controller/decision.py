@@ -71,6 +71,7 @@ class LearnerSummary(BaseModel):
     reward: float | None = None
     why_no_reward: str | None = None
     credited: str | None = None  # the arm the reward went to
+    pooled_windows: int | None = None  # the reward is of this many thin windows merged (controller/pooling.py)
     proposal: str | None = None  # the arm the learner proposed (None when it was not asked)
     arms: dict[str, dict[str, float]] = Field(default_factory=dict)  # this context: arm -> {"n", "mean"}
 

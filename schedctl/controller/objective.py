@@ -41,6 +41,10 @@ class ObjectiveParams(BaseModel):
     attainment_weight: float = Field(default=0.3, ge=0, le=1, description="weight of attainment vs tail score")
     tail_ratio_zero: float = Field(default=100.0, gt=1, le=1e6, description="tail / target ratio that scores 0")
     count_oldest_waiting: bool = Field(default=True, description="count the oldest waiting request's age as tail")
+    pool_max_windows: int = Field(
+        default=6, ge=1, le=1000, description="thin windows (fewer than min_samples) of one policy merged until "
+        "together they have min_samples first tokens, at most this many (1: no pooling; controller/pooling.py)"
+    )
     idle_queue_len: int = Field(
         default=0, ge=-1, le=1_000_000, description="a window ending with at most this many waiting and its tail "
         "within the target is idle: the order had no choice to make (-1: never idle)"
@@ -60,6 +64,7 @@ class Score(BaseModel):
     tail_s: float | None = None  # the tail the reward used (with the oldest waiting request)
     attainment: float | None = None
     idle: bool = False  # the queue was (nearly) empty and the SLO met: no evidence about the order
+    thin: bool = False  # a valid window with fewer than min_samples first tokens (the controller may pool it)
 
 
 def _finite(x: float | None) -> bool:
@@ -86,7 +91,8 @@ def evaluate(obs: Observation, p: ObjectiveParams) -> Score:
     dist = obs.ttft
     samples = dist.count
     if not math.isfinite(samples) or samples < p.min_samples:
-        return Score(reward=None, why_none=f"too few samples ({samples:g} < {p.min_samples})", samples=samples)
+        return Score(reward=None, why_none=f"too few samples ({samples:g} < {p.min_samples})", samples=samples,
+                     thin=math.isfinite(samples))
     if dist.samples_s and not all(math.isfinite(v) and v >= 0 for v in dist.samples_s):
         return Score(reward=None, why_none="non-finite or negative TTFT sample", samples=samples)
     q_tail = dist.quantile(p.tail_quantile)

@@ -74,6 +74,7 @@ def sidecar_settings(cfg: FleetConfig, base_url: str, log_path: Path) -> dict[st
     s["tuner"].update(initial_policy=cfg.initial_policy, arms=list(cfg.arms))
     bucketer = s["tuner"]["learner_params"]["bucketer"]
     bucketer["rate_thresholds_rps"] = [r * cfg.time_scale for r in bucketer["rate_thresholds_rps"]]  # per wall s
+    bucketer["backlog_thresholds_s"] = [b / cfg.time_scale for b in bucketer.get("backlog_thresholds_s", [])]
     s["guard"].update(min_dwell_ticks=cfg.min_dwell_ticks, safe_policy=cfg.initial_policy)
     s["log"].update(path=str(log_path), fsync=False)
     s["api"]["enabled"] = False
