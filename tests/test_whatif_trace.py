@@ -100,3 +100,11 @@ def test_the_recorder_writes_mooncake_lines_read_back_by_trace_and_stops_at_its_
     assert "1000" not in (tmp_path / "r.jsonl").read_text()  # no token id
     again = TraceRecorder(tmp_path / "r.jsonl")
     assert not again.record(prompt, 1) and "FileExistsError" in (again.stopped or "")  # never overwrites
+
+
+def test_arms_off_the_k_axis_keep_their_labels() -> None:
+    from schedctl.cli.whatif import parse_arms
+    from schedctl.controller.ktuner import KTunerParams
+
+    _params, arms = parse_arms("fcfs,klpm:4,lpm,hrrn,spf,lpm-aging:64", KTunerParams())
+    assert arms == [1, 4, "inf", "hrrn", "spf", "lpm-aging:64"]  # hrrn is not lpm's "inf"

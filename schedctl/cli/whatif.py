@@ -20,6 +20,7 @@ from schedctl.cli import common
 from schedctl.cli.common import UsageError, parse_or_usage
 from schedctl.controller.ktuner import KTunerParams
 from schedctl.files import read_toml, validation_message
+from schedctl.policies.arms import arm_of
 from schedctl.policies.spec import KLPMSpec, check_k, parse_policy, policy_label, split_policies
 from schedctl.settings import Settings, load_settings
 from schedctl.sim.profiles import config_dir
@@ -28,14 +29,14 @@ DEFAULT_PROFILE = Path("h100-sxm-llama-3.1-8b") / "profile.toml"  # under config
 
 
 def _arm(text: str) -> Any:
-    """An arm as the tuner's settings take it: a k (an integer or inf) for a k-LPM policy, else the policy text."""
+    """An arm as the tuner's settings take it: a k (an integer or inf) for a k-LPM policy, else the policy's label."""
     try:
         return check_k(text)
     except ValueError:
         pass
     spec = parse_or_usage(parse_policy, text, "--arms")
     if isinstance(spec, KLPMSpec):
-        return "inf" if spec.k is None else spec.k
+        return arm_of(spec)  # a k on the k axis; hrrn, spf, lpm-aging:N, sglang:* by their label
     return policy_label(spec)
 
 
