@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pytest
 
 from schedctl.controller.core import Controller, ControllerParams, unavailable
+from schedctl.controller.decision import Decision
 from schedctl.controller.guard import Guard, GuardParams
 from schedctl.engine_adapter.base import Observation
 from schedctl.policies.arms import spec_for
@@ -225,17 +227,23 @@ def test_a_new_load_context_starts_from_the_initial_policy() -> None:
             return {1: 4.0, 2: 3.0, 4: 5.0, 8: 7.0, "inf": 9.0}[k]
         return {1: 400.0}.get(k, 8.0)
 
-    for seed in range(6):
-        eng = Engine(tail)
-        eng.rate_rps = 3.0
-        c = Controller(ControllerParams(tuner={"seed": seed}, guard={  # type: ignore[arg-type]
-            "min_dwell_ticks": 2, "settle_ticks": 0, "rollback_ticks": 99}))
-        light = [eng.tick(c, eng.window(queue=5)) for _ in range(30)]  # 0.5 s of backlog
+    for light, heavy in two_load_contexts(tail, range(6), (3.0, 5), (30.0, 2000)):  # 0.5 s, then 200 s of backlog
         assert light[-1].policy == K2
-        eng.rate_rps = 30.0  # a new load context: 200 s of backlog
-        heavy = [eng.tick(c, eng.window(queue=2000)) for _ in range(12)]
         assert all(spec_k(d.policy) != 1 for d in heavy)
         assert any(d.policy == K4 for d in heavy[:4])
+
+
+def two_load_contexts(tail: Callable[[PolicySpec, float], float], seeds: Iterable[int], first: tuple[float, int],
+                      second: tuple[float, int]) -> Iterator[tuple[list[Decision], list[Decision]]]:
+    """Per seed, 30 ticks at the first (rate req/s, queue) and then 12 at the second: both lists of decisions."""
+    for seed in seeds:
+        eng = Engine(tail)
+        c = Controller(ControllerParams(tuner={"seed": seed}, guard={  # type: ignore[arg-type]
+            "min_dwell_ticks": 2, "settle_ticks": 0, "rollback_ticks": 99}))
+        eng.rate_rps = first[0]
+        before = [eng.tick(c, eng.window(queue=first[1])) for _ in range(30)]
+        eng.rate_rps = second[0]
+        yield before, [eng.tick(c, eng.window(queue=second[1])) for _ in range(12)]
 
 
 @pytest.mark.parametrize("k", [1, 2, 8, "inf"])
@@ -274,14 +282,8 @@ def test_an_arm_learned_without_backlog_is_not_exploited_through_an_overload() -
             return {1: 3.0, 2: 3.5, 4: 5.0, 8: 7.0, "inf": 9.0}[k]
         return {1: 400.0}.get(k, 20.0)
 
-    for seed in range(4):
-        eng = Engine(tail)
-        eng.rate_rps = 1.3
-        c = Controller(ControllerParams(tuner={"seed": seed}, guard={  # type: ignore[arg-type]
-            "min_dwell_ticks": 2, "settle_ticks": 0, "rollback_ticks": 99}))
-        quiet = [eng.tick(c, eng.window(queue=2)) for _ in range(30)]  # 0.2 s of backlog
+    for quiet, overload in two_load_contexts(tail, range(4), (1.3, 2), (1.3, 190)):  # 0.2 s, then 19 s of backlog
         assert quiet[-1].policy == FCFS
-        overload = [eng.tick(c, eng.window(queue=190)) for _ in range(12)]  # 19 s of backlog, same rate
         assert overload[0].learner.context != quiet[-1].learner.context
         assert sum(spec_k(d.policy) == 1 for d in overload) <= 1  # at most the tick that saw the backlog first
         assert any(d.policy == K4 for d in overload[:4])
