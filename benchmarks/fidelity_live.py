@@ -6,7 +6,8 @@ Run (needs the SGLang venv, ~5-10 min on 2 cores; one server, stopped at the end
 
 1. Starts a real SGLang 0.5.23 server on this CPU (tiny random-weight Llama, ``tiny_cpu_server``: the schedctl
    plugin loaded, ``--max-total-tokens --max-running-requests --chunked-prefill-size`` as given, forward-iteration
-   numbers in its log: ``SGLANG_LOG_FORWARD_ITERS=1``).
+   numbers in its log: ``SGLANG_LOG_FORWARD_ITERS=1``), with its scheduler process alone on core 0 and its other
+   processes and the load generator on core 1 (``isolate_scheduler``; on 2 cores or more).
 2. Calibrates: a calibration load (bursts of unique and shared-prefix prompts, then long decodes at 1 to 16
    concurrent requests) is sent, and the step-time profile is fitted to the server's own ``Prefill batch`` /
    ``Decode batch`` log lines (``schedctl calibrate --from server.log``: ``read_sglang_log`` + ``fit_rows``),
@@ -43,7 +44,7 @@ import httpx
 import numpy as np
 
 from schedctl.engine_adapter.sglang.adapter import SGLangAdapter
-from schedctl.engine_adapter.sglang.launcher import tiny_cpu_server
+from schedctl.engine_adapter.sglang.launcher import ServerProcess, tiny_cpu_server
 from schedctl.loadgen.protocol import fit_vocab
 from schedctl.loadgen.runner import LoadConfig, run_load
 from schedctl.policies.spec import parse_policy
@@ -109,6 +110,31 @@ def single_prefill_requests(seed: int) -> list[Request]:
             for r in hashed(list(make_requests(w, 1e4, "regular", num_requests=n, seed=seed + 300 + i)))]
 
 
+def isolate_scheduler(server: ServerProcess) -> str:
+    """Pin SGLang's scheduler process (every thread) to core 0, its other processes and this one to core 1.
+
+    On this 2-core testbed the forward pass otherwise shares its core with SGLang's tokenizer and detokenizer
+    processes and the load generator, and a step costs more the more the others stream: a cost no step-time
+    profile of the forward pass carries. A GPU host has the forward pass on the GPU. Returns what it did.
+    """
+    if (os.cpu_count() or 1) < 2 or server.proc is None:
+        return "scheduler not isolated (fewer than 2 cores)"
+    pgid, pinned = server.proc.pid, {0: 0, 1: 0}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) != pgid:  # fields after the name: state ppid pgrp
+                continue
+            core = 0 if b"scheduler" in (stat.parent / "cmdline").read_bytes() else 1
+            for task in (stat.parent / "task").iterdir():
+                os.sched_setaffinity(int(task.name), {core})
+                pinned[core] += 1
+        except (OSError, ValueError, IndexError):
+            continue  # a process or thread that ended meanwhile
+    for task in Path("/proc/self/task").iterdir():
+        os.sched_setaffinity(int(task.name), {1})
+    return f"scheduler isolated: {pinned[0]} threads on core 0, {pinned[1]} other server threads and the load on core 1"
+
+
 def calibrate_single_prefills(workdir: Path, sglang_args: list[str], seed: int) -> list[StepRow]:
     """The step rows of :func:`single_prefill_requests` on a server of its own, started and stopped here."""
     args = [*sglang_args]
@@ -117,6 +143,7 @@ def calibrate_single_prefills(workdir: Path, sglang_args: list[str], seed: int) 
     try:
         server.start()
         server.wait_healthy(420.0)
+        say(isolate_scheduler(server))
         reqs = single_prefill_requests(seed)
         for lo in range(0, len(reqs), 8):  # bursts of 8: each prefill but the last of a burst has others waiting
             run_load(reqs[lo:lo + 8], LoadConfig(url=server.url, request_timeout_s=180.0))
@@ -188,6 +215,7 @@ def main() -> None:
     try:
         server.start()
         server.wait_healthy(420.0)
+        say(isolate_scheduler(server))
         say(f"server healthy at {server.url} after {time.monotonic() - t0:.0f} s ({workdir})")
         url = server.url
         adapter = SGLangAdapter(url, timeout_s=10.0)
