@@ -14,7 +14,8 @@ class EngineConfig(BaseModel):
     chunked_prefill_tokens: int = Field(default=8192, ge=1, description="token budget of one prefill round")
     max_running_requests: int = Field(default=1024, ge=1)
     new_token_ratio: float = Field(default=0.4, ge=0, le=1, description="share of remaining outputs reserved")
-    retract_token_ratio: float = Field(default=0.9, ge=0, le=1, description="reserve share right after a retraction")
+    retract_token_ratio: float = Field(default=0.9, ge=0, le=1, description=(
+        "reserve share right after a retraction (the idealised engine; SGLang's scheduler estimates it)"))
     token_ratio_decay_per_step: float = Field(default=0.001, ge=0)
     init_new_token_ratio: float | None = Field(default=None, ge=0, le=1, description=(
         "reserve share at start and whenever the engine falls idle, decaying to new_token_ratio (SGLang's "
@@ -42,6 +43,12 @@ class EngineConfig(BaseModel):
         "every request is sent with ignore_eos: the reserve share stays 1 whatever schedule_conservativeness"))
 
     @property
+    def sglang_scheduler(self) -> bool:
+        """Whether the engine runs as SGLang's scheduler (either option): its admission reserve, its share after a
+        retraction, and its matching of a round's requests against the tree as it was before the round."""
+        return self.sglang_lpm or self.sglang_plugin_order
+
+    @property
     def token_times(self) -> bool:
         """Whether requests in flight record every token's time (for the completed log or for streams)."""
         return self.record_token_times or self.stream_tokens
@@ -57,11 +64,9 @@ def sglang_engine_config(schedule_conservativeness: float = 1.0, fixed_length_ou
     ``add_req_state`` in ``srt/managers/schedule_policy.py``): the share is 1 and ``schedule_conservativeness``
     changes nothing.
 
-    ``srt/managers/scheduler_components/new_token_ratio_tracker.py``: init = min(0.7 * schedule_conservativeness,
-    1), min = init * 0.14, decay = (init - min) / 600 per decode step, reset to init when the server is idle
-    (``SGLANG_INIT_NEW_TOKEN_RATIO``, ``SGLANG_MIN_NEW_TOKEN_RATIO_FACTOR``, ``SGLANG_NEW_TOKEN_RATIO_DECAY_STEPS``
-    in ``srt/environ.py``). A retraction there sets the share from what the retracted requests decoded; here it
-    is raised to ``retract_token_ratio``.
+    The shares come from :func:`schedctl.sim.running.sglang_reserve_shares` (SGLang's ``NewTokenRatioTracker``):
+    reset to init when the server is idle, and after a retraction set to SGLang's estimate from what the requests
+    still running decoded (``RunningSet.retracted``).
     """
     base: dict[str, object] = dict(sglang_reserve_shares(schedule_conservativeness, fixed_length_outputs),
                                    schedule_conservativeness=schedule_conservativeness,

@@ -90,7 +90,6 @@ class SimEngine:
         policy: PolicySpec | None = None, requests: Iterable[Request] = (),
     ) -> None:
         self.cfg = config
-        self._sglang_reserve = config.sglang_lpm or config.sglang_plugin_order  # _need: SGLang's admission reserve
         self.model = step_model
         self.cache = RadixKVCache(kv_capacity_tokens)
         self.policy: PolicySpec = policy or FCFSSpec()
@@ -223,7 +222,7 @@ class SimEngine:
             return take
         reserve = math.ceil(ratio * remaining)
         if cached + take == len(live.tokens):
-            own = 1.0 if self._sglang_reserve else ratio
+            own = 1.0 if self.cfg.sglang_scheduler else ratio
             reserve += math.ceil(own * (live.req.output_len - live.generated))
         return take + reserve
 
@@ -251,7 +250,7 @@ class SimEngine:
         # after its forward): requests of one batch that share an uncached prefix each compute it, and a chunked
         # request re-matches its prompt at its next chunk, picking up what others cached since (schedule_batch.py:
         # cached_tokens += pre_len - already_computed). The idealised engine shares a prefix within the round.
-        sglang = (self.cfg.sglang_lpm or self.cfg.sglang_plugin_order) and not whole_prompt
+        sglang = self.cfg.sglang_scheduler and not whole_prompt
         own: KVNode | None = None  # a chunked request's own path, while a longer match is tried
         if fresh:
             node, cached = cache.lock_prefix(tokens, len(tokens) - 1)

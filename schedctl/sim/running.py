@@ -37,6 +37,14 @@ MIN_NEW_TOKEN_RATIO_FACTOR = 0.14
 NEW_TOKEN_RATIO_DECAY_STEPS = 600
 
 
+def rescaled_share(current: float, old_init: float, new_init: float, new_floor: float) -> float:
+    """The reserve share now after ``schedule_conservativeness`` changed at run time: scaled by new init / old init
+    (the decay goes on where it was) and clipped to [new floor, new init]. One rule for the simulator
+    (``RunningSet.retune``) and the SGLang plugin (``engine_adapter/sglang/reserve.py``)."""
+    scale = new_init / old_init if old_init > 0 else 1.0
+    return min(new_init, max(new_floor, current * scale))
+
+
 def sglang_reserve_shares(schedule_conservativeness: float, fixed_length_outputs: bool = False) -> dict[str, float]:
     """The EngineConfig fields of SGLang's reserve share for a ``schedule_conservativeness``.
 
@@ -62,7 +70,7 @@ class RunningSet:
         self.ctx_tokens = 0
         self.remaining_tokens = 0
         self.outputs_tokens = 0  # the output lengths of the decoding requests, summed
-        self._estimate = cfg.sglang_lpm or cfg.sglang_plugin_order
+        self._estimate = cfg.sglang_scheduler
         self._set_shares(cfg)
         self.ratio = self._idle_ratio
 
@@ -76,11 +84,10 @@ class RunningSet:
     def retune(self, cfg: EngineConfig) -> None:
         """New reserve shares (``schedule_conservativeness`` changed at run time): floor, decay and idle share from
         ``cfg``; the share now is scaled by new init / old init and clipped to [new floor, new init], so the decay
-        goes on where it was (``engine_adapter/sglang/reserve.py``'s ``apply_conservativeness``, the same rule)."""
+        goes on where it was (:func:`rescaled_share`)."""
         old_init = self._idle_ratio
         self._set_shares(cfg)
-        scale = self._idle_ratio / old_init if old_init > 0 else 1.0
-        self.ratio = min(self._idle_ratio, max(self._floor, self.ratio * scale))
+        self.ratio = rescaled_share(self.ratio, old_init, self._idle_ratio, self._floor)
 
     def __len__(self) -> int:
         return len(self.requests)

@@ -286,6 +286,18 @@ class SGLangAdapter:
         """Per-request records SGLang exported since the previous call (empty without an export directory)."""
         return self._follower.poll() if self._follower is not None else []
 
+    def _set_internal_state(self, server_args: dict[str, Any], label: str, hint: str) -> None:
+        """POST ``server_args`` to SGLang's /set_internal_state; UnsupportedPolicy unless every rank applied them."""
+        resp = self._request("POST", "/set_internal_state", json={"server_args": server_args})
+        if resp.status_code != 200:
+            raise UnsupportedPolicy(f"SGLang refused {label}: HTTP {resp.status_code} {resp.text[:200]}")
+        try:
+            updated = resp.json()
+        except ValueError:
+            raise EngineUnavailable("POST /set_internal_state did not answer JSON") from None
+        if not isinstance(updated, list) or not updated or not all(u is True for u in updated):
+            raise UnsupportedPolicy(f"SGLang refused {label} (answer {updated!r}): {hint}")
+
     def apply(self, spec: PolicySpec | None) -> None:
         """Make ``spec`` the plugin's policy on every rank (None hands the order back to SGLang)."""
         try:
@@ -295,18 +307,8 @@ class SGLangAdapter:
         version = max(self._policy_version, seen_version) + 1
         payload = channel.encode_policy(spec, version)  # UnsupportedPolicy for kinds the plugin lacks
         label = "off" if spec is None else policy_label(spec)
-        resp = self._request("POST", "/set_internal_state", json={"server_args": payload})
-        if resp.status_code != 200:
-            raise UnsupportedPolicy(f"SGLang refused {label}: HTTP {resp.status_code} {resp.text[:200]}")
-        try:
-            updated = resp.json()
-        except ValueError:
-            raise EngineUnavailable("POST /set_internal_state did not answer JSON") from None
-        if not isinstance(updated, list) or not updated or not all(u is True for u in updated):
-            raise UnsupportedPolicy(
-                f"SGLang refused {label} (answer {updated!r}): is the plugin loaded (SGLANG_PLUGINS=schedctl) and the "
-                "server started with --schedule-policy lpm? The server log says which key it rejected."
-            )
+        self._set_internal_state(payload, label, "is the plugin loaded (SGLANG_PLUGINS=schedctl) and the server "
+                                 "started with --schedule-policy lpm? The server log says which key it rejected.")
         self._policy_version = version
         active, active_version = self._active_from(self._server_info())
         if active_version != version or active != spec:
@@ -329,14 +331,8 @@ class SGLangAdapter:
     def set_conservativeness(self, value: float) -> dict[str, float]:
         """Set SGLang's ``schedule_conservativeness`` on every rank at run time; returns the readback."""
         value = reserve.check_conservativeness(value)
-        resp = self._request("POST", "/set_internal_state", json={"server_args": {reserve.KEY_CONSERVATIVENESS: value}})
-        try:
-            updated = resp.json() if resp.status_code == 200 else None
-        except ValueError:
-            raise EngineUnavailable("POST /set_internal_state did not answer JSON") from None
-        if not isinstance(updated, list) or not updated or not all(u is True for u in updated):
-            raise UnsupportedPolicy(f"SGLang refused schedule_conservativeness {value:g} (HTTP {resp.status_code}, "
-                                    f"{resp.text[:200]}): is the plugin loaded (SGLANG_PLUGINS=schedctl)?")
+        self._set_internal_state({reserve.KEY_CONSERVATIVENESS: value}, f"schedule_conservativeness {value:g}",
+                                 "is the plugin loaded (SGLANG_PLUGINS=schedctl)?")
         now = self.reserve()
         if now is None or now.get("schedule_conservativeness") != value:
             raise EngineUnavailable(f"pushed schedule_conservativeness {value:g}, but /server_info reports {now}")

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from schedctl.sim.running import rescaled_share
+
 KEY_CONSERVATIVENESS = "schedctl_schedule_conservativeness"
 MAX_CONSERVATIVENESS = 10.0  # 0.7 * 10 is far past the share's cap of 1: larger values change nothing
 
@@ -53,8 +55,7 @@ def apply_conservativeness(scheduler: Any, value: float) -> None:
     old = scheduler.new_token_ratio_tracker
     get_context().override(source="schedctl", schedule_conservativeness=value)
     new = NewTokenRatioTracker.from_config()
-    scale = new.init / old.init if old.init > 0 else 1.0
-    new.current = min(new.init, max(new.min, old.current * scale))
+    new.current = rescaled_share(old.current, old.init, new.init, new.min)
     scheduler.new_token_ratio_tracker = new
 
 
