@@ -144,6 +144,7 @@ def test_sglang_log_rows_are_derived_from_throughputs(tmp_path: Path) -> None:
     (decode(200, 3, 5300, 100.0).replace("#running-req: 3", "#running-req: three"), "'#running-req': 'three'"),
     (decode(200, 3, 5300, 100.0).replace(", gen throughput (token/s): 100.00", ""), "without 'gen throughput"),
     (prefill(200, 1, 64, 0, 640.0).replace("#cached-token: 0", "#cached-token: -5"), "is negative"),
+    (prefill(200, 1, 64, 0, 640.0).replace("#queue-req: 7", "#queue-req: many"), "'#queue-req': 'many'"),
     ("[TP0] Decode batch, #running-req: 3", "unknown format"),
 ])
 def test_a_malformed_sglang_line_is_reported_with_its_number(tmp_path: Path, bad: str, reason: str) -> None:

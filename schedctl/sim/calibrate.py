@@ -273,7 +273,8 @@ def read_sglang_log(path: str | os.PathLike[str]) -> SGLangLogRead:
                 prev_it = last_prefill_iter.get(rank)
                 last_prefill_iter[rank] = it
                 prev_waiting = last_prefill_waiting.get(rank, False)
-                last_prefill_waiting[rank] = "#queue-req" in fields and _parse_number(fields["#queue-req"], True) > 0
+                waiting = _field(p, lineno, fields, "#queue-req", True) if "#queue-req" in fields else 0
+                last_prefill_waiting[rank] = waiting > 0
                 reason = ("no forward-iteration numbers (run SGLang with SGLANG_LOG_FORWARD_ITERS=1)" if it is None
                           else "previous forward step was not a logged prefill" if prev_it != it - 1
                           else "nothing waited after the previous prefill (idle time may precede it)"
