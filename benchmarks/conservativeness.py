@@ -19,11 +19,10 @@ import argparse
 import json
 from pathlib import Path
 
+from schedctl.cli.common import hardware
 from schedctl.policies.spec import parse_policy
 from schedctl.sim.engine import sglang_engine_config
-from schedctl.sim.profiles import load_gpu, load_model
 from schedctl.sim.run import Hardware, simulate
-from schedctl.sim.step_time import StepTimeProfile
 from schedctl.workloads.registry import make_requests
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,10 +33,9 @@ CONSERVATIVENESS = (0.1, 0.3, 0.6, 1.0, 1.5, 3.0)
 POLICIES = ("fcfs", "klpm:4", "lpm")
 
 
-def load_profile() -> StepTimeProfile:
-    import tomllib
-
-    return StepTimeProfile.model_validate(tomllib.loads(PROFILE.read_text())["step_time"])
+def h100_hardware(kv_tokens: int) -> Hardware:
+    """An H100 with Llama-3.1-8B and its fitted step-time profile (shared with benchmarks/reserve_tuner.py)."""
+    return hardware("h100-sxm", "llama-3.1-8b", PROFILE, kv_tokens)
 
 
 def main() -> None:
@@ -48,8 +46,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    hw = Hardware(gpu=load_gpu("h100-sxm"), model=load_model("llama-3.1-8b"), step_profile=load_profile(),
-                  kv_capacity_tokens=args.kv_tokens)
+    hw = h100_hardware(args.kv_tokens)
     cells = []
     for rate in (float(r) for r in args.rates.split(",")):
         reqs = list(make_requests(WORKLOAD, rate, "poisson", num_requests=args.num_requests, seed=args.seed))

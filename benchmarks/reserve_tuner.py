@@ -20,9 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
+from conservativeness import WORKLOAD, h100_hardware  # the same traffic and hardware as that measurement
 
 from schedctl.bench.adaptive import run_ttfts
 from schedctl.controller.core import Controller, ControllerParams
@@ -31,22 +31,10 @@ from schedctl.controller.reserve_tuner import ReserveParams
 from schedctl.controller.service import Service, run_simulated
 from schedctl.engine_adapter.sim import SimAdapter
 from schedctl.sim.engine import sglang_engine_config
-from schedctl.sim.profiles import load_gpu, load_model
 from schedctl.sim.run import Hardware, new_engine
-from schedctl.sim.step_time import StepTimeProfile
 from schedctl.workloads.registry import make_requests
 
-ROOT = Path(__file__).resolve().parents[1]
-PROFILE = ROOT / "config" / "profiles" / "h100-sxm-llama-3.1-8b" / "profile.toml"
-WORKLOAD = ("gsp:num_groups=48,prompts_per_group=16,system_prompt_len=2048,question_len=128,output_len=1024,"
-            "range_ratio=0.1")
 DRAIN_LIMIT_S = 600.0
-
-
-def load_profile() -> StepTimeProfile:
-    import tomllib
-
-    return StepTimeProfile.model_validate(tomllib.loads(PROFILE.read_text())["step_time"])
 
 
 def run(hw: Hardware, reqs: list, params: ControllerParams, c: float, tick_s: float) -> dict:
@@ -81,8 +69,7 @@ def main() -> None:
     ap.add_argument("--fixed-policy", default=None, help="hold this queue policy (default: the k tuner moves it)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    hw = Hardware(gpu=load_gpu("h100-sxm"), model=load_model("llama-3.1-8b"), step_profile=load_profile(),
-                  kv_capacity_tokens=args.kv_tokens)
+    hw = h100_hardware(args.kv_tokens)
     tuned = ReserveParams(enabled=True, initial=args.start)
     base = ControllerParams() if args.fixed_policy is None else ControllerParams(
         initial_policy=args.fixed_policy, guard=GuardParams(min_dwell_ticks=1_000_000, safe_policy=args.fixed_policy))
